@@ -1,0 +1,36 @@
+"""Start Studio History: `python app.py [--host H] [--port P]`, or `flask --app app run`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from history import ConfigError
+from history import create_app
+from history.config import VARIABLES
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the development server on the embedded defaults."""
+    epilog = "environment:\n" + "\n".join(f"  {name:<24} {default:<28} {meaning}" for name, default, meaning in VARIABLES)
+    parser = argparse.ArgumentParser(
+        description="Studio History: the job history of a ComfyUI studio.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    parser.add_argument("--debug", action="store_true", help="Flask debug mode with the reloader")
+    args = parser.parse_args(argv)
+    try:
+        app = create_app()
+    except ConfigError as error:
+        print(f"studio-history: {error}", file=sys.stderr)
+        return 2
+    prefix = app.config["STUDIO"].url_prefix
+    print(f" * Studio History: http://{args.host}:{args.port}{prefix}/admin/history", flush=True)
+    app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=args.debug, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

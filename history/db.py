@@ -1,0 +1,130 @@
+"""The database: a proxy bound at start-up, a base model, connect per request, schema versions."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import click
+from flask import current_app
+from peewee import DatabaseProxy
+from peewee import Model
+from peewee import SqliteDatabase
+from playhouse.db_url import connect as connect_url
+from playhouse.migrate import PostgresqlMigrator
+from playhouse.migrate import SqliteMigrator
+
+log = logging.getLogger(__name__)
+database = DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "normal",
+    "foreign_keys": 1,
+    "cache_size": -16000,
+}
+
+
+class BaseModel(Model):
+    """Every model lives in the proxied database."""
+
+    class Meta:
+        database = database
+
+
+def open_database(url: str):
+    """Make a peewee database for a db_url (SQLite gets WAL, a busy timeout and IMMEDIATE writes)."""
+    if url.startswith("sqlite"):
+        # Deferred transactions fail with "database is locked" when two writers upgrade at once;
+        # IMMEDIATE takes the write lock at BEGIN and waits (timeout) instead.
+        return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=15, lock_type="IMMEDIATE", check_same_thread=False)
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        # peewee picks psycopg 3 when psycopg2 is absent; say so explicitly so both installs agree.
+        return connect_url(url, prefer_psycopg3=True)
+    return connect_url(url)
+
+
+def bind(url: str):
+    """Point the proxy at the database named by ``url`` and return it."""
+    db = open_database(url)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite() -> bool:
+    """Whether the bound database is SQLite."""
+    return isinstance(database.obj, SqliteDatabase)
+
+
+@contextlib.contextmanager
+def connection():
+    """Hold a connection for a background task, closing it after (reusing one already open)."""
+    opened = database.connect(reuse_if_open=True)
+    try:
+        yield database
+    finally:
+        if opened and not database.is_closed():
+            database.close()
+
+
+# Schema versions: each entry upgrades from the version before it. Add a function, never edit one.
+def _v1(migrator):
+    """Create the job table and its indexes."""
+    from history.models import Job
+
+    database.create_tables([Job])
+
+
+MIGRATIONS = [_v1]
+
+
+def _migrator():
+    if is_sqlite():
+        return SqliteMigrator(database.obj)
+    return PostgresqlMigrator(database.obj)
+
+
+def schema_version() -> int:
+    """The schema version the bound database is at (0 when empty)."""
+    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = database.execute_sql("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate() -> int:
+    """Bring the schema to the newest version; return the version reached."""
+    with database.atomic():
+        current = schema_version()
+        for number, step in enumerate(MIGRATIONS, start=1):
+            if number > current:
+                log.info("migrating schema to version %d: %s", number, step.__doc__)
+                step(_migrator())
+                database.execute_sql("INSERT INTO schema_version (version) VALUES (%d)" % number)
+                current = number
+    return current
+
+
+def init_app(app):
+    """Bind the database, migrate it, and open/close a connection around each request."""
+    bind(app.config["DATABASE_URL"])
+    with connection():
+        migrate()
+
+    @app.before_request
+    def _connect():
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(exc):
+        # teardown runs after exceptions too (after_request does not).
+        if not database.is_closed():
+            database.close()
+
+    app.cli.add_command(init_db_command)
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create or upgrade the tables."""
+    with connection():
+        version = migrate()
+    click.echo(f"Database ready at schema version {version}: {current_app.config['DATABASE_URL']}")

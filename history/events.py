@@ -1,0 +1,110 @@
+"""The event bus: one queue per subscriber, so a slow websocket never blocks a job.
+
+In one process the bus is a set of in-process queues. With PostgreSQL, PostgresEventBus (added beside this
+class) carries events between processes by LISTEN/NOTIFY. No Flask import.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = (
+    "job.queued", "job.started", "job.progress", "job.completed",
+    "job.failed", "job.stalled", "job.deleted", "job.retried",
+)
+# Events after which the history list changes, so the page refreshes it at once.
+LIST_EVENTS = ("job.completed", "job.failed", "job.stalled", "job.deleted")
+SUBSCRIBER_QUEUE_SIZE = 1000
+
+
+def encode(event_type: str, data: dict, ts: float | None = None) -> str:
+    """An event as the JSON text frame the websocket sends."""
+    return json.dumps({"type": event_type, "data": data, "ts": ts if ts is not None else time.time()})
+
+
+class Subscription:
+    """One subscriber's queue of encoded events; drops the oldest when the subscriber falls behind."""
+
+    def __init__(self, bus: "EventBus", maxsize: int = SUBSCRIBER_QUEUE_SIZE):
+        self.bus = bus
+        self.queue: queue.Queue[str] = queue.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def put(self, message: str) -> None:
+        """Queue a message without ever blocking the publisher."""
+        while True:
+            try:
+                self.queue.put_nowait(message)
+                return
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """The next message, or None after ``timeout`` seconds."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self.bus.unsubscribe(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EventBus:
+    """Publish events to every subscriber of this process."""
+
+    def __init__(self):
+        self._subscribers: set[Subscription] = set()
+        self._lock = threading.Lock()
+
+    def subscribe(self) -> Subscription:
+        """A new subscription; close it when done."""
+        subscription = Subscription(self)
+        with self._lock:
+            self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a subscription."""
+        with self._lock:
+            self._subscribers.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers are listening."""
+        return len(self._subscribers)
+
+    def publish(self, event_type: str, data: dict) -> None:
+        """Send an event to every subscriber."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+        self.deliver(encode(event_type, data))
+
+    def deliver(self, message: str) -> None:
+        """Hand an encoded event to the local subscribers."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.put(message)
+
+    def start(self) -> None:
+        """Start any background listener (none in process)."""
+
+    def stop(self) -> None:
+        """Stop any background listener."""

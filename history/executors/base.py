@@ -1,0 +1,88 @@
+"""The one interface every executor implements, and what it reports back.
+
+An executor turns a Submission (a ComfyUI API-format graph whose save nodes already write under
+``comfyui-studio/<output_dir>/``) into calls on a Reporter: started, progress, completed or failed.
+The Reporter is the runner (history/runner.py), which writes the store and publishes events; an
+executor never touches the database or Flask.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Protocol
+
+
+class ExecutorError(Exception):
+    """Base class of what submit() raises; the message is shown to the user."""
+
+
+class ExecutorUnavailable(ExecutorError):
+    """The executor cannot take work now (ComfyUI unreachable): the API answers 503."""
+
+
+class ExecutorRejected(ExecutorError):
+    """The executor refused the graph (ComfyUI validation): the API answers 400 with ``details``."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+@dataclass
+class Submission:
+    """One job handed to an executor."""
+
+    prompt_id: str
+    workflow_id: str
+    graph: dict
+    output_dir: str
+    input_image: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Lost:
+    """A queued or running job the executor no longer knows, as found by reconcile()."""
+
+    prompt_id: str
+    reason: str
+
+
+class Reporter(Protocol):
+    """What an executor calls as a job moves; all times are aware UTC datetimes."""
+
+    def started(self, prompt_id: str, at: datetime.datetime) -> None: ...
+
+    def progress(self, prompt_id: str, node: str | None, value: int, maximum: int) -> None: ...
+
+    def completed(self, prompt_id: str, outputs: list[dict], at: datetime.datetime) -> None:
+        """``outputs``: every ``{filename, subfolder, type}`` in node order; a ref may carry
+        ``"animated": True`` (ComfyUI's flag for animated images), which marks it as a video."""
+
+    def failed(self, prompt_id: str, error: str, at: datetime.datetime, status: str = "error") -> None:
+        """``status`` is ``error`` (the run failed or was interrupted) or ``stalled`` (lost)."""
+
+
+class Executor:
+    """Runs jobs; subclasses: BuiltinExecutor, ComfyUIExecutor."""
+
+    name = "executor"
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    def start(self, pending: list[str]) -> None:
+        """Start workers; ``pending`` are prompt ids the store has as queued or running."""
+
+    def submit(self, submission: Submission) -> None:
+        """Queue one job; raise ExecutorUnavailable or ExecutorRejected when it cannot."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop workers and connections; jobs still running stay as they are in the store."""
+
+
+def utcnow() -> datetime.datetime:
+    """Now, as an aware UTC datetime."""
+    return datetime.datetime.now(datetime.timezone.utc)

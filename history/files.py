@@ -1,0 +1,134 @@
+"""Every path under the output and input folders is resolved and checked here, and nowhere else.
+
+A name that comes from a record or a request (an ``output_dir``, a file name, a subfolder) is joined to
+its root, resolved (following symlinks) and accepted only when the result stays inside the root.
+Nothing here imports Flask.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+STUDIO_FOLDER = "comfyui-studio"
+# What an output_dir may look like: one folder name, no separators, no leading dot.
+OUTPUT_DIR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class UnsafePath(ValueError):
+    """A name that would leave its folder, or that is not a name at all."""
+
+
+def _check_text(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise UnsafePath(f"{what} must be a non-empty string")
+    if "\x00" in name:
+        raise UnsafePath(f"{what} contains a NUL byte")
+    if "\\" in name:
+        raise UnsafePath(f"{what} contains a backslash")
+    if len(name) > 1024:
+        raise UnsafePath(f"{what} is too long")
+    return name
+
+
+def safe_join(root: Path, *parts: str, what: str = "path") -> Path:
+    """Join ``parts`` under ``root`` and return the resolved path; raise UnsafePath if it leaves root."""
+    root = Path(root).resolve()
+    relative = []
+    for part in parts:
+        if part in (None, ""):
+            continue
+        _check_text(part, what)
+        if part.startswith("/") or os.path.isabs(part):
+            raise UnsafePath(f"{what} must be relative: {part!r}")
+        for piece in part.split("/"):
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                raise UnsafePath(f"{what} must not contain '..': {part!r}")
+            relative.append(piece)
+    candidate = root.joinpath(*relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePath(f"{what} leads outside its folder: {'/'.join(parts)!r}")
+    return candidate
+
+
+def check_output_dir(output_dir: str) -> str:
+    """Return ``output_dir`` if it is one plain folder name; raise UnsafePath otherwise."""
+    _check_text(output_dir, "output_dir")
+    if not OUTPUT_DIR_PATTERN.match(output_dir) or ".." in output_dir:
+        raise UnsafePath(f"output_dir must be one folder name of letters, digits, '_', '-' and '.': {output_dir!r}")
+    return output_dir
+
+
+def job_folder(output_root: Path, output_dir: str) -> Path:
+    """The folder that holds one job's files: ``<output>/comfyui-studio/<output_dir>``."""
+    check_output_dir(output_dir)
+    folder = safe_join(output_root, STUDIO_FOLDER, output_dir, what="output_dir")
+    studio = safe_join(output_root, STUDIO_FOLDER)
+    if folder.parent != studio:
+        raise UnsafePath(f"output_dir leads outside {STUDIO_FOLDER}/: {output_dir!r}")
+    return folder
+
+
+def output_file(output_root: Path, ref: dict) -> Path:
+    """Resolve an output reference ``{filename, subfolder, type}`` to a file inside the output folder."""
+    if not isinstance(ref, dict):
+        raise UnsafePath("an output reference must be an object")
+    filename = _check_text(ref.get("filename"), "filename")
+    if "/" in filename:
+        raise UnsafePath(f"filename must not contain '/': {filename!r}")
+    return safe_join(output_root, ref.get("subfolder") or "", filename, what="output file")
+
+
+def input_file(input_root: Path, name: str) -> Path:
+    """Resolve a file name in the input folder."""
+    _check_text(name, "input image")
+    return safe_join(input_root, name, what="input image")
+
+
+def folder_usage(folder: Path) -> tuple[int, int]:
+    """Count the files under ``folder`` and their bytes (0, 0 when it is gone); symlinks are not followed."""
+    files = 0
+    size = 0
+    if not folder.is_dir():
+        return 0, 0
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                size += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+            files += 1
+    return files, size
+
+
+def remove_folder(folder: Path) -> tuple[int, int]:
+    """Delete a job folder and everything in it; return (files, bytes) removed. Missing is not an error.
+
+    The folder is first renamed to a hidden tombstone beside it, so a crash mid-way leaves either the whole
+    folder or a tombstone that the next delete (or start-up sweep) finishes removing.
+    """
+    files, size = folder_usage(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return 0, 0
+    if folder.is_symlink() or not folder.is_dir():
+        raise UnsafePath(f"{folder.name} is not a folder")
+    tombstone = folder.with_name(f".deleting-{folder.name}")
+    os.replace(folder, tombstone)
+    shutil.rmtree(tombstone)
+    return files, size
+
+
+def sweep_tombstones(output_root: Path) -> int:
+    """Finish deletes that a crash interrupted; return how many tombstones were removed."""
+    studio = Path(output_root) / STUDIO_FOLDER
+    removed = 0
+    if not studio.is_dir():
+        return 0
+    for entry in studio.iterdir():
+        if entry.name.startswith(".deleting-") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed

@@ -1,0 +1,168 @@
+"""The job record: one row per ComfyUI prompt."""
+from __future__ import annotations
+
+import datetime
+
+from peewee import CharField
+from peewee import DateTimeField
+from peewee import FloatField
+from peewee import JSONField
+from peewee import SQL
+from peewee import TextField
+
+from history.db import BaseModel
+
+QUEUED = "queued"
+RUNNING = "running"
+COMPLETED = "completed"
+ERROR = "error"
+STALLED = "stalled"
+STATUSES = (QUEUED, RUNNING, COMPLETED, ERROR, STALLED)
+HISTORY_STATUSES = (COMPLETED, ERROR, STALLED)
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+RETRYABLE_STATUSES = (ERROR, STALLED)
+# Older exports and the original studio wrote "failed"; it means the same as "error".
+STATUS_ALIASES = {"failed": ERROR}
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def utcnow() -> datetime.datetime:
+    """Now in UTC, as an aware datetime."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class UTCDateTimeField(DateTimeField):
+    """A timestamp stored as naive UTC and read back as aware UTC."""
+
+    def db_value(self, value):
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                return value.replace(tzinfo=datetime.timezone.utc)
+            return value.astimezone(datetime.timezone.utc)
+        return value
+
+
+class Job(BaseModel):
+    """One job: a workflow run with its parameters, status, times and output files."""
+
+    prompt_id = CharField(primary_key=True, max_length=64)
+    workflow_id = CharField(max_length=128)
+    workflow_name = TextField(default="")
+    status = CharField(max_length=16, default=QUEUED)
+    queued_at = UTCDateTimeField(default=utcnow)
+    started_at = UTCDateTimeField(null=True)
+    finished_at = UTCDateTimeField(null=True)
+    duration = FloatField(null=True)
+    params = JSONField(default=dict)
+    seeds = JSONField(default=dict)
+    input_image = TextField(null=True)
+    output = JSONField(null=True)
+    outputs = JSONField(default=list)
+    output_dir = CharField(max_length=128, null=True, index=True)
+    error = TextField(null=True)
+    retry_of = CharField(max_length=64, null=True, index=True)
+
+    class Meta:
+        table_name = "job"
+        indexes = (
+            # The history list pages by (queued_at, prompt_id) newest first, within a status or a workflow.
+            (("queued_at", "prompt_id"), False),
+            (("status", "queued_at", "prompt_id"), False),
+            (("workflow_id", "queued_at", "prompt_id"), False),
+        )
+
+    @property
+    def is_selectable(self) -> bool:
+        """Whether the job may be selected for a batch delete (it has ended)."""
+        return self.status in HISTORY_STATUSES
+
+    @property
+    def is_retryable(self) -> bool:
+        """Whether the job failed or stalled, so Retry makes sense."""
+        return self.status in RETRYABLE_STATUSES
+
+    @property
+    def prompt_excerpt(self) -> str:
+        """The first 80 characters of the positive prompt, or of the first scene's prompt."""
+        return prompt_text(self.params or {})[:80]
+
+    def to_dict(self) -> dict:
+        """The record in the API's shape."""
+        return {
+            "prompt_id": self.prompt_id,
+            "workflow_id": self.workflow_id,
+            "workflow_name": self.workflow_name,
+            "status": self.status,
+            "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration": self.duration,
+            "params": self.params or {},
+            "seeds": self.seeds or {},
+            "input_image": self.input_image,
+            "output": self.output,
+            "outputs": self.outputs or [],
+            "output_dir": self.output_dir,
+            "error": self.error,
+            "retry_of": self.retry_of,
+        }
+
+
+def iso(value: datetime.datetime | None) -> str | None:
+    """ISO 8601 with offset, or None."""
+    return value.isoformat() if value is not None else None
+
+
+def prompt_text(params: dict) -> str:
+    """The positive prompt of a job's parameters, or its first scene's prompt."""
+    prompt = params.get("positive_prompt") or params.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    scenes = params.get("scenes")
+    if isinstance(scenes, list) and scenes and isinstance(scenes[0], dict):
+        first = scenes[0].get("prompt")
+        if isinstance(first, str):
+            return first
+    return ""
+
+
+def is_video(ref: dict) -> bool:
+    """Whether an output reference is a video (by extension, or ComfyUI's animated flag)."""
+    name = str(ref.get("filename", "")).lower()
+    return bool(ref.get("animated")) or name.endswith(VIDEO_EXTENSIONS)
+
+
+def is_image(ref: dict) -> bool:
+    """Whether an output reference is a still image Pillow can thumbnail."""
+    name = str(ref.get("filename", "")).lower()
+    return name.endswith(IMAGE_EXTENSIONS) and not is_video(ref)
+
+
+def best_output(outputs: list[dict]) -> dict | None:
+    """The first video, else the first saved image, else the first file (never a temp preview if a saved one exists)."""
+    if not outputs:
+        return None
+    saved = [ref for ref in outputs if ref.get("type", "output") == "output"]
+    for candidates in (saved, outputs):
+        for ref in candidates:
+            if is_video(ref):
+                return clean_ref(ref)
+        for ref in candidates:
+            if is_image(ref):
+                return clean_ref(ref)
+    return clean_ref((saved or outputs)[0])
+
+
+def clean_ref(ref: dict) -> dict:
+    """An output reference as stored: just ComfyUI's {filename, subfolder, type}."""
+    return {"filename": ref.get("filename"), "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}

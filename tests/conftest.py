@@ -1,0 +1,164 @@
+"""Fixtures: an app on a temporary data folder, its client and CLI runner, and job factories with real files.
+
+Tests that take ``app`` run on SQLite, and on PostgreSQL too when STUDIO_TEST_POSTGRES_URL names a
+throw-away database (.ci/run sets one up). With the variable set, a server that does not answer fails
+the tests rather than skipping them.
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from history import create_app
+from history.db import database
+from history.models import Job
+
+POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
+DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+
+
+def pytest_generate_tests(metafunc):
+    """Run every test that uses ``app`` on each available database (unless it asks for one)."""
+    if "database_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("sqlite_only")
+        kinds = ["sqlite"] if marker else DATABASES
+        metafunc.parametrize("database_kind", kinds, scope="function")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: runs on SQLite alone (for example, it checks SQLite files)")
+
+
+def reset_postgres(url: str) -> None:
+    """Drop the app's tables in the throw-away PostgreSQL database."""
+    from history.db import open_database
+
+    db = open_database(url)
+    db.connect()
+    try:
+        db.execute_sql("DROP TABLE IF EXISTS job, schema_version CASCADE")
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def database_kind() -> str:
+    """The database a test runs on (parametrized by pytest_generate_tests)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def app_config(tmp_path, database_kind) -> dict:
+    """The settings of the test app: a fresh data folder, no demo jobs, a fast poll."""
+    config = {
+        "TESTING": True,
+        "STUDIO_DATA_DIR": str(tmp_path / "data"),
+        "STUDIO_DEMO": "0",
+        "STUDIO_POLL_SECONDS": "5",
+    }
+    if database_kind == "postgres":
+        reset_postgres(POSTGRES_URL)
+        config["STUDIO_DATABASE_URL"] = POSTGRES_URL
+    return config
+
+
+@pytest.fixture
+def app(app_config):
+    """The app, its tables created; its background work stops after the test."""
+    app = create_app(app_config)
+    yield app
+    app.extensions["studio"].stop()
+    if not database.is_closed():
+        database.close()
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A Flask CLI runner."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def settings(app):
+    """The app's resolved Settings."""
+    return app.config["STUDIO"]
+
+
+@pytest.fixture
+def db(app):
+    """An open database connection for direct queries in a test."""
+    database.connect(reuse_if_open=True)
+    yield database
+    if not database.is_closed():
+        database.close()
+
+
+_counter = itertools.count()
+BASE_TIME = datetime.datetime(2026, 11, 28, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+def write_image(path: Path, size=(256, 256), color=(255, 136, 0)) -> Path:
+    """Write a real PNG (or any format Pillow infers from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+@pytest.fixture
+def make_job(app, db):
+    """Create a job record, with real output files under its output folder unless ``files=0``."""
+    settings = app.config["STUDIO"]
+
+    def make(status="completed", files=1, minutes_ago=None, **fields):
+        number = next(_counter)
+        prompt_id = fields.pop("prompt_id", None) or str(uuid.uuid4())
+        queued_at = fields.pop("queued_at", None) or BASE_TIME - datetime.timedelta(
+            minutes=minutes_ago if minutes_ago is not None else number
+        )
+        output_dir = fields.pop("output_dir", None) or f"{queued_at:%Y%m%d_%H%M%S}_{number:06x}"
+        outputs = fields.pop("outputs", None)
+        if outputs is None:
+            outputs = []
+            for index in range(files):
+                ref = {
+                    "filename": f"final_{index + 1:05d}_.png",
+                    "subfolder": f"comfyui-studio/{output_dir}",
+                    "type": "output",
+                }
+                write_image(settings.output_dir / ref["subfolder"] / ref["filename"], color=(40 * index % 256, 120, 200))
+                outputs.append(ref)
+        started_at = queued_at + datetime.timedelta(seconds=2) if status != "queued" else None
+        finished_at = started_at + datetime.timedelta(seconds=40) if status in ("completed", "error", "stalled") else None
+        values = {
+            "prompt_id": prompt_id,
+            "workflow_id": "txt2img-example",
+            "workflow_name": "Text to image (example)",
+            "status": status,
+            "queued_at": queued_at,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration": (finished_at - started_at).total_seconds() if finished_at else None,
+            "params": {"positive_prompt": f"a lighthouse at dusk, number {number}", "negative_prompt": "blurry", "seed": 42},
+            "seeds": {"seed": 42},
+            "output": outputs[0] if outputs else None,
+            "outputs": outputs,
+            "output_dir": output_dir,
+            "error": "node KSampler (#3): RuntimeError: out of memory" if status in ("error", "stalled") else None,
+        }
+        values.update(fields)
+        Job.insert(**values).execute()
+        return Job.get_by_id(prompt_id)
+
+    return make
