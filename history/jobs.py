@@ -343,7 +343,8 @@ def validate_record(record, output_root: Path | None = None) -> dict:
         raise InvalidRecord("duration must be a number of seconds")
     values["duration"] = float(duration) if duration is not None else None
     for key in ("params", "seeds"):
-        value = record.get(key) or {}
+        value = record.get(key)
+        value = {} if value is None else value
         if not isinstance(value, dict):
             raise InvalidRecord(f"{key} must be an object")
         values[key] = value
@@ -364,7 +365,8 @@ def validate_record(record, output_root: Path | None = None) -> dict:
         except files.UnsafePath as error:
             raise InvalidRecord(str(error)) from None
     values["output_dir"] = output_dir
-    outputs = record.get("outputs") or []
+    outputs = record.get("outputs")
+    outputs = [] if outputs is None else outputs
     if not isinstance(outputs, list):
         raise InvalidRecord("outputs must be an array")
     values["outputs"] = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(outputs)]

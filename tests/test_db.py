@@ -1,0 +1,51 @@
+"""The store: SQLite settings, UTC times, and upgrades that keep data."""
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from peewee import TextField
+from playhouse.migrate import migrate as run_migration
+
+from history import create_app
+from history import db as history_db
+from history.db import database
+from history.models import Job
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_runs_in_wal_with_a_busy_timeout(app, db):
+    assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert database.obj._lock_type == "IMMEDIATE"
+    assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 5000
+
+
+def test_times_are_stored_in_utc_and_read_back_aware(make_job, db):
+    local = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    queued = datetime.datetime(2026, 11, 28, 18, 0, tzinfo=local)
+    job = make_job(queued_at=queued, files=0)
+    stored = Job.get_by_id(job.prompt_id).queued_at
+    assert stored == queued
+    assert stored.utcoffset() == datetime.timedelta(0)
+    assert stored.hour == 12 and stored.minute == 30
+
+
+def test_a_new_schema_version_keeps_existing_jobs(app_config, make_job, monkeypatch, db):
+    job = make_job(files=0)
+    assert history_db.schema_version() == 1
+
+    def add_note_column(migrator):
+        """Add a note to each job."""
+        run_migration(migrator.add_column("job", "note", TextField(null=True)))
+
+    monkeypatch.setattr(history_db, "MIGRATIONS", history_db.MIGRATIONS + [add_note_column])
+    database.close()
+    second = create_app(app_config)
+    try:
+        with history_db.connection():
+            assert history_db.schema_version() == 2
+            columns = [column.name for column in database.get_columns("job")]
+            assert "note" in columns
+            assert Job.get_by_id(job.prompt_id).workflow_name == job.workflow_name
+    finally:
+        second.extensions["studio"].stop()
