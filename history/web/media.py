@@ -1,4 +1,229 @@
-"""Blueprint stub: filled in by its issue."""
+"""Output and input files, and their cached thumbnails, served only from inside their folders.
+
+Every path is resolved by history.files; a name that would leave its folder is a 404 before anything
+is opened. Only plain media types are served inline: everything else (HTML, SVG, scripts, unknown)
+goes out as an ``application/octet-stream`` attachment, so nothing a workflow wrote runs as a page.
+"""
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+from pathlib import Path
+
 from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import request
+from flask import send_file
+from flask import url_for
+
+from history import files
+from history import thumbnails
 
 bp = Blueprint("media", __name__)
+
+# Types a browser shows without running anything; the rest are downloads.
+INLINE_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/webp", "image/gif", "image/avif", "image/bmp",
+    "video/mp4", "video/webm", "video/quicktime", "video/x-matroska",
+    "audio/mpeg", "audio/wav", "audio/x-wav", "audio/ogg", "audio/flac",
+    "text/plain",
+})
+# Registries differ between systems; these are the ones ComfyUI writes, whatever /etc/mime.types says.
+KNOWN_TYPES = {".webp": "image/webp", ".avif": "image/avif", ".webm": "video/webm", ".mp4": "video/mp4"}
+# Media responses are never documents: a file opened in its own tab runs nothing and loads nothing.
+MEDIA_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+IMMUTABLE = "public, max-age=31536000, immutable"
+PLACEHOLDER = "placeholder-thumb.svg"
+PLACEHOLDER_MAX_AGE = 60
+
+
+def _settings():
+    return current_app.config["STUDIO"]
+
+
+def _media_type(name: str) -> str | None:
+    suffix = os.path.splitext(name)[1].lower()
+    return KNOWN_TYPES.get(suffix) or mimetypes.guess_type(name, strict=False)[0]
+
+
+def _regular_file(path: Path) -> os.stat_result | None:
+    """The stat of ``path`` when it is a regular file, else None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _resolve(kind: str, path: str) -> Path:
+    """The file that ``path`` names under the ``kind`` folder; abort 404 when unsafe or not a file."""
+    settings = _settings()
+    try:
+        if kind == "output":
+            subfolder, _, filename = path.rpartition("/")
+            source = files.output_file(settings.output_dir, {"filename": filename, "subfolder": subfolder})
+        elif kind == "input":
+            source = files.input_file(settings.input_dir, path)
+        else:
+            abort(404)
+    except files.UnsafePath:
+        abort(404)
+    return source
+
+
+def _harden(response):
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = MEDIA_CSP
+    return response
+
+
+def _send_media(source: Path):
+    """Send a file with ETag, Last-Modified and Range support; risky types as a download."""
+    if _regular_file(source) is None:
+        abort(404)
+    media_type = _media_type(source.name)
+    inline = media_type in INLINE_TYPES
+    response = send_file(
+        source,
+        mimetype=media_type if inline else "application/octet-stream",
+        as_attachment=not inline,
+        download_name=source.name,
+        conditional=True,
+        etag=True,
+        max_age=None,  # no-cache: revalidate by ETag, since an output file may be rewritten
+    )
+    return _harden(response)
+
+
+@bp.get("/media/output/<path:path>")
+def output(path: str):
+    """A file under the output folder."""
+    return _send_media(_resolve("output", path))
+
+
+@bp.get("/media/input/<path:name>")
+def input(name: str):  # noqa: A001 - the endpoint is media.input, like its URL
+    """A file in the input folder."""
+    return _send_media(_resolve("input", name))
+
+
+@bp.get("/media/thumb/<any(output, input):kind>/<path:path>")
+def thumbnail(kind: str, path: str):
+    """The cached 120x120 WebP of a file, immutable when ``v`` names its current version; else the placeholder."""
+    source = _resolve(kind, path)
+    settings = _settings()
+    made = thumbnails.make_thumbnail(source, settings.thumbnail_dir) if thumbnails.can_thumbnail(source.name) else None
+    if made is None:
+        return placeholder_response()
+    current = thumbnails.file_version(source)
+    fresh = current is not None and request.args.get("v") == current
+    response = send_file(
+        made, mimetype="image/webp", download_name=f"{source.stem}.webp", conditional=True, etag=True, max_age=None
+    )
+    # A versioned URL never changes content (a new source version is a new URL); any other is revalidated.
+    response.headers["Cache-Control"] = IMMUTABLE if fresh else "no-cache"
+    response.headers.pop("Expires", None)
+    return _harden(response)
+
+
+def placeholder_response():
+    """The placeholder image for a file that has no thumbnail, cached only briefly."""
+    response = send_file(
+        Path(current_app.static_folder) / PLACEHOLDER,
+        mimetype="image/svg+xml",
+        conditional=True,
+        etag=True,
+        max_age=PLACEHOLDER_MAX_AGE,
+    )
+    response.headers["X-Thumbnail"] = "placeholder"
+    return _harden(response)
+
+
+# ---- Template globals: every media URL a page shows is built here --------------------------------
+
+def _locate(ref) -> tuple[str, str, Path] | None:
+    """(kind, path in the URL, file) for an output reference, or None when unsafe, temp or missing."""
+    if not isinstance(ref, dict):
+        return None
+    kind = ref.get("type") or "output"
+    if kind not in ("output", "input"):
+        return None  # ComfyUI "temp" previews live outside both folders
+    filename = ref.get("filename")
+    subfolder = ref.get("subfolder") or ""
+    if not isinstance(filename, str) or not isinstance(subfolder, str):
+        return None
+    pieces = [piece for piece in subfolder.split("/") if piece not in ("", ".")]
+    relative = "/".join(pieces + [filename])
+    settings = _settings()
+    try:
+        if kind == "output":
+            source = files.output_file(settings.output_dir, ref)
+        else:
+            if "/" in filename:
+                return None
+            source = files.input_file(settings.input_dir, relative)
+    except files.UnsafePath:
+        return None
+    return kind, relative, source
+
+
+@bp.app_template_global()
+def output_url(ref) -> str | None:
+    """The URL of an output reference's file, or None when it is unsafe or missing."""
+    located = _locate(ref)
+    if located is None or _regular_file(located[2]) is None:
+        return None
+    kind, relative, _source = located
+    if kind == "input":
+        return url_for("media.input", name=relative)
+    return url_for("media.output", path=relative)
+
+
+@bp.app_template_global()
+def input_url(name) -> str | None:
+    """The URL of a file in the input folder, or None when it is unsafe or missing."""
+    return output_url(_input_ref(name))
+
+
+@bp.app_template_global()
+def thumbnail_url(ref) -> str | None:
+    """The versioned thumbnail URL of an output reference, or None (unsafe, missing, or not an image Pillow reads)."""
+    located = _locate(ref)
+    if located is None or not thumbnails.can_thumbnail(located[1]):
+        return None
+    kind, relative, source = located
+    version = thumbnails.file_version(source)
+    if version is None:
+        return None
+    return url_for("media.thumbnail", kind=kind, path=relative, v=version)
+
+
+@bp.app_template_global()
+def input_thumbnail_url(name) -> str | None:
+    """The versioned thumbnail URL of an input image, or None when it is unsafe, missing or not an image."""
+    return thumbnail_url(_input_ref(name))
+
+
+def _input_ref(name) -> dict | None:
+    """An input file name (ComfyUI allows sub-folders: ``pasted/image.png``) as a reference."""
+    if not isinstance(name, str) or not name:
+        return None
+    subfolder, _, filename = name.rpartition("/")
+    return {"filename": filename, "subfolder": subfolder, "type": "input"}
+
+
+@bp.app_template_global()
+def human_size(size) -> str:
+    """A byte count as a person reads it: 512 B, 1.5 KB, 12 MB, 3.1 GB."""
+    if size is None:
+        return ""
+    size = float(size)
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
+    return ""  # unreachable
