@@ -132,3 +132,37 @@ def sweep_tombstones(output_root: Path) -> int:
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def job_files(folder: Path) -> list[Path]:
+    """The regular files directly in a job folder, by name; hidden names and links leading out are left out."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            resolved = safe_join(folder, entry.name, what="file")
+        except UnsafePath:
+            continue
+        if resolved.is_file():
+            found.append(Path(folder) / entry.name)
+    return sorted(found, key=lambda path: path.name)
+
+
+def recent_job_folders(output_root: Path, limit: int = 100) -> list[Path]:
+    """The newest job folders under ``comfyui-studio/`` by name (names start with their time), newest first."""
+    studio = Path(output_root) / STUDIO_FOLDER
+    try:
+        entries = list(os.scandir(studio))
+    except OSError:
+        return []
+    names = [
+        entry.name
+        for entry in entries
+        if OUTPUT_DIR_PATTERN.match(entry.name) and ".." not in entry.name and entry.is_dir(follow_symlinks=False)
+    ]
+    return [studio / name for name in sorted(names, reverse=True)[:limit]]

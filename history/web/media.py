@@ -6,9 +6,12 @@ goes out as an ``application/octet-stream`` attachment, so nothing a workflow wr
 """
 from __future__ import annotations
 
+import datetime
 import mimetypes
 import os
 import stat
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 from flask import Blueprint
@@ -20,6 +23,7 @@ from flask import url_for
 
 from history import files
 from history import thumbnails
+from history.models import is_video
 
 bp = Blueprint("media", __name__)
 
@@ -227,3 +231,84 @@ def human_size(size) -> str:
         if size < 1024 or unit == "TB":
             return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
     return ""  # unreachable
+
+
+# ---- Listings for the assets page ----------------------------------------------------------------
+
+@dataclass
+class Asset:
+    """One file of a job folder as the assets page shows it."""
+
+    name: str
+    size: int
+    modified: datetime.datetime
+    kind: str  # image, video or file
+    url: str | None
+    thumbnail_url: str | None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class FolderListing:
+    """A job folder's files (``exists`` is False when the folder is missing)."""
+
+    output_dir: str
+    exists: bool
+    assets: list[Asset] = field(default_factory=list)
+    total_size: int = 0
+    more: int = 0
+
+
+# Header reads for dimensions stay cheap up to this many files; a bigger folder lists the rest unmeasured.
+MAX_MEASURED = 200
+MAX_LISTED = 1000
+
+
+def folder_listing(output_dir: str) -> FolderListing:
+    """List one job folder's files with URLs, thumbnails, sizes and (for images) dimensions; raise UnsafePath."""
+    folder = files.job_folder(_settings().output_dir, output_dir)
+    if not folder.is_dir():
+        return FolderListing(output_dir=output_dir, exists=False)
+    paths = files.job_files(folder)
+    listing = FolderListing(output_dir=output_dir, exists=True, more=max(0, len(paths) - MAX_LISTED))
+    subfolder = f"{files.STUDIO_FOLDER}/{output_dir}"
+    for index, path in enumerate(paths[:MAX_LISTED]):
+        st = _regular_file(path)
+        if st is None:
+            continue
+        ref = {"filename": path.name, "subfolder": subfolder, "type": "output"}
+        kind = "video" if is_video(ref) and not thumbnails.can_thumbnail(path.name) else (
+            "image" if thumbnails.can_thumbnail(path.name) else "file"
+        )
+        size = thumbnails.image_size(path) if kind == "image" and index < MAX_MEASURED else None
+        listing.assets.append(Asset(
+            name=path.name,
+            size=st.st_size,
+            modified=datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc),
+            kind=kind,
+            url=output_url(ref),
+            thumbnail_url=thumbnail_url(ref) if kind == "image" else None,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+        ))
+        listing.total_size += st.st_size
+    return listing
+
+
+@dataclass
+class FolderSummary:
+    """One job folder in the list of recent folders."""
+
+    output_dir: str
+    files: int
+    size: int
+
+
+def recent_folders(limit: int = 100) -> list[FolderSummary]:
+    """The newest job folders (by name) with their file counts and sizes."""
+    summaries = []
+    for folder in files.recent_job_folders(_settings().output_dir, limit):
+        count, size = files.folder_usage(folder)
+        summaries.append(FolderSummary(output_dir=folder.name, files=count, size=size))
+    return summaries

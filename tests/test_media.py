@@ -1,0 +1,409 @@
+"""/media: output and input files and thumbnails, served only from inside their folders, never as pages."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from flask import render_template_string
+from flask.testing import FlaskClient
+from PIL import Image
+
+from history import thumbnails
+from history.web import media
+
+SECRET = "top secret: outside every served folder"
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height``."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def write_png(path: Path, size=(640, 480), color=(255, 136, 0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.new("RGB", size, color) as image:
+        image.save(path)
+    return path
+
+
+def ref_path(ref: dict) -> str:
+    return f"{ref['subfolder']}/{ref['filename']}"
+
+
+class BufferedClient(FlaskClient):
+    """A test client that reads each answer in full and closes it, as a WSGI server would.
+
+    send_file hands over an open file; a 304 or a partial answer that nobody closes would leak it
+    (and filterwarnings=error turns that ResourceWarning into a failure).
+    """
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def client(app):
+    """The app's test client, buffered (see BufferedClient)."""
+    app.test_client_class = BufferedClient
+    return app.test_client()
+
+
+@pytest.fixture
+def job(make_job):
+    """A completed job with two real PNG outputs."""
+    return make_job(files=2)
+
+
+@pytest.fixture
+def output_root(settings) -> Path:
+    return settings.output_dir
+
+
+@pytest.fixture
+def secret(settings) -> Path:
+    """A file beside the output and input folders that no URL may reach."""
+    path = settings.data_dir / "secret.txt"
+    path.write_text(SECRET)
+    return path
+
+
+@pytest.fixture
+def reads(monkeypatch, settings) -> list:
+    """Every file the media views send or thumbnail; the test asserts none is outside the folders."""
+    seen = []
+    send_file = media.send_file
+    make_thumbnail = thumbnails.make_thumbnail
+
+    def spy_send(path, *args, **kwargs):
+        seen.append(Path(path))
+        return send_file(path, *args, **kwargs)
+
+    def spy_thumbnail(source, cache_dir):
+        seen.append(Path(source))
+        return make_thumbnail(source, cache_dir)
+
+    monkeypatch.setattr(media, "send_file", spy_send)
+    monkeypatch.setattr(thumbnails, "make_thumbnail", spy_thumbnail)
+    return seen
+
+
+def inside_served_folders(path: Path, app) -> bool:
+    settings = app.config["STUDIO"]
+    resolved = path.resolve()
+    roots = (settings.output_dir, settings.input_dir, settings.thumbnail_dir, Path(app.static_folder))
+    return any(resolved == root.resolve() or root.resolve() in resolved.parents for root in roots)
+
+
+# ---- Output and input files ---------------------------------------------------------------------
+
+def test_output_file_is_served_with_validators(client, job):
+    ref = job.outputs[0]
+    response = client.get(f"/media/output/{ref_path(ref)}")
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in response.headers["Content-Security-Policy"]
+    assert response.headers["ETag"] and response.headers["Last-Modified"]
+    with Image.open(BytesIO(response.data)) as image:
+        assert image.size == (256, 256)
+
+    again = client.get(f"/media/output/{ref_path(ref)}", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304
+    since = client.get(
+        f"/media/output/{ref_path(ref)}", headers={"If-Modified-Since": response.headers["Last-Modified"]}
+    )
+    assert since.status_code == 304
+
+
+def test_output_file_supports_ranges(client, job):
+    response = client.get(f"/media/output/{ref_path(job.outputs[0])}", headers={"Range": "bytes=0-7"})
+    assert response.status_code == 206
+    assert response.data == b"\x89PNG\r\n\x1a\n"
+
+
+def test_video_is_served_inline(client, settings):
+    video = settings.output_dir / "comfyui-studio" / "job1" / "clip_00001.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    response = client.get("/media/output/comfyui-studio/job1/clip_00001.mp4")
+    assert response.status_code == 200
+    assert response.mimetype == "video/mp4"
+    assert "attachment" not in response.headers.get("Content-Disposition", "")
+
+
+@pytest.mark.parametrize("name", [
+    "page.html", "page.htm", "page.xhtml", "vector.svg", "script.js", "data.xml", "no-extension", "thing.unknownext",
+])
+def test_risky_and_unknown_types_are_downloads(client, settings, name):
+    path = settings.output_dir / "comfyui-studio" / "job1" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("<html><script>alert(1)</script></html>")
+    response = client.get(f"/media/output/comfyui-studio/job1/{name}")
+    assert response.status_code == 200
+    assert response.mimetype == "application/octet-stream"
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_input_file_is_served(client, settings):
+    write_png(settings.input_dir / "portrait.png", size=(90, 60))
+    response = client.get("/media/input/portrait.png")
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+
+
+@pytest.mark.parametrize("url", [
+    "/media/output/comfyui-studio/nope/final_00001_.png",
+    "/media/output/comfyui-studio",
+    "/media/input/missing.png",
+    "/media/thumb/video/comfyui-studio/x.png",
+])
+def test_missing_or_not_a_file_is_404(client, settings, url):
+    (settings.output_dir / "comfyui-studio").mkdir(parents=True, exist_ok=True)
+    assert client.get(url).status_code == 404
+
+
+# ---- Path escapes -------------------------------------------------------------------------------
+
+ESCAPES = [
+    "../secret.txt",
+    "%2e%2e/secret.txt",
+    "%2E%2E/secret.txt",
+    "..%2fsecret.txt",
+    "%2e%2e%2fsecret.txt",
+    "comfyui-studio/../../secret.txt",
+    "comfyui-studio/%2e%2e/%2e%2e/secret.txt",
+    "/" + "{data_dir}/secret.txt",  # an absolute path: //data/... (merged to a relative one, still inside)
+    "%2F{data_dir}/secret.txt",
+    "secret.txt%00.png",
+    "..%5csecret.txt",
+    "..\\secret.txt",
+    "comfyui-studio/leak/secret.txt",  # a symlinked folder that leads out
+    "comfyui-studio/job1/link.png",  # a symlinked file that leads out
+]
+PREFIXES = ["/media/output/", "/media/input/", "/media/thumb/output/", "/media/thumb/input/"]
+
+
+@pytest.fixture
+def escape_links(settings, secret):
+    """Symlinks inside both folders that point outside them."""
+    for root in (settings.output_dir, settings.input_dir):
+        studio = root / "comfyui-studio"
+        (studio / "job1").mkdir(parents=True, exist_ok=True)
+        (studio / "leak").symlink_to(settings.data_dir, target_is_directory=True)
+        (studio / "job1" / "link.png").symlink_to(secret)
+    (settings.input_dir / "link.png").symlink_to(secret)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("bad", ESCAPES)
+def test_path_escapes_are_404_and_read_nothing(app, client, settings, escape_links, reads, prefix, bad):
+    url = prefix + bad.format(data_dir=str(settings.data_dir).lstrip("/"))
+    response = client.get(url, follow_redirects=True)
+    if response.history:
+        # Werkzeug merges the slashes of an absolute path (308), which makes it relative to the folder:
+        # a missing file there, so a 404 (or, for a thumbnail, the placeholder).
+        assert response.request.path.startswith(prefix)
+        assert response.status_code == 404 or response.headers.get("X-Thumbnail") == "placeholder"
+    else:
+        assert response.status_code == 404
+    assert SECRET.encode() not in response.data
+    assert all(inside_served_folders(path, app) for path in reads), reads
+    assert not any(path.resolve() == settings.data_dir / "secret.txt" for path in reads)
+
+
+def test_a_symlink_that_stays_inside_is_served(client, settings):
+    target = write_png(settings.output_dir / "comfyui-studio" / "job1" / "real.png")
+    (target.parent / "alias.png").symlink_to(target)
+    assert client.get("/media/output/comfyui-studio/job1/alias.png").status_code == 200
+
+
+# ---- Thumbnails ---------------------------------------------------------------------------------
+
+def test_versioned_thumbnail_is_immutable(app, client, job):
+    ref = job.outputs[0]
+    with app.test_request_context():
+        url = media.thumbnail_url(ref)
+    assert url.startswith(f"/media/thumb/output/{ref_path(ref)}?v=")
+    response = client.get(url)
+    assert response.status_code == 200
+    assert response.mimetype == "image/webp"
+    assert response.headers["Cache-Control"] == IMMUTABLE
+    assert "X-Thumbnail" not in response.headers
+    with Image.open(BytesIO(response.data)) as thumbnail:
+        assert thumbnail.format == "WEBP" and thumbnail.size == (120, 120)
+    assert len(response.data) < 2_000
+    again = client.get(url, headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize("query", ["", "?v=", "?v=1.0.0", "?v=stale"])
+def test_unversioned_or_stale_thumbnail_is_revalidated(client, job, query):
+    response = client.get(f"/media/thumb/output/{ref_path(job.outputs[0])}{query}")
+    assert response.status_code == 200
+    assert response.mimetype == "image/webp"
+    assert response.headers["Cache-Control"] == "no-cache"
+
+
+def test_thumbnail_made_once_and_remade_when_the_source_changes(app, client, settings, job, monkeypatch):
+    renders = []
+    render = thumbnails.render
+    monkeypatch.setattr(thumbnails, "render", lambda handle: renders.append(1) or render(handle))
+    ref = job.outputs[0]
+    with app.test_request_context():
+        first_url = media.thumbnail_url(ref)
+    client.get(first_url)
+    client.get(first_url)
+    assert len(renders) == 1
+
+    source = settings.output_dir / ref["subfolder"] / ref["filename"]
+    write_png(source, size=(300, 200), color=(0, 0, 255))
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    with app.test_request_context():
+        second_url = media.thumbnail_url(ref)
+    assert second_url != first_url
+    stale = client.get(first_url)
+    assert stale.headers["Cache-Control"] == "no-cache"  # the old URL no longer names this content
+    fresh = client.get(second_url)
+    assert fresh.headers["Cache-Control"] == IMMUTABLE
+    assert len(renders) == 2
+    with Image.open(BytesIO(fresh.data)) as thumbnail:
+        assert thumbnail.convert("RGB").getpixel((60, 60))[2] > 200
+
+
+def test_input_thumbnail(app, client, settings):
+    write_png(settings.input_dir / "portrait.png", size=(90, 160))
+    with app.test_request_context():
+        url = media.input_thumbnail_url("portrait.png")
+    assert url.startswith("/media/thumb/input/portrait.png?v=")
+    response = client.get(url)
+    assert response.mimetype == "image/webp"
+    assert response.headers["Cache-Control"] == IMMUTABLE
+
+
+BAD_SOURCES = {
+    "corrupt": b"\x89PNG\r\n\x1a\n" + b"\x13" * 300,
+    "truncated": None,  # filled from a real PNG below
+    "bomb": png_header(100_000, 100_000),
+    "over the pixel limit": png_header(8_500, 8_500),
+    "not an image": b"hello, I am text",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_SOURCES, "missing", "video"])
+def test_unthumbnailable_sources_get_the_placeholder(client, settings, case):
+    folder = settings.output_dir / "comfyui-studio" / "job1"
+    folder.mkdir(parents=True)
+    name = "clip.mp4" if case == "video" else "final_00001_.png"
+    if case == "truncated":
+        with Image.effect_noise((300, 300), 50) as noise:
+            buffer = BytesIO()
+            noise.save(buffer, format="PNG")
+        (folder / name).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif case == "video":
+        (folder / name).write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    elif case != "missing":
+        (folder / name).write_bytes(BAD_SOURCES[case])
+    response = client.get(f"/media/thumb/output/comfyui-studio/job1/{name}?v=1.0.0")
+    assert response.status_code == 200
+    assert response.headers["X-Thumbnail"] == "placeholder"
+    assert response.mimetype == "image/svg+xml"
+    assert "immutable" not in response.headers["Cache-Control"]
+    assert "max-age=60" in response.headers["Cache-Control"]
+    assert response.data.startswith(b"<svg")
+    assert not list(settings.thumbnail_dir.rglob("*.webp")) if settings.thumbnail_dir.exists() else True
+
+
+# ---- Template globals ---------------------------------------------------------------------------
+
+def render(app, source: str, **context) -> str:
+    with app.test_request_context():
+        return render_template_string(source, **context).strip()
+
+
+def test_template_globals_build_urls(app, job):
+    ref = job.outputs[0]
+    assert render(app, "{{ output_url(ref) }}", ref=ref) == f"/media/output/{ref_path(ref)}"
+    assert render(app, "{{ thumbnail_url(ref) }}", ref=ref).startswith(f"/media/thumb/output/{ref_path(ref)}?v=1.")
+    html = render(app, '<img class="job-thumb" src="{{ thumbnail_url(job.output) }}">', job=job)
+    assert "?v=" in html and "&amp;" not in html
+
+
+def test_url_prefix_is_respected(tmp_path):
+    from history import create_app
+
+    prefixed = create_app({"TESTING": True, "STUDIO_DATA_DIR": str(tmp_path / "p"), "STUDIO_DEMO": "0",
+                           "STUDIO_URL_PREFIX": "/studio"})
+    try:
+        write_png(prefixed.config["STUDIO"].output_dir / "comfyui-studio" / "d" / "a.png")
+        ref = {"filename": "a.png", "subfolder": "comfyui-studio/d", "type": "output"}
+        url = render(prefixed, "{{ thumbnail_url(ref) }}", ref=ref)
+        assert url.startswith("/studio/media/thumb/output/comfyui-studio/d/a.png?v=")
+        prefixed.test_client_class = BufferedClient
+        assert prefixed.test_client().get(url).mimetype == "image/webp"
+    finally:
+        prefixed.extensions["studio"].stop()
+
+
+@pytest.mark.parametrize("ref", [
+    None,
+    "final.png",
+    {},
+    {"filename": None},
+    {"filename": "missing.png", "subfolder": "comfyui-studio/x", "type": "output"},
+    {"filename": "../secret.txt", "subfolder": "", "type": "output"},
+    {"filename": "secret.txt", "subfolder": "..", "type": "output"},
+    {"filename": "secret.txt", "subfolder": "/etc", "type": "output"},
+    {"filename": "a\x00.png", "subfolder": "", "type": "output"},
+    {"filename": "a.png", "subfolder": "comfyui-studio\\..\\..", "type": "output"},
+    {"filename": "final_00001_.png", "subfolder": "", "type": "temp"},
+])
+def test_globals_give_none_for_missing_or_unsafe_refs(app, secret, ref):
+    with app.test_request_context():
+        assert media.output_url(ref) is None
+        assert media.thumbnail_url(ref) is None
+
+
+def test_no_thumbnail_url_for_videos(app, settings):
+    video = settings.output_dir / "comfyui-studio" / "job1" / "clip.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"\x00" * 32)
+    ref = {"filename": "clip.mp4", "subfolder": "comfyui-studio/job1", "type": "output"}
+    with app.test_request_context():
+        assert media.thumbnail_url(ref) is None
+        assert media.output_url(ref) == "/media/output/comfyui-studio/job1/clip.mp4"
+
+
+@pytest.mark.parametrize("name", [None, "", "missing.png", "../secret.txt", "/etc/passwd", "a\x00.png", "..\\x.png"])
+def test_input_globals_give_none(app, secret, name):
+    with app.test_request_context():
+        assert media.input_url(name) is None
+        assert media.input_thumbnail_url(name) is None
+
+
+def test_input_globals_allow_subfolders(app, settings):
+    write_png(settings.input_dir / "pasted" / "image.png")
+    with app.test_request_context():
+        assert media.input_url("pasted/image.png") == "/media/input/pasted/image.png"
+        assert media.input_thumbnail_url("pasted/image.png").startswith("/media/thumb/input/pasted/image.png?v=")
+
+
+@pytest.mark.parametrize("size, text", [
+    (None, ""), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (1536, "1.5 KB"),
+    (5 * 1024**2, "5.0 MB"), (250 * 1024**2, "250 MB"), (3 * 1024**3, "3.0 GB"), (2 * 1024**5, "2048 TB"),
+])
+def test_human_size(app, size, text):
+    assert render(app, "{{ human_size(size) }}", size=size) == text
