@@ -34,5 +34,19 @@ def queue():
 
 @bp.get("/admin/assets")
 def assets():
-    """The files of one job's folder, with previews and sizes."""
-    return "assets page: to be built", 200
+    """The files of one job's folder, with previews and sizes; without ``dir``, the newest job folders."""
+    # Imported here so this section stays self-contained beside the others in this module.
+    from flask import render_template
+    from flask import request
+
+    from history import files
+    from history.web import media
+
+    output_dir = request.args.get("dir")
+    if not output_dir:
+        return render_template("assets.html", folders=media.recent_folders())
+    try:
+        listing = media.folder_listing(output_dir)
+    except files.UnsafePath as error:
+        return render_template("assets.html", output_dir=output_dir, error=str(error)), 400
+    return render_template("assets.html", output_dir=output_dir, listing=listing), 200 if listing.exists else 404
