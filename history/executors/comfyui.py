@@ -1,0 +1,632 @@
+"""The ComfyUI executor: POST /prompt, one websocket per process, and reconcile through /history and /queue.
+
+ComfyUI sends a prompt's execution frames only to the websocket whose ``clientId`` posted it, so each
+executor posts with its own ``client_id`` and keeps exactly one socket open under that id. Frames seen
+while the socket is down are lost for good; after every (re)connect, and at start-up for the jobs the
+store still has as queued or running, the executor asks ``/queue`` and ``/history/{id}`` what became of
+each job it tracks. Shapes follow the transcripts of a real ComfyUI 0.3.64 in ``../shared/comfyui/``.
+
+No Flask and no database here: everything goes out through the Reporter.
+"""
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+
+import simple_websocket
+from simple_websocket.ws import Base as WebSocketBase
+from wsproto import ConnectionType
+
+from history.executors.base import Executor
+from history.executors.base import ExecutorRejected
+from history.executors.base import ExecutorUnavailable
+from history.executors.base import Lost
+from history.executors.base import Reporter
+from history.executors.base import Submission
+from history.executors.base import utcnow
+
+log = logging.getLogger(__name__)
+
+# The keys of a node's "executed" output that hold file references, in the order we list them.
+OUTPUT_KINDS = ("images", "gifs", "videos", "audio")
+# Keys whose files are videos whatever their "animated" flag says (VideoHelperSuite's "gifs", core "videos").
+VIDEO_KINDS = ("gifs", "videos")
+INTERRUPTED = "interrupted"
+FORGOTTEN = (
+    "ComfyUI no longer knows this job: it is neither queued, running nor in its history "
+    "(ComfyUI was probably restarted while the job waited or ran)"
+)
+
+
+@dataclass
+class _Job:
+    """What the executor knows of one job it follows."""
+
+    prompt_id: str
+    graph: dict | None = None
+    # True once started() was reported; False for a job we submitted and have not seen start;
+    # None for a job found at start-up, whose start an earlier process may already have reported.
+    started: bool | None = False
+    # Submitted through this executor's client_id, so its frames come to our socket.
+    owned: bool = True
+    submitting: bool = False
+    # A reconcile skipped the job while its POST was in flight: look again once the POST returns.
+    recheck: bool = False
+    comfy_id: str | None = None
+    current_node: str | None = None
+    nodes_done: set = field(default_factory=set)
+    outputs: dict = field(default_factory=dict)
+
+
+class _Connection(simple_websocket.Client):
+    """A websocket client that connects and handshakes with a timeout and closes without leaking.
+
+    simple_websocket.Client connects with no timeout and leaves its socket open when the connect or
+    the handshake fails (a ResourceWarning, and a thread stuck on a hung server), so the socket is
+    made here and handed to the shared websocket machinery.
+    """
+
+    def __init__(self, url: str, timeout: float, ping_interval: float | None = None):
+        parts = urllib.parse.urlsplit(url)
+        secure = parts.scheme == "wss"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if secure else 80)
+        self.path = parts.path + ("?" + parts.query if parts.query else "")
+        self.subprotocols = []
+        self.extra_headeers = []  # simple_websocket's own spelling; its handshake() reads it
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        try:
+            if secure:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            WebSocketBase.__init__(
+                self, sock, connection_type=ConnectionType.CLIENT, ping_interval=ping_interval
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    def handshake(self):
+        """Handshake under the connect timeout, then let the reader thread block without one."""
+        super().handshake()
+        self.sock.settimeout(None)
+        # Frames that came in the same packet as the handshake answer (ComfyUI's greeting) would
+        # wait in wsproto until more data arrives: take them now.
+        self.connected = self._handle_events()
+
+    def close_now(self) -> None:
+        """Send a close frame if possible, then shut the socket so the reader thread ends at once."""
+        if self.connected:
+            try:
+                WebSocketBase.close(self)
+            except Exception:  # the peer may be gone already; closing is all we want
+                pass
+        self.connected = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+class ComfyUIExecutor(Executor):
+    """Runs jobs on a ComfyUI server and follows them over one websocket."""
+
+    name = "comfyui"
+    # How often jobs whose frames cannot reach us (found at start-up, posted by another client) are
+    # looked up in /history; tests lower it.
+    orphan_poll_seconds = 5.0
+    max_reconnect_delay = 30.0
+    ping_interval = 20.0
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        base_url: str,
+        client_id: str | None = None,
+        reconnect_delay: float = 1.0,
+        http_timeout: float = 10.0,
+    ):
+        super().__init__(reporter)
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id or str(uuid.uuid4())
+        self.reconnect_delay = reconnect_delay
+        self.http_timeout = http_timeout
+        parts = urllib.parse.urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        query = urllib.parse.urlencode({"clientId": self.client_id})
+        self.websocket_url = urllib.parse.urlunsplit((scheme, parts.netloc, parts.path + "/ws", query, ""))
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._aliases: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._connection: _Connection | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- the Executor interface ---------------------------------------------------------------
+
+    def start(self, pending: list[str]) -> None:
+        """Follow ``pending`` (queued or running in the store) and open the websocket; reconcile on connect."""
+        with self._lock:
+            for prompt_id in pending:
+                self._jobs.setdefault(prompt_id, _Job(prompt_id, started=None, owned=False))
+        self._follow_in_background()
+
+    def submit(self, submission: Submission) -> None:
+        """POST the graph under our prompt_id and client_id; raise ExecutorUnavailable or ExecutorRejected."""
+        prompt_id = submission.prompt_id
+        job = _Job(prompt_id, graph=submission.graph, submitting=True)
+        # Track the job before posting: its first frames can arrive before POST /prompt answers.
+        with self._lock:
+            self._jobs[prompt_id] = job
+        self._follow_in_background()
+        body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        try:
+            status, answer = self._request("POST", "/prompt", body)
+        except ExecutorUnavailable:
+            self.forget(prompt_id)
+            raise
+        if status == 200 and isinstance(answer, dict) and answer.get("prompt_id"):
+            comfy_id = str(answer["prompt_id"])
+            with self._lock:
+                job.submitting = False
+                recheck = job.recheck
+                if comfy_id != prompt_id:
+                    # A ComfyUI older than caller-chosen prompt ids mints its own: frames and history use it.
+                    job.comfy_id = comfy_id
+                    self._aliases[comfy_id] = prompt_id
+            if recheck:
+                try:
+                    self._reconcile([prompt_id])
+                except ExecutorUnavailable as error:
+                    log.warning("Could not look up job %s after submitting it: %s", prompt_id, error)
+            return
+        self.forget(prompt_id)
+        if status == 400 and isinstance(answer, dict) and "error" in answer:
+            raise ExecutorRejected(rejection_message(answer, submission.graph), answer)
+        if 400 <= status < 500:
+            raise ExecutorRejected(f"ComfyUI refused the workflow ({status}): {_short(answer)}", {"error": answer})
+        raise ExecutorUnavailable(f"ComfyUI at {self.base_url} answered {status}: {_short(answer)}")
+
+    def stop(self) -> None:
+        """Close the websocket and end the background thread; jobs stay as they are in the store."""
+        self._stopping.set()
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            connection.close_now()
+        if self._thread is not None:
+            self._thread.join(timeout=self.http_timeout + 5)
+            self._thread = None
+
+    # -- more for the runner ------------------------------------------------------------------
+
+    def forget(self, prompt_id: str) -> None:
+        """Stop following a job (the runner marked it stalled or deleted it); later frames are ignored."""
+        with self._lock:
+            job = self._jobs.pop(prompt_id, None)
+            if job is not None and job.comfy_id:
+                self._aliases.pop(job.comfy_id, None)
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take a job out of ComfyUI's queue, or interrupt it if it runs; a run then fails as interrupted."""
+        with self._lock:
+            job = self._jobs.get(prompt_id)
+            comfy_id = (job.comfy_id if job else None) or prompt_id
+        self._request("POST", "/queue", {"delete": [comfy_id]})
+        self._request("POST", "/interrupt", {"prompt_id": comfy_id})
+
+    def reconcile(self) -> list[Lost]:
+        """Ask ComfyUI about every job followed now: report finished ones, fail lost ones as stalled."""
+        with self._lock:
+            prompt_ids = list(self._jobs)
+        return self._reconcile(prompt_ids)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the websocket is open and the jobs were reconciled on it."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the websocket is open and reconciled; answer whether it is."""
+        return self._connected.wait(timeout)
+
+    def following(self) -> list[str]:
+        """The prompt ids of the jobs this executor follows."""
+        with self._lock:
+            return list(self._jobs)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+        """Send one request to ComfyUI; answer (status, parsed JSON or text); raise ExecutorUnavailable."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.http_timeout) as response:
+                return response.status, _parse(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                return error.code, _parse(error.read())
+            finally:
+                error.close()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            reason = getattr(error, "reason", error)
+            reason = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+            raise ExecutorUnavailable(f"ComfyUI at {self.base_url} is unreachable: {reason}") from None
+
+    # -- the websocket ------------------------------------------------------------------------
+
+    def _follow_in_background(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping.is_set():
+                return
+            self._thread = threading.Thread(target=self._follow, name="comfyui-websocket", daemon=True)
+            self._thread.start()
+
+    def _follow(self) -> None:
+        """Keep one websocket open to ComfyUI, reconnecting with backoff, and handle what it says."""
+        delay = self.reconnect_delay
+        outage_logged = False
+        while not self._stopping.is_set():
+            try:
+                connection = _Connection(self.websocket_url, self.http_timeout, self.ping_interval)
+            except (OSError, simple_websocket.ConnectionError) as error:
+                if not outage_logged:
+                    log.warning("ComfyUI websocket %s unreachable (%s); retrying", self.websocket_url, error)
+                    outage_logged = True
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    connection.close_now()
+                    break
+                self._connection = connection
+            try:
+                # Reconcile only once ComfyUI has registered the socket, so a job that ends meanwhile
+                # is either in /history now or reported by a frame that is already on its way.
+                self._await_greeting(connection)
+                self.reconcile()
+                log.info("ComfyUI websocket connected as %s", self.client_id)
+                outage_logged = False
+                delay = self.reconnect_delay
+                self._connected.set()
+                self._read(connection)
+            except ExecutorUnavailable as error:
+                log.warning("Could not reconcile jobs with ComfyUI: %s", error)
+            except simple_websocket.ConnectionClosed:
+                pass
+            finally:
+                self._connected.clear()
+                with self._lock:
+                    self._connection = None
+                connection.close_now()
+            if not self._stopping.is_set():
+                log.warning("ComfyUI websocket closed; reconnecting in %.1f s", delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
+
+    def _await_greeting(self, connection: _Connection) -> None:
+        """Wait for ComfyUI's first ``status`` frame: it sends it once our clientId gets our frames."""
+        deadline = time.monotonic() + self.http_timeout
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            message = connection.receive(timeout=remaining)
+            if message is None or self._handle(message) == "status":
+                return
+
+    def _read(self, connection: _Connection) -> None:
+        """Handle frames until the socket closes or the executor stops; poll jobs no frame will tell about."""
+        last_poll = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                message = connection.receive(timeout=min(1.0, self.orphan_poll_seconds))
+            except simple_websocket.ConnectionClosed:
+                return
+            if message is not None:
+                self._handle(message)
+            if time.monotonic() - last_poll >= self.orphan_poll_seconds:
+                last_poll = time.monotonic()
+                with self._lock:
+                    orphans = [job.prompt_id for job in self._jobs.values() if not job.owned]
+                if orphans:
+                    self._reconcile(orphans)
+
+    def _handle(self, message) -> str | None:
+        """Handle one frame and answer its type; nothing a frame holds may end the thread."""
+        if not isinstance(message, str):
+            return None  # binary preview images
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            log.debug("Ignoring a non-JSON frame from ComfyUI: %.80r", message)
+            return None
+        if not isinstance(frame, dict) or not isinstance(frame.get("data"), dict):
+            return None
+        kind = frame.get("type")
+        try:
+            self._on_frame(kind, frame["data"])
+        except ExecutorUnavailable as error:
+            log.warning("Could not look up a job in ComfyUI: %s", error)
+        except Exception:
+            log.exception("Could not handle a %r frame from ComfyUI", kind)
+        return kind if isinstance(kind, str) else None
+
+    def _on_frame(self, kind: str, data: dict) -> None:
+        job = self._job(data.get("prompt_id"))
+        if job is None:
+            return  # status frames, other clients' jobs, forgotten jobs, the reconnect "executing" hint
+        prompt_id = job.prompt_id
+        if kind == "execution_start":
+            self._report_started(job, _time(data))
+        elif kind == "execution_cached":
+            job.nodes_done.update(str(node) for node in data.get("nodes") or [])
+        elif kind == "executing":
+            node = data.get("node")
+            if job.current_node is not None:
+                job.nodes_done.add(job.current_node)
+            if node is None:
+                # The run is over; a verdict frame should have come first. Without one (an older
+                # ComfyUI, or a frame lost), /history has the outcome by now.
+                self._reconcile([prompt_id])
+                return
+            job.current_node = str(node)
+            total = len(job.graph) if job.graph else 0
+            self._call("progress", prompt_id, job.current_node, len(job.nodes_done), total)
+        elif kind == "progress":
+            node = data.get("node")
+            self._call(
+                "progress", prompt_id, str(node) if node is not None else None,
+                int(data.get("value") or 0), int(data.get("max") or 0),
+            )
+        elif kind == "executed":
+            node = str(data.get("node"))
+            output = data.get("output")
+            if isinstance(output, dict):
+                job.outputs.setdefault(node, []).append(output)
+            job.nodes_done.add(node)
+        elif kind == "execution_success":
+            if self._settle(prompt_id):
+                self._call("completed", prompt_id, output_refs(job.outputs), _time(data))
+        elif kind == "execution_error":
+            if self._settle(prompt_id):
+                self._call("failed", prompt_id, error_message(data, job.graph), _time(data))
+        elif kind == "execution_interrupted":
+            if self._settle(prompt_id):
+                self._call("failed", prompt_id, INTERRUPTED, _time(data))
+
+    # -- reconcile ----------------------------------------------------------------------------
+
+    def _reconcile(self, prompt_ids: list[str]) -> list[Lost]:
+        """Settle the given jobs from /queue and /history; answer the ones ComfyUI forgot."""
+        if not prompt_ids:
+            return []
+        # /queue before /history: ComfyUI moves a job from its queue into its history under one lock,
+        # so a job missing from the queue now is either in the history next or truly gone.
+        _, queue = self._request("GET", "/queue")
+        running, pending = _queue_entries(queue)
+        lost = []
+        for prompt_id in prompt_ids:
+            with self._lock:
+                job = self._jobs.get(prompt_id)
+                if job is None:
+                    continue
+                if job.submitting:
+                    job.recheck = True
+                    continue
+                comfy_id = job.comfy_id or prompt_id
+            if comfy_id in running or comfy_id in pending:
+                entry = running.get(comfy_id) or pending.get(comfy_id)
+                if job.graph is None and isinstance(entry[2], dict):
+                    job.graph = entry[2]
+                if isinstance(entry[3], dict) and entry[3].get("client_id") == self.client_id:
+                    job.owned = True
+                if comfy_id in running and job.started is False:
+                    # Its execution_start went by while we were away; now is the best we know.
+                    self._report_started(job, utcnow())
+                continue
+            _, history = self._request("GET", "/history/" + urllib.parse.quote(comfy_id, safe=""))
+            record = history.get(comfy_id) if isinstance(history, dict) else None
+            if isinstance(record, dict) and record:
+                self._settle_from_history(job, record)
+            elif self._settle(prompt_id):
+                self._call("failed", prompt_id, FORGOTTEN, utcnow(), status="stalled")
+                lost.append(Lost(prompt_id, FORGOTTEN))
+        return lost
+
+    def _settle_from_history(self, job: _Job, record: dict) -> None:
+        """Report a finished job's outcome as ComfyUI's history holds it."""
+        if not self._settle(job.prompt_id):
+            return
+        status = record.get("status") if isinstance(record.get("status"), dict) else {}
+        messages = {}
+        for message in status.get("messages") or []:
+            if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+                messages[message[0]] = message[1]
+        graph = job.graph
+        prompt = record.get("prompt")
+        if graph is None and isinstance(prompt, list) and len(prompt) > 2 and isinstance(prompt[2], dict):
+            graph = prompt[2]
+        if job.started is not True and "execution_start" in messages:
+            self._report_started(job, _time(messages["execution_start"]))
+        if "execution_interrupted" in messages:
+            self._call("failed", job.prompt_id, INTERRUPTED, _time(messages["execution_interrupted"]))
+        elif "execution_error" in messages:
+            error = messages["execution_error"]
+            self._call("failed", job.prompt_id, error_message(error, graph), _time(error))
+        elif status.get("status_str") == "error":
+            self._call("failed", job.prompt_id, "ComfyUI reported an error without details", utcnow())
+        else:
+            outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+            by_node = {str(node): [output] for node, output in outputs.items() if isinstance(output, dict)}
+            finished = messages.get("execution_success") or {}
+            self._call("completed", job.prompt_id, output_refs(by_node), _time(finished))
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _job(self, comfy_id) -> _Job | None:
+        if not isinstance(comfy_id, str):
+            return None
+        with self._lock:
+            return self._jobs.get(self._aliases.get(comfy_id, comfy_id))
+
+    def _settle(self, prompt_id: str) -> _Job | None:
+        """Stop following a job that ended; only the caller that gets it back reports the end."""
+        with self._lock:
+            job = self._jobs.pop(prompt_id, None)
+            if job is not None and job.comfy_id:
+                self._aliases.pop(job.comfy_id, None)
+        return job
+
+    def _report_started(self, job: _Job, at: datetime.datetime) -> None:
+        if job.started is True:
+            return
+        job.started = True
+        self._call("started", job.prompt_id, at)
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        """Call the reporter; a failing reporter must not end the websocket thread."""
+        try:
+            getattr(self.reporter, method)(*args, **kwargs)
+        except Exception:
+            log.exception("Reporter.%s failed for job %s", method, args[0] if args else "?")
+
+
+# -- what ComfyUI says, in the studio's words -------------------------------------------------
+
+
+def output_refs(outputs_by_node: dict) -> list[dict]:
+    """Every file reference of a run, in node order, as ComfyUI gave it; animated ones flagged."""
+    refs = []
+    for node in sorted(outputs_by_node, key=node_order):
+        for output in outputs_by_node[node]:
+            animated = output.get("animated")
+            animated = list(animated) if isinstance(animated, (list, tuple)) else []
+            for kind in OUTPUT_KINDS:
+                items = output.get(kind)
+                if not isinstance(items, list):
+                    continue
+                for index, item in enumerate(items):
+                    if not isinstance(item, dict) or not item.get("filename"):
+                        continue
+                    ref = {
+                        "filename": item["filename"],
+                        "subfolder": item.get("subfolder", ""),
+                        "type": item.get("type", "output"),
+                    }
+                    if kind in VIDEO_KINDS or (kind == "images" and _flag(animated, index)):
+                        ref["animated"] = True
+                    refs.append(ref)
+    return refs
+
+
+def node_order(node_id: str) -> tuple:
+    """Sort key for node ids: numerically where they are numbers ("2" < "10"), also in subgraph ids ("5:3")."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.findall(r"\d+|\D+", str(node_id)))
+
+
+def node_title(graph: dict | None, node_id, class_type: str | None = None) -> str:
+    """A node's title from the graph's ``_meta``, else its class_type."""
+    node = (graph or {}).get(str(node_id))
+    if isinstance(node, dict):
+        meta = node.get("_meta")
+        if isinstance(meta, dict) and meta.get("title"):
+            return str(meta["title"])
+        class_type = class_type or node.get("class_type")
+    return class_type or "?"
+
+
+def error_message(error: dict, graph: dict | None) -> str:
+    """The text of an ``execution_error``: "node <title> (#id): <exception_type>: <exception_message>"."""
+    exception = f"{error.get('exception_type') or 'Error'}: {str(error.get('exception_message') or '').strip()}"
+    node_id = error.get("node_id")
+    if node_id is None:
+        return exception
+    return f"node {node_title(graph, node_id, error.get('node_type'))} (#{node_id}): {exception}"
+
+
+def rejection_message(answer: dict, graph: dict | None) -> str:
+    """The text of a 400 from POST /prompt, naming each node that failed validation and why."""
+    parts = []
+    node_errors = answer.get("node_errors")
+    if isinstance(node_errors, dict):
+        for node_id in sorted(node_errors, key=node_order):
+            entry = node_errors[node_id] if isinstance(node_errors[node_id], dict) else {}
+            reasons = []
+            for reason in entry.get("errors") or []:
+                if isinstance(reason, dict):
+                    details = reason.get("details")
+                    reasons.append(f"{reason.get('message')}: {details}" if details else str(reason.get("message")))
+            title = node_title(graph, node_id, entry.get("class_type"))
+            parts.append(f"node {title} (#{node_id}): {'; '.join(reasons) or 'invalid'}")
+    if not parts:
+        error = answer.get("error")
+        if isinstance(error, dict):
+            details = error.get("details")
+            message = str(error.get("message") or error.get("type") or "invalid workflow")
+            parts.append(f"{message} ({details})" if details and details != message else message)
+        else:
+            parts.append(str(error))
+    return "ComfyUI rejected the workflow: " + "; ".join(parts)
+
+
+def _queue_entries(queue) -> tuple[dict, dict]:
+    """/queue as {prompt_id: entry} for running and for pending jobs; an entry is [number, id, graph, extra, outputs]."""
+    found = []
+    for key in ("queue_running", "queue_pending"):
+        entries = {}
+        items = queue.get(key) if isinstance(queue, dict) else None
+        for item in items or []:
+            if isinstance(item, list) and len(item) > 1:
+                entries[str(item[1])] = list(item) + [None] * (5 - len(item))
+        found.append(entries)
+    return found[0], found[1]
+
+
+def _flag(flags: list, index: int) -> bool:
+    # SaveAnimatedWEBP sends one flag for all its files, ("animated": [true]); others one per file.
+    if index < len(flags):
+        return bool(flags[index])
+    return len(flags) == 1 and bool(flags[0])
+
+
+def _time(data: dict) -> datetime.datetime:
+    """The ComfyUI timestamp of a frame (milliseconds since the epoch), else now."""
+    stamp = data.get("timestamp") if isinstance(data, dict) else None
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and stamp > 0:
+        try:
+            return datetime.datetime.fromtimestamp(stamp / 1000, tz=datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return utcnow()
+
+
+def _parse(body: bytes):
+    text = body.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _short(answer) -> str:
+    text = answer if isinstance(answer, str) else json.dumps(answer)
+    return text[:200] or "(empty)"
