@@ -283,6 +283,26 @@ def test_thumbnail_made_once_and_remade_when_the_source_changes(app, client, set
         assert thumbnail.convert("RGB").getpixel((60, 60))[2] > 200
 
 
+def test_thumbnails_behind_a_login_are_private(tmp_path):
+    from history import create_app
+
+    guarded = create_app({"TESTING": True, "STUDIO_DATA_DIR": str(tmp_path / "g"), "STUDIO_DEMO": "0",
+                          "STUDIO_ADMIN_PASSWORD": "correct horse", "STUDIO_API_TOKEN": "bench-token-123"})
+    try:
+        write_png(guarded.config["STUDIO"].output_dir / "comfyui-studio" / "d" / "a.png")
+        ref = {"filename": "a.png", "subfolder": "comfyui-studio/d", "type": "output"}
+        url = render(guarded, "{{ thumbnail_url(ref) }}", ref=ref)
+        guarded.test_client_class = BufferedClient
+        client = guarded.test_client()
+        bearer = {"Authorization": "Bearer bench-token-123"}
+        response = client.get(url, headers=bearer)
+        assert response.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+        placeholder = client.get("/media/thumb/output/comfyui-studio/d/missing.png", headers=bearer)
+        assert placeholder.headers["Cache-Control"] == "private, max-age=60"
+    finally:
+        guarded.extensions["studio"].stop()
+
+
 def test_input_thumbnail(app, client, settings):
     write_png(settings.input_dir / "portrait.png", size=(90, 160))
     with app.test_request_context():

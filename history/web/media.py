@@ -38,7 +38,7 @@ INLINE_TYPES = frozenset({
 KNOWN_TYPES = {".webp": "image/webp", ".avif": "image/avif", ".webm": "video/webm", ".mp4": "video/mp4"}
 # Media responses are never documents: a file opened in its own tab runs nothing and loads nothing.
 MEDIA_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
-IMMUTABLE = "public, max-age=31536000, immutable"
+YEAR = 31536000
 PLACEHOLDER = "placeholder-thumb.svg"
 PLACEHOLDER_MAX_AGE = 60
 
@@ -75,6 +75,12 @@ def _resolve(kind: str, path: str) -> Path:
     except files.UnsafePath:
         abort(404)
     return source
+
+
+def _cache_scope() -> str:
+    """``private`` behind a login (no shared cache may keep what needs a password), else ``public``."""
+    settings = _settings()
+    return "private" if settings.admin_password or settings.api_token else "public"
 
 
 def _harden(response):
@@ -127,7 +133,7 @@ def thumbnail(kind: str, path: str):
         made, mimetype="image/webp", download_name=f"{source.stem}.webp", conditional=True, etag=True, max_age=None
     )
     # A versioned URL never changes content (a new source version is a new URL); any other is revalidated.
-    response.headers["Cache-Control"] = IMMUTABLE if fresh else "no-cache"
+    response.headers["Cache-Control"] = f"{_cache_scope()}, max-age={YEAR}, immutable" if fresh else "no-cache"
     response.headers.pop("Expires", None)
     return _harden(response)
 
@@ -141,6 +147,7 @@ def placeholder_response():
         etag=True,
         max_age=PLACEHOLDER_MAX_AGE,
     )
+    response.headers["Cache-Control"] = f"{_cache_scope()}, max-age={PLACEHOLDER_MAX_AGE}"
     response.headers["X-Thumbnail"] = "placeholder"
     return _harden(response)
 
