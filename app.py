@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"studio-history: {error}", file=sys.stderr)
         return 2
+    if not args.debug:
+        # Run the executor (and the demo jobs on a fresh store) now, not on the first request; with the
+        # debug reloader the serving child starts it on its first request instead.
+        app.extensions["studio"].start()
     prefix = app.config["STUDIO"].url_prefix
     print(f" * Studio History: http://{args.host}:{args.port}{prefix}/admin/history", flush=True)
     app.run(host=args.host, port=args.port, debug=args.debug, use_reloader=args.debug, threaded=True)

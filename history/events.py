@@ -34,6 +34,7 @@ class Subscription:
         self.bus = bus
         self.queue: queue.Queue[str] = queue.Queue(maxsize=maxsize)
         self.dropped = 0
+        self.closed = threading.Event()
 
     def put(self, message: str) -> None:
         """Queue a message without ever blocking the publisher."""
@@ -49,15 +50,20 @@ class Subscription:
                     pass
 
     def get(self, timeout: float | None = None) -> str | None:
-        """The next message, or None after ``timeout`` seconds."""
+        """The next message, or None after ``timeout`` seconds (or once the subscription is closed)."""
         try:
             return self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
 
     def close(self) -> None:
-        """Stop receiving events."""
+        """Stop receiving events; a reader waiting in get() wakes up."""
+        self.closed.set()
         self.bus.unsubscribe(self)
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass
 
     def __enter__(self):
         return self
@@ -107,4 +113,12 @@ class EventBus:
         """Start any background listener (none in process)."""
 
     def stop(self) -> None:
-        """Stop any background listener."""
+        """Stop any background listener and end every subscription (their websockets then close)."""
+        self.close_subscriptions()
+
+    def close_subscriptions(self) -> None:
+        """End every subscription: readers wake up and their websockets close."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.close()

@@ -166,3 +166,15 @@ def recent_job_folders(output_root: Path, limit: int = 100) -> list[Path]:
         if OUTPUT_DIR_PATTERN.match(entry.name) and ".." not in entry.name and entry.is_dir(follow_symlinks=False)
     ]
     return [studio / name for name in sorted(names, reverse=True)[:limit]]
+
+
+def is_private(path: Path, root: Path, data_dir: Path) -> bool:
+    """Whether a file resolved under ``root`` is the app's own data (database, secret key, cache).
+
+    Only possible when a folder is set to the data dir or above it (STUDIO_INPUT_DIR=. beside ./data):
+    then nothing inside the data dir is served, whatever its name.
+    """
+    root, data_dir, path = Path(root).resolve(), Path(data_dir).resolve(), Path(path).resolve()
+    if root != data_dir and root not in data_dir.parents:
+        return False
+    return path == data_dir or data_dir in path.parents

@@ -102,7 +102,8 @@ def render(handle) -> Image.Image | None:
     try:
         with Image.open(handle) as image:
             width, height = image.size
-            if width < 1 or height < 1 or width * height > MAX_PIXELS:
+            limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)  # whichever is stricter
+            if width < 1 or height < 1 or width * height > limit:
                 log.info("no thumbnail for %s: %dx%d is over the pixel limit", getattr(handle, "name", "?"), width, height)
                 return None
             if image.format == "JPEG":

@@ -1,6 +1,8 @@
 """The JSON API: the original studio's contract, kept."""
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint
 from flask import abort
 from flask import current_app
@@ -107,3 +109,88 @@ def history_usage():
     """Count the jobs, files and bytes a delete of these ids would free."""
     prompt_ids = read_prompt_ids(request.get_json(silent=True))
     return jsonify(jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir))
+
+
+# ---- running workflows (issue 4) ----------------------------------------------------------------
+
+@bp.get("/api/workflows")
+def workflow_list():
+    """List the workflows this studio can run, with their declared inputs."""
+    workflows = studio().workflows
+    return jsonify([workflows[key].to_dict() for key in sorted(workflows)])
+
+
+def read_execute_request() -> tuple[object, object, object]:
+    """(params, input_image, retry_of) of an execute request, JSON or multipart; an upload is checked
+    with Pillow and stored in the input folder first. Abort 400/413/415 naming the field."""
+    from history import files
+    from history.workflows import MAX_UPLOAD_BYTES
+    from history.workflows import ValidationError
+    from history.workflows import check_upload
+
+    if request.mimetype == "multipart/form-data":
+        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 1024 * 1024:
+            abort(413, f"input_image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        raw_params = request.form.get("params")
+        params = None
+        if raw_params not in (None, ""):
+            try:
+                params = json.loads(raw_params)
+            except ValueError:
+                abort(400, "params: not valid JSON")
+        retry_of = request.form.get("retry_of") or None
+        input_image = request.form.get("input_image") or None
+        upload = request.files.get("input_image")
+        if upload is not None and upload.filename:
+            data = upload.stream.read(MAX_UPLOAD_BYTES + 1)
+            try:
+                extension = check_upload(data)
+            except ValidationError as error:
+                abort(413 if len(data) > MAX_UPLOAD_BYTES else 400, str(error))
+            input_image = files.store_input_image(current_app.config["STUDIO"].input_dir, upload.filename, extension, data)
+        return params, input_image, retry_of
+    if request.mimetype not in ("application/json", "") and not request.is_json:
+        abort(415, "send JSON {\"params\": {...}} or multipart/form-data")
+    payload = request.get_json(silent=True)
+    if payload is None and request.get_data():
+        abort(400, "body: not valid JSON")
+    payload = payload if payload is not None else {}
+    if not isinstance(payload, dict):
+        abort(400, 'body: must be a JSON object {"params": {...}}')
+    unknown = sorted(set(payload) - {"params", "input_image", "retry_of"})
+    if unknown:
+        abort(400, f"{unknown[0]}: unknown field; send params, input_image and retry_of")
+    for name in ("input_image", "retry_of"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            abort(400, f"{name}: must be a string")
+    return payload.get("params"), payload.get("input_image"), payload.get("retry_of")
+
+
+@bp.post("/api/run/<workflow_id>/execute")
+def execute(workflow_id: str):
+    """Run a workflow: validate, record as queued, hand to the executor; answer 202 with the prompt id."""
+    from history.executors.base import ExecutorRejected
+    from history.executors.base import ExecutorUnavailable
+    from history.runner import UnknownWorkflow
+    from history.workflows import ValidationError
+
+    the_studio = studio()
+    if workflow_id not in the_studio.workflows:
+        abort(404, f"no workflow {workflow_id!r}")
+    params, input_image, retry_of = read_execute_request()
+    try:
+        job = the_studio.execute(workflow_id, params, input_image, retry_of)
+    except UnknownWorkflow as error:
+        abort(404, str(error))
+    except ValidationError as error:
+        return json_error(str(error), 400, field=error.field)
+    except ExecutorRejected as error:
+        return json_error(str(error), 400, node_errors=error.details.get("node_errors", error.details))
+    except ExecutorUnavailable as error:
+        response = json_error(str(error), 503)
+        response.headers["Retry-After"] = "10"
+        return response
+    response = jsonify(prompt_id=job.prompt_id, status=job.status, retry_of=job.retry_of)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.history_detail", prompt_id=job.prompt_id)
+    return response

@@ -67,12 +67,16 @@ def _resolve(kind: str, path: str) -> Path:
     try:
         if kind == "output":
             subfolder, _, filename = path.rpartition("/")
-            source = files.output_file(settings.output_dir, {"filename": filename, "subfolder": subfolder})
+            root = settings.output_dir
+            source = files.output_file(root, {"filename": filename, "subfolder": subfolder})
         elif kind == "input":
-            source = files.input_file(settings.input_dir, path)
+            root = settings.input_dir
+            source = files.input_file(root, path)
         else:
             abort(404)
     except files.UnsafePath:
+        abort(404)
+    if files.is_private(source, root, settings.data_dir):
         abort(404)
     return source
 
@@ -170,12 +174,16 @@ def _locate(ref) -> tuple[str, str, Path] | None:
     settings = _settings()
     try:
         if kind == "output":
-            source = files.output_file(settings.output_dir, ref)
+            root = settings.output_dir
+            source = files.output_file(root, ref)
         else:
             if "/" in filename:
                 return None
-            source = files.input_file(settings.input_dir, relative)
+            root = settings.input_dir
+            source = files.input_file(root, relative)
     except files.UnsafePath:
+        return None
+    if files.is_private(source, root, settings.data_dir):
         return None
     return kind, relative, source
 

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 from flask import Blueprint
+from flask import make_response
 from flask import redirect
+from flask import render_template
+from flask import request
 from flask import url_for
+
+from history import jobs
 
 bp = Blueprint("pages", __name__)
 
@@ -26,8 +31,17 @@ def history():
 
 @bp.get("/admin/queue")
 def queue():
-    """Queued and running jobs, live."""
-    return "queue page: to be built", 200
+    """Queued and running jobs with their progress, live: the page, or (for htmx) its list alone."""
+    from history.runner import studio
+
+    progress = studio().runner.progress_snapshot()
+    context = {"entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in jobs.active_jobs()]}
+    # The list polls itself with hx-get on this URL; htmx says so with HX-Request.
+    template = "queue_list.html" if request.headers.get("HX-Request") == "true" else "queue.html"
+    response = make_response(render_template(template, **context))
+    response.headers["Vary"] = "HX-Request"
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 # ---- Assets (issue 3: the media helper owns this section) -----------------------------------------
