@@ -178,3 +178,39 @@ def is_private(path: Path, root: Path, data_dir: Path) -> bool:
     if root != data_dir and root not in data_dir.parents:
         return False
     return path == data_dir or data_dir in path.parents
+
+
+# ---- running jobs (issue 4): ComfyUI's temp/ folder and uploaded input images -------------------
+INPUT_NAME_PATTERN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def temp_folder(output_root: Path) -> Path:
+    """Where previews (type ``temp``) go: ComfyUI's ``temp/`` beside its ``output/``."""
+    return Path(output_root).resolve().parent / "temp"
+
+
+def temp_file(output_root: Path, ref: dict) -> Path:
+    """Resolve a ``temp`` output reference to a file inside the temp folder."""
+    if not isinstance(ref, dict):
+        raise UnsafePath("an output reference must be an object")
+    filename = _check_text(ref.get("filename"), "filename")
+    if "/" in filename:
+        raise UnsafePath(f"filename must not contain '/': {filename!r}")
+    return safe_join(temp_folder(output_root), ref.get("subfolder") or "", filename, what="temp file")
+
+
+def store_input_image(input_root: Path, original_name: str | None, extension: str, data: bytes) -> str:
+    """Write an uploaded (already checked) image into the input folder under a new unique name; return it."""
+    stem = INPUT_NAME_PATTERN.sub("-", Path(str(original_name or "upload")).stem).strip("-_")[:48] or "upload"
+    extension = INPUT_NAME_PATTERN.sub("", extension)[:8] or "png"
+    root = Path(input_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        name = f"{stem}_{os.urandom(4).hex()}.{extension}"
+        path = safe_join(root, name, what="input image")
+        try:
+            with open(path, "xb") as handle:  # never over an existing file
+                handle.write(data)
+        except FileExistsError:
+            continue
+        return name
