@@ -58,6 +58,7 @@ _CLOSE = object()
 
 @functools.cache
 def _transcript(name: str) -> dict:
+    """Read a transcript once."""
     return json.loads((TRANSCRIPTS / name).read_text())
 
 
@@ -97,6 +98,7 @@ def _scenarios(document):
 
 
 def _all_scenarios():
+    """Every recorded scenario of every transcript."""
     for path in sorted(TRANSCRIPTS.glob("*.json")):
         yield from _scenarios(_transcript(path.name))
 
@@ -153,14 +155,17 @@ def recorded_node_classes() -> dict:
 
 
 def _is_link(value) -> bool:
+    """Whether an input value is a link [node_id, slot]."""
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], int)
 
 
 def _node_order(node_id) -> tuple:
+    """Sort node ids numerically where they are numbers."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.findall(r"\d+|\D+", str(node_id)))
 
 
 def _now_ms() -> int:
+    """Now in ComfyUI's timestamps: milliseconds since the epoch."""
     return int(time.time() * 1000)
 
 
@@ -178,6 +183,7 @@ class _Prompt:
 
     @property
     def client_id(self):
+        """The clientId whose socket gets this prompt's frames."""
         return self.extra_data.get("client_id")
 
     def entry(self) -> list:
@@ -205,6 +211,7 @@ class _Socket:
 
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, *args, **kwargs):
+        """Keep test output free of access logs."""
         pass
 
 
@@ -215,6 +222,7 @@ class ComfyUIDouble:
     """A ComfyUI server on 127.0.0.1 that behaves like the recorded one."""
 
     def __init__(self, output_dir, input_dir=None, temp_dir=None, extra_nodes: dict | None = None):
+        """Prepare a double writing outputs under ``output_dir``; start() serves it."""
         self.output_dir = Path(output_dir).resolve()
         self.input_dir = Path(input_dir).resolve() if input_dir else self.output_dir.parent / "input"
         self._own_temp = temp_dir is None
@@ -272,9 +280,11 @@ class ComfyUIDouble:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "ComfyUIDouble":
+        """Start serving."""
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
+        """Stop serving."""
         self.stop()
 
     # -- scripting ---------------------------------------------------------------------------
@@ -370,12 +380,14 @@ class ComfyUIDouble:
     # -- HTTP and websocket ------------------------------------------------------------------
 
     def _make_app(self) -> Flask:
+        """Build the Flask app with ComfyUI's routes."""
         app = Flask("comfyui_double")
         sock = Sock(app)
         double = self
 
         @app.before_request
         def record_and_refuse():
+            """Note every request; turn websockets away while refusing."""
             body = request.get_json(silent=True) if request.method == "POST" else None
             double.requests.append((request.method, request.full_path.rstrip("?"), body))
             if request.path == "/ws" and double._refusing:
@@ -384,15 +396,18 @@ class ComfyUIDouble:
 
         @app.get("/prompt")
         def queue_info():
+            """Answer the queue size."""
             with double._cond:
                 return jsonify(double._queue_info())
 
         @app.post("/prompt")
         def post_prompt():
+            """Validate and queue a prompt."""
             return double._post_prompt(request.get_json(silent=True) or {})
 
         @app.get("/queue")
         def get_queue():
+            """List running and pending prompts."""
             with double._cond:
                 running = [double._running.entry()] if double._running else []
                 pending = [prompt.entry() for prompt in double._pending]
@@ -400,6 +415,7 @@ class ComfyUIDouble:
 
         @app.post("/queue")
         def post_queue():
+            """Delete pending prompts or clear the queue."""
             body = request.get_json(silent=True) or {}
             with double._cond:
                 if body.get("clear"):
@@ -412,6 +428,7 @@ class ComfyUIDouble:
 
         @app.get("/history")
         def get_history():
+            """List finished prompts, oldest first."""
             with double._cond:
                 items = list(double._history.items())
             offset = request.args.get("offset", 0, type=int)
@@ -422,12 +439,14 @@ class ComfyUIDouble:
 
         @app.get("/history/<prompt_id>")
         def get_history_item(prompt_id):
+            """Answer one finished prompt, or {} when unknown."""
             with double._cond:
                 record = double._history.get(prompt_id)
             return jsonify({prompt_id: record} if record else {})
 
         @app.post("/history")
         def post_history():
+            """Delete history records or clear them."""
             body = request.get_json(silent=True) or {}
             with double._cond:
                 if body.get("clear"):
@@ -438,6 +457,7 @@ class ComfyUIDouble:
 
         @app.post("/interrupt")
         def interrupt():
+            """Interrupt the running prompt (or only the named one)."""
             body = request.get_json(silent=True) or {}
             with double._cond:
                 running = double._running
@@ -450,6 +470,7 @@ class ComfyUIDouble:
 
         @app.get("/object_info/<name>")
         def object_info(name):
+            """Describe a node class, as recorded where it was."""
             for call in _transcript("04_object_info.json")["calls"]:
                 if call["path"] == f"/object_info/{name}":
                     return jsonify(call["body"])
@@ -464,6 +485,7 @@ class ComfyUIDouble:
 
         @app.get("/view")
         def view():
+            """Serve an output, temp or input file."""
             filename = request.args.get("filename", "")
             folders = {"output": double.output_dir, "temp": double.temp_dir, "input": double.input_dir}
             folder = folders.get(request.args.get("type", "output"))
@@ -479,6 +501,7 @@ class ComfyUIDouble:
 
         @sock.route("/ws")
         def websocket(ws):
+            """Follow prompts over a websocket."""
             double._serve_socket(ws, request.args.get("clientId") or uuid.uuid4().hex)
 
         return app
@@ -521,9 +544,11 @@ class ComfyUIDouble:
             sock.closed.set()
 
     def _queue_info(self) -> dict:
+        """The exec_info ComfyUI sends in status frames."""
         return {"exec_info": {"queue_remaining": len(self._pending) + (1 if self._running else 0)}}
 
     def _broadcast_status(self) -> None:
+        """Send a status frame to every registered socket."""
         with self._cond:
             frame = json.dumps({"type": "status", "data": {"status": self._queue_info()}})
             sockets = list(self._sockets.values())
@@ -550,6 +575,7 @@ class ComfyUIDouble:
     # -- POST /prompt ------------------------------------------------------------------------
 
     def _post_prompt(self, body: dict):
+        """Queue a valid prompt, or answer the recorded 400."""
         rejection = self._validate(body)
         if rejection is not None:
             return jsonify(rejection), 400
@@ -608,6 +634,7 @@ class ComfyUIDouble:
         return None
 
     def _check_upstream(self, graph: dict, node_id: str, seen: set):
+        """Yield (node_id, errors) for a node and what it links to."""
         if node_id in seen:
             return
         seen.add(node_id)
@@ -628,6 +655,7 @@ class ComfyUIDouble:
             yield node_id, errors
 
     def _check_inputs(self, node: dict) -> list:
+        """The validation errors of one node's inputs."""
         node_class = self.node_classes[node["class_type"]]
         inputs = node.get("inputs", {})
         errors = []
@@ -673,6 +701,7 @@ class ComfyUIDouble:
     # -- the worker --------------------------------------------------------------------------
 
     def _work(self) -> None:
+        """Run pending prompts one at a time, like ComfyUI's queue worker."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._stopping or (self._pending and not self._held))
@@ -794,6 +823,7 @@ class ComfyUIDouble:
         self._emit(prompt, "executing", {"node": None, "prompt_id": prompt.prompt_id})
 
     def _wait_at_pause_point(self, prompt: _Prompt, node_id: str) -> None:
+        """Wait before a node while a test holds the run there."""
         with self._cond:
             if self._pause_node != node_id:
                 return
@@ -824,6 +854,7 @@ class ComfyUIDouble:
         return order
 
     def _signature(self, graph: dict, node_id: str) -> str:
+        """A node's cache key: its class and inputs, links resolved to their signatures."""
         node = graph[node_id]
         inputs = {
             name: self._signature(graph, str(value[0])) + f"#{value[1]}" if _is_link(value) else value
@@ -832,6 +863,7 @@ class ComfyUIDouble:
         return json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
 
     def _node_state(self, prompt, node_id, value, maximum, state) -> dict:
+        """One node's entry of a progress_state frame, shaped like the recorded one."""
         entry = copy.deepcopy(recorded_frame("progress_state")["nodes"]["1"])
         entry.update(
             value=value, max=maximum, state=state, node_id=node_id, prompt_id=prompt.prompt_id,
@@ -840,6 +872,7 @@ class ComfyUIDouble:
         return entry
 
     def _executed_frame(self, prompt, node_id, ui) -> dict:
+        """The data of an executed frame."""
         return {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt.prompt_id}
 
     # -- the nodes ---------------------------------------------------------------------------
@@ -904,6 +937,7 @@ class ComfyUIDouble:
         return [], None
 
     def _save(self, images, prefix: str, folder: Path, folder_type: str) -> list:
+        """Save PNGs as SaveImage does; answer their references."""
         full, name, counter, subfolder = self._save_path(prefix, folder)
         refs = []
         for image in images:

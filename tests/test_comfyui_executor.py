@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 
 import pytest
+import simple_websocket
 
 from tests.comfyui_double import ComfyUIDouble
 from tests.comfyui_double import recorded_node_classes
@@ -467,6 +468,29 @@ def test_junk_frames_do_not_stop_the_socket(comfyui, executor, reporter):
 
 
 # -- the double itself ------------------------------------------------------------------------
+
+
+def test_execution_frames_go_only_to_the_socket_that_posted(comfyui, executor, reporter):
+    observer = simple_websocket.Client.connect(comfyui.url.replace("http://", "ws://") + "/ws?clientId=observer")
+    try:
+        assert comfyui.wait_client("observer", WAIT)
+        job = submission(save_graph())
+        executor.submit(job)
+        assert reporter.job(job.prompt_id)["status"] == "completed"
+        seen = []
+        # The observer hears the queue grow and empty again (07b), and nothing of the run itself.
+        while not (("status", 1) in seen and seen[-1] == ("status", 0)):
+            message = observer.receive(timeout=WAIT)
+            assert message is not None, seen
+            frame = json.loads(message)
+            if frame["type"] == "status":
+                seen.append(("status", frame["data"]["status"]["exec_info"]["queue_remaining"]))
+            else:
+                seen.append((frame["type"],))
+        assert {kind for kind, *_ in seen} == {"status"}
+    finally:
+        observer.close()
+
 
 
 def recorded_prompt(name: str, case: str | None = None) -> dict:

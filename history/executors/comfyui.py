@@ -273,6 +273,7 @@ class ComfyUIExecutor(Executor):
     # -- the websocket ------------------------------------------------------------------------
 
     def _follow_in_background(self) -> None:
+        """Start the websocket thread unless it runs or the executor stopped."""
         with self._lock:
             if self._thread is not None or self._stopping.is_set():
                 return
@@ -371,6 +372,7 @@ class ComfyUIExecutor(Executor):
         return kind if isinstance(kind, str) else None
 
     def _on_frame(self, kind: str, data: dict) -> None:
+        """Turn one execution frame of a job we follow into reporter calls."""
         job = self._job(data.get("prompt_id"))
         if job is None:
             return  # status frames, other clients' jobs, forgotten jobs, the reconnect "executing" hint
@@ -483,6 +485,7 @@ class ComfyUIExecutor(Executor):
     # -- bookkeeping --------------------------------------------------------------------------
 
     def _job(self, comfy_id) -> _Job | None:
+        """The followed job a frame's prompt_id names, if any."""
         if not isinstance(comfy_id, str):
             return None
         with self._lock:
@@ -497,9 +500,11 @@ class ComfyUIExecutor(Executor):
         return job
 
     def _report_started(self, job: _Job, at: datetime.datetime) -> None:
-        if job.started is True:
-            return
-        job.started = True
+        """Report a job's start once, whichever thread learns of it first."""
+        with self._lock:
+            if job.started is True:
+                return
+            job.started = True
         self._call("started", job.prompt_id, at)
 
     def _call(self, method: str, *args, **kwargs) -> None:
@@ -602,6 +607,7 @@ def _queue_entries(queue) -> tuple[dict, dict]:
 
 
 def _flag(flags: list, index: int) -> bool:
+    """Whether the file at ``index`` is animated."""
     # SaveAnimatedWEBP sends one flag for all its files, ("animated": [true]); others one per file.
     if index < len(flags):
         return bool(flags[index])
@@ -620,6 +626,7 @@ def _time(data: dict) -> datetime.datetime:
 
 
 def _parse(body: bytes):
+    """An HTTP body as JSON, or as text when it is not JSON."""
     text = body.decode("utf-8", "replace")
     try:
         return json.loads(text)
@@ -628,5 +635,6 @@ def _parse(body: bytes):
 
 
 def _short(answer) -> str:
+    """An answer cut short for an error message."""
     text = answer if isinstance(answer, str) else json.dumps(answer)
     return text[:200] or "(empty)"
