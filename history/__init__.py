@@ -53,6 +53,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     from history.web import register_blueprints
 
     register_blueprints(app, settings.url_prefix)
+
+    from history.web import auth
+
+    auth.init_app(app)  # login, the guard before every view, CSRF, security headers, body limits
     return app
 
 

@@ -80,8 +80,10 @@ def app(app_config):
 
 @pytest.fixture
 def client(app):
-    """A Flask test client."""
-    return app.test_client()
+    """A Flask test client that posts like the app's own page: same-origin JSON passes CSRF (history/web/auth.py)."""
+    client = app.test_client()
+    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    return client
 
 
 @pytest.fixture
