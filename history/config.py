@@ -131,6 +131,10 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
     input_dir = Path(get("STUDIO_INPUT_DIR") or data_dir / "input").expanduser().resolve()
     _check_writable("STUDIO_OUTPUT_DIR", output_dir)
     _check_writable("STUDIO_INPUT_DIR", input_dir)
+    for name, folder in (("STUDIO_OUTPUT_DIR", output_dir), ("STUDIO_INPUT_DIR", input_dir)):
+        # Media routes serve what is under these folders; the data dir holds the database and secret key.
+        if folder == data_dir or folder in data_dir.parents:
+            raise ConfigError(f"{name} {folder} must not contain STUDIO_DATA_DIR {data_dir}")
     workflows_dir = Path(get("STUDIO_WORKFLOWS_DIR") or PACKAGE_DIR / "workflows").expanduser().resolve()
 
     database_url = get("STUDIO_DATABASE_URL") or f"sqlite:///{data_dir / 'studio.db'}"

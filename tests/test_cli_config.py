@@ -140,6 +140,12 @@ def test_bad_settings_raise_one_clear_error(tmp_path, environ, message):
         load_settings({"STUDIO_DATA_DIR": str(tmp_path), **environ})
 
 
+@pytest.mark.parametrize("variable", ["STUDIO_OUTPUT_DIR", "STUDIO_INPUT_DIR"])
+def test_a_media_folder_may_not_contain_the_data_dir(tmp_path, variable):
+    with pytest.raises(ConfigError, match=f"{variable} .* must not contain STUDIO_DATA_DIR"):
+        load_settings({"STUDIO_DATA_DIR": str(tmp_path / "data"), variable: str(tmp_path)})
+
+
 def test_unwritable_data_dir_is_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
