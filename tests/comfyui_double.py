@@ -230,6 +230,8 @@ class ComfyUIDouble:
         self.node_classes = dict(UNRECORDED_NODES)
         self.node_classes.update(recorded_node_classes())
         self.node_classes.update(extra_nodes or {})
+        # ComfyUI before caller-chosen prompt ids (about 0.3.40) minted its own: set this to behave so.
+        self.mints_prompt_ids = False
         self.requests: list = []  # (method, path, json body) of every HTTP request, for assertions
         self.frames: dict = {}  # prompt_id -> frame types emitted for it, whether a socket got them or not
         self._cond = threading.Condition()
@@ -593,7 +595,12 @@ class ComfyUIDouble:
             if body.get("front"):
                 number = -number
             prompt = _Prompt(
-                number, str(body.get("prompt_id") or uuid.uuid4()), graph, extra_data, outputs, self._generation
+                number,
+                str(uuid.uuid4() if self.mints_prompt_ids else body.get("prompt_id") or uuid.uuid4()),
+                graph,
+                extra_data,
+                outputs,
+                self._generation,
             )
             self._pending.append(prompt)
             self._pending.sort(key=lambda p: p.number)

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -202,6 +203,18 @@ def test_duration_runs_from_execution_start_not_from_queueing(comfyui, executor,
     assert record["duration"] == pytest.approx(
         (messages["execution_success"]["timestamp"] - messages["execution_start"]["timestamp"]) / 1000
     )
+
+
+def test_comfyui_that_mints_its_own_prompt_ids_is_followed_under_ours(comfyui, executor, reporter):
+    comfyui.mints_prompt_ids = True
+    comfyui.hold()
+    job = submission(save_graph())
+    executor.submit(job)
+    comfyui.release()
+
+    record = reporter.job(job.prompt_id)
+    assert record["status"] == "completed"
+    assert {call[1] for call in reporter.calls} == {job.prompt_id}
 
 
 def test_cached_rerun_reports_the_replayed_files(comfyui, executor, reporter):

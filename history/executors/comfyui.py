@@ -185,7 +185,7 @@ class ComfyUIExecutor(Executor):
             with self._lock:
                 job.submitting = False
                 recheck = job.recheck
-                if comfy_id != prompt_id:
+                if comfy_id != prompt_id and self._jobs.get(prompt_id) is job:
                     # A ComfyUI older than caller-chosen prompt ids mints its own: frames and history use it.
                     job.comfy_id = comfy_id
                     self._aliases[comfy_id] = prompt_id
