@@ -135,9 +135,19 @@ class Page:
     before: str | None = None
 
 
-def history_page(history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None) -> Page:
-    """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT)."""
+def since_cursor(query, since: str):
+    """Narrow a history query to the jobs at or above a cursor (the part of the list a page already shows)."""
+    queued_at, prompt_id = decode_cursor(since)
+    return query.where((Job.queued_at > queued_at) | ((Job.queued_at == queued_at) & (Job.prompt_id >= prompt_id)))
+
+
+def history_page(
+    history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None, since: str | None = None
+) -> Page:
+    """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
     query = filtered(history_filter)
+    if since:
+        query = since_cursor(query, since)
     if before:
         queued_at, prompt_id = decode_cursor(before)
         query = query.where(
@@ -148,23 +158,41 @@ def history_page(history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, befo
     return Page(jobs[:limit], next_cursor, history_filter, before)
 
 
-def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = None) -> str:
+def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = None, since: str | None = None) -> str:
     """The ETag of a shown page: its ordered (prompt_id, status) pairs, whether more follow, and the filter.
 
     One narrow query over the index that serves the list, and no template rendering; a status change of
     a listed job changes it as surely as a new job does.
     """
     query = filtered(history_filter).select(Job.prompt_id, Job.status)
+    if since:
+        query = since_cursor(query, since)
     if before:
         queued_at, prompt_id = decode_cursor(before)
         query = query.where(
             (Job.queued_at < queued_at) | ((Job.queued_at == queued_at) & (Job.prompt_id < prompt_id))
         )
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(repr((history_filter, limit, before)).encode())
+    digest.update(repr((history_filter, limit, before, since)).encode())
     for prompt_id, status in query.limit(limit + 1).tuples():
         digest.update(f"{prompt_id}\x1f{status}\x1e".encode())
     return digest.hexdigest()
+
+
+def workflow_choices() -> list[tuple[str, str]]:
+    """(workflow_id, latest workflow_name) of every workflow with history, for the page's filter."""
+    ids = [row[0] for row in Job.select(Job.workflow_id).distinct().order_by(Job.workflow_id).tuples()]
+    choices = []
+    for workflow_id in ids:
+        name = (
+            Job.select(Job.workflow_name)
+            .where(Job.workflow_id == workflow_id)
+            .order_by(Job.queued_at.desc())
+            .limit(1)
+            .scalar()
+        )
+        choices.append((workflow_id, name or workflow_id))
+    return choices
 
 
 def get_job(prompt_id: str) -> Job | None:

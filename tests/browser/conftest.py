@@ -1,0 +1,78 @@
+"""Browser fixtures: the app served by a real threaded Werkzeug server, and Debian's Chromium for Playwright.
+
+The server runs the same app the ``app`` fixture builds (a temporary data folder, no demo jobs) with a
+short poll, so a test sees a change within a fraction of a second; jobs made with ``make_job`` in the test
+appear to the page because both share the SQLite file.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+POLL_SECONDS = "0.5"
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """No base URL: tests use the live server's own address.
+
+    (pytest-base-url's fixture trips pytest's deprecation of session fixtures on instances, an error here.)
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Launch Debian's Chromium (never a downloaded one) with flags that suit a container."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def app_config(app_config):
+    """The test app with a short poll interval."""
+    return {**app_config, "STUDIO_POLL_SECONDS": POLL_SECONDS}
+
+
+class LiveServer:
+    """A threaded Werkzeug server on a free local port."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served on 127.0.0.1 for the length of one test."""
+    server = LiveServer(app).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def history_url(live_server):
+    """The history page's address on the live server."""
+    return live_server.url + "/admin/history"

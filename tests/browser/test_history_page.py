@@ -1,0 +1,237 @@
+"""The History page in Chromium: cards, a list that does not flicker, live updates, overlay, scroll, filters."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import expect
+
+from history.models import Job
+
+pytestmark = [pytest.mark.browser, pytest.mark.sqlite_only]
+
+XSS = "<img src=x onerror=alert(1)>"
+WAIT_MS = 10_000
+
+# Counts the poller's requests from the page's side (added before any page script runs).
+COUNTERS = """
+window.__studio = {polls: 0, idle: 0, changed: 0};
+document.addEventListener("htmx:after:request", function (event) {
+  if (event.target.id !== "job-list") return;
+  var status = event.detail.ctx.response.status;
+  window.__studio.polls += 1;
+  if (status === 204) window.__studio.idle += 1; else window.__studio.changed += 1;
+});
+"""
+
+# Records every mutation inside #job-list except class changes on the poller itself (htmx-request).
+OBSERVE = """
+() => {
+  window.__mutations = [];
+  const list = document.getElementById("job-list");
+  const observer = new MutationObserver((records) => {
+    for (const record of records) {
+      if (record.type === "attributes" && record.target === list && record.attributeName === "class") continue;
+      window.__mutations.push(record.type + " " + (record.attributeName || "") + " " + (record.target.id || record.target.nodeName));
+    }
+  });
+  observer.observe(list, {subtree: true, childList: true, attributes: true, characterData: true});
+}
+"""
+
+
+@pytest.fixture
+def history(page: Page, history_url):
+    """Open the history page and wait until its first poll has come back unchanged (the list is settled)."""
+
+    def open_page(query: str = ""):
+        page.add_init_script(COUNTERS)
+        page.goto(history_url + query)
+        page.wait_for_function("() => window.__studio && window.__studio.idle >= 1", timeout=WAIT_MS)
+        return page
+
+    return open_page
+
+
+def polls(page: Page) -> int:
+    return page.evaluate("window.__studio.polls")
+
+
+def wait_for_idle_polls(page: Page, count: int) -> None:
+    start = page.evaluate("window.__studio.idle")
+    page.wait_for_function(f"() => window.__studio.idle >= {start + count}", timeout=WAIT_MS)
+
+
+def test_cards_and_their_parts(history, make_job):
+    stalled = make_job(status="stalled", files=0, minutes_ago=3)
+    make_job(status="error", files=1, minutes_ago=2)
+    completed = make_job(status="completed", files=4, minutes_ago=1)
+    page = history()
+    cards = page.locator("#job-list .job-card")
+    expect(cards).to_have_count(3)
+    first = page.locator(f'.job-card[data-prompt-id="{completed.prompt_id}"]')
+    expect(first.locator("input.job-select")).to_be_visible()
+    expect(first.locator("img.job-thumb")).to_have_js_property("naturalWidth", 120)
+    assert first.locator("img.job-thumb").bounding_box()["width"] == 60
+    expect(first.locator(".thumb-count")).to_have_text("4")
+    expect(first.locator(".job-id")).to_have_text(completed.prompt_id[:12])
+    expect(first.locator(".job-duration")).to_have_text("40s")
+    expect(first.locator(".status-badge")).to_have_text("completed")
+    expect(first.locator(".retry-btn")).to_have_count(0)
+    green = first.locator(".status-badge").evaluate("el => getComputedStyle(el).color")
+    assert green == "rgb(68, 255, 136)"
+    bisque = first.locator(".job-id").evaluate("el => getComputedStyle(el).color")
+    assert bisque == "rgb(255, 228, 196)"
+    columns = first.evaluate("el => getComputedStyle(el).gridTemplateColumns.split(' ').length")
+    assert columns == 4
+    last = page.locator(f'.job-card[data-prompt-id="{stalled.prompt_id}"]')
+    expect(last.locator(".thumb-placeholder")).to_be_visible()
+    expect(last.locator(".retry-btn")).to_be_visible()
+    assert last.locator(".status-badge").evaluate("el => getComputedStyle(el).color") == "rgb(255, 210, 63)"
+    queued = last.locator("time.job-queued")
+    assert queued.get_attribute("datetime") == stalled.queued_at.isoformat()
+    assert queued.get_attribute("title").startswith("Queued 2026-")
+
+
+def test_idle_polls_change_nothing_in_the_list(history, make_job):
+    for minutes in range(12):
+        make_job(status=("completed", "error", "stalled")[minutes % 3], files=1, minutes_ago=minutes)
+    page = history()
+    page.evaluate(OBSERVE)
+    wait_for_idle_polls(page, 4)
+    assert page.evaluate("window.__mutations") == []
+    assert page.evaluate("window.__studio.changed") <= 1  # at most the time-zone refresh of the first load
+
+
+def test_a_new_job_appears_within_one_poll(history, make_job):
+    make_job(minutes_ago=30)
+    page = history()
+    before = polls(page)
+    fresh = make_job(minutes_ago=0, files=1)
+    expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=WAIT_MS)
+    assert polls(page) - before <= 2  # the poll in flight at the insert, then the one that shows it
+
+
+def test_status_change_rerenders_the_card_and_keeps_checks_and_overlay(history, make_job, db):
+    changing = make_job(status="completed", minutes_ago=1)
+    checked = make_job(status="completed", minutes_ago=2)
+    opened = make_job(status="error", minutes_ago=3)
+    page = history()
+    page.locator(f"#select-{checked.prompt_id}").check()
+    page.locator(f"#job-{opened.prompt_id} .job-excerpt").click()
+    expect(page.locator("#job-overlay")).to_be_visible()
+    Job.update(status="error", error="boom").where(Job.prompt_id == changing.prompt_id).execute()
+    card = page.locator(f"#job-{changing.prompt_id}")
+    expect(card).to_have_attribute("data-status", "error", timeout=WAIT_MS)
+    expect(card.locator(".status-badge")).to_have_text("error")
+    expect(card.locator(".retry-btn")).to_have_count(1)
+    expect(page.locator(f"#select-{checked.prompt_id}")).to_be_checked()
+    expect(page.locator("#job-overlay")).to_be_visible()
+    assert page.locator("#job-overlay").evaluate("el => el.matches(':modal')")
+    assert page.locator("#job-overlay").get_attribute("data-prompt-id") == opened.prompt_id
+
+
+def test_overlay_fields_url_and_escape(history, make_job):
+    job = make_job(status="error", files=2, params={"positive_prompt": "first line\n   second line", "seed": -1}, seeds={"seed": 4242})
+    page = history()
+    page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
+    overlay = page.locator("#job-overlay")
+    expect(overlay).to_be_visible()
+    expect(page).to_have_url(re.compile(f"/admin/history/jobs/{job.prompt_id}$"))
+    expect(overlay.locator("[data-field=prompt_id] code")).to_have_text(job.prompt_id)
+    expect(overlay.locator("[data-field=workflow_id] dd")).to_have_text(job.workflow_id)
+    expect(overlay.locator("[data-field=status] dd")).to_have_text("error")
+    expect(overlay.locator("[data-field=duration] dd")).to_have_text("40s")
+    expect(overlay.locator("[data-field=error] dd")).to_contain_text("out of memory")
+    expect(overlay.locator("[data-param=seed] td")).to_have_text("-1 (used 4242)")
+    prompt = overlay.locator("[data-param=positive_prompt] pre.prompt-text")
+    assert prompt.evaluate("el => getComputedStyle(el).whiteSpace") == "pre-wrap"
+    assert prompt.inner_text() == "first line\n   second line"
+    expect(overlay.locator(".output-gallery img")).to_have_count(2)
+    expect(overlay.locator("a.view-in-assets")).to_have_attribute("href", f"/admin/assets?dir={job.output_dir}")
+    expect(overlay.locator(".overlay-close")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(overlay).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/admin/history$"))
+    expect(page.locator(f"#job-{job.prompt_id} .job-open")).to_be_focused()
+
+
+def test_overlay_closes_on_its_button_and_the_backdrop_and_has_its_own_url(history, make_job, history_url):
+    job = make_job()
+    page = history()
+    page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
+    expect(page.locator("#job-overlay")).to_be_visible()
+    page.locator(".overlay-close").click()
+    expect(page.locator("#job-overlay")).to_have_count(0)
+    page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
+    expect(page.locator("#job-overlay")).to_be_visible()
+    page.mouse.click(5, 300)  # outside the panel: the backdrop
+    expect(page.locator("#job-overlay")).to_have_count(0)
+    page.goto(f"{history_url}/jobs/{job.prompt_id}")
+    expect(page.locator("#job-overlay")).to_be_visible()
+    assert page.locator("#job-overlay").evaluate("el => el.matches(':modal')")
+    page.keyboard.press("Escape")
+    expect(page).to_have_url(re.compile(r"/admin/history$"))
+
+
+def test_copy_button_copies_the_prompt_from_the_dom(history, make_job, context):
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    job = make_job(params={"positive_prompt": "copy \"me\" <b>exactly</b>"})
+    page = history()
+    page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
+    page.locator("[data-param=positive_prompt] .copy-btn").click()
+    expect(page.locator("[data-param=positive_prompt] .copy-btn")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == 'copy "me" <b>exactly</b>'
+
+
+def test_xss_prompt_stays_text(history, make_job):
+    job = make_job(status="error", workflow_name=XSS, error=XSS, params={"positive_prompt": XSS, "other": {"x": XSS}})
+    page = history()
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    card = page.locator(f"#job-{job.prompt_id}")
+    expect(card.locator(".job-excerpt")).to_have_text(XSS)
+    expect(card.locator(".job-workflow")).to_have_text(XSS)
+    card.locator(".job-excerpt").click()
+    expect(page.locator("[data-param=positive_prompt] pre")).to_have_text(XSS)
+    wait_for_idle_polls(page, 1)
+    assert page.locator("img[src=x]").count() == 0
+    assert dialogs == []
+
+
+def test_infinite_scroll_reaches_job_200_of_250(history, make_job, db):
+    jobs = [make_job(files=0, minutes_ago=minutes) for minutes in range(250)]
+    page = history()
+    target = page.locator(f"#job-{jobs[199].prompt_id}")
+    for _ in range(10):
+        if target.count():
+            break
+        count = page.locator(".job-card").count()
+        page.locator(".list-sentinel").scroll_into_view_if_needed()
+        page.wait_for_function(f"() => document.querySelectorAll('.job-card').length > {count}", timeout=WAIT_MS)
+    target.scroll_into_view_if_needed()
+    expect(target).to_be_visible()
+    ids = page.eval_on_selector_all(".job-card", "cards => cards.map(card => card.dataset.promptId)")
+    assert ids[:200] == [job.prompt_id for job in jobs[:200]]
+    assert len(ids) == len(set(ids))
+
+
+def test_filters_change_the_url_and_the_list(history, make_job):
+    failed = make_job(status="error", minutes_ago=1, params={"positive_prompt": "a broken bridge"})
+    make_job(status="completed", minutes_ago=2, params={"positive_prompt": "a calm lake"})
+    stalled = make_job(status="stalled", minutes_ago=3, params={"positive_prompt": "a broken clock"})
+    page = history()
+    page.locator("input[name=status][value=error]").check()
+    expect(page).to_have_url(re.compile(r"status=error"))
+    expect(page.locator("#job-list .job-card")).to_have_count(1)
+    expect(page.locator("#job-list .job-card")).to_have_attribute("data-prompt-id", failed.prompt_id)
+    page.locator("input[name=status][value=error]").uncheck()
+    page.locator("input[name=q]").fill("broken")
+    expect(page).to_have_url(re.compile(r"q=broken"))
+    expect(page.locator("#job-list .job-card")).to_have_count(2)
+    ids = page.eval_on_selector_all("#job-list .job-card", "cards => cards.map(card => card.dataset.promptId)")
+    assert ids == [failed.prompt_id, stalled.prompt_id]
+    page.reload()
+    expect(page.locator("input[name=q]")).to_have_value("broken")
+    expect(page.locator("#job-list .job-card")).to_have_count(2)
