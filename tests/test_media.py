@@ -223,28 +223,14 @@ def test_path_escapes_are_404_and_read_nothing(app, client, settings, escape_lin
     assert not any(path.resolve() == settings.data_dir / "secret.txt" for path in reads)
 
 
-@pytest.mark.parametrize("setting, url", [
-    ("STUDIO_INPUT_DIR", "/media/input/data/secret_key"),
-    ("STUDIO_INPUT_DIR", "/media/thumb/input/data/studio.db"),
-    ("STUDIO_OUTPUT_DIR", "/media/output/data/secret_key"),
-])
-def test_the_data_dir_is_never_served_even_inside_a_folder(tmp_path, setting, url):
+@pytest.mark.parametrize("setting", ["STUDIO_INPUT_DIR", "STUDIO_OUTPUT_DIR"])
+def test_a_media_folder_above_the_data_dir_stops_start_up(tmp_path, setting):
+    from history import ConfigError
     from history import create_app
 
-    # A folder set above the data dir (say STUDIO_INPUT_DIR=. beside ./data) holds the key and database.
-    careless = create_app({"TESTING": True, "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0",
-                           setting: str(tmp_path)})
-    try:
-        assert (tmp_path / "data" / "secret_key").is_file()
-        careless.test_client_class = BufferedClient
-        response = careless.test_client().get(url)
-        assert response.status_code == 404
-        with careless.test_request_context():
-            name = url.split("/data/", 1)[1]
-            assert media.input_url(f"data/{name}") is None
-            assert media.output_url({"filename": name, "subfolder": "data"}) is None
-    finally:
-        careless.extensions["studio"].stop()
+    # A folder set above the data dir (say STUDIO_INPUT_DIR=. beside ./data) would serve the key and database.
+    with pytest.raises(ConfigError, match="must not contain STUDIO_DATA_DIR"):
+        create_app({"TESTING": True, "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0", setting: str(tmp_path)})
 
 
 def test_a_symlink_that_stays_inside_is_served(client, settings):
