@@ -1,0 +1,101 @@
+"""/ws on a live server, with a real websocket client: the frames a run sends, in order."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+import websocket
+from werkzeug.serving import make_server
+
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served by Werkzeug on a free loopback port, in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_port}"
+    app.extensions["studio"].stop()  # ends the websocket handlers before the server goes
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def post_json(base: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://{base}{path}", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Origin": f"http://{base}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        return json.loads(response.read())
+
+
+def receive_until(socket, prompt_id: str, last: str, timeout: float = 10.0) -> list[dict]:
+    """Frames about ``prompt_id`` until one of type ``last`` arrives."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        socket.settimeout(max(0.05, deadline - time.monotonic()))
+        opcode, payload = socket.recv_data()
+        assert opcode == websocket.ABNF.OPCODE_TEXT
+        frame = json.loads(payload)
+        if frame["data"].get("prompt_id") != prompt_id:
+            continue
+        frames.append(frame)
+        if frame["type"] == last:
+            return frames
+    raise AssertionError(f"no {last} within {timeout}s; got {[frame['type'] for frame in frames]}")
+
+
+def wait_for_subscribers(app, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while app.extensions["studio"].bus.subscriber_count < count:
+        assert time.monotonic() < deadline, "the websocket never subscribed"
+        time.sleep(0.01)
+
+
+def test_a_run_sends_queued_started_progress_completed(app, live_server):
+    socket = websocket.create_connection(f"ws://{live_server}/ws", timeout=10)
+    try:
+        wait_for_subscribers(app, 1)
+        prompt_id = post_json(live_server, "/api/run/txt2img-example/execute", {"params": {"seed": 9}})["prompt_id"]
+        frames = receive_until(socket, prompt_id, "job.completed")
+    finally:
+        socket.close()
+    types = [frame["type"] for frame in frames]
+    assert types[:2] == ["job.queued", "job.started"]
+    assert types[-1] == "job.completed"
+    assert set(types[2:-1]) == {"job.progress"} and len(types[2:-1]) == 3
+    assert [frame["data"]["value"] for frame in frames[2:-1]] == [1, 2, 3]
+    assert all(set(frame) == {"type", "data", "ts"} for frame in frames)
+    completed = frames[-1]["data"]
+    assert completed["status"] == "completed" and completed["output"]["filename"] == "final_00001_.png"
+
+
+def test_every_client_gets_failures_too(app, live_server):
+    sockets = [websocket.create_connection(f"ws://{live_server}/ws", timeout=10) for _ in range(2)]
+    try:
+        wait_for_subscribers(app, 2)
+        prompt_id = post_json(live_server, "/api/run/upscale-fails-example/execute", {"params": {}})["prompt_id"]
+        for socket in sockets:
+            frames = receive_until(socket, prompt_id, "job.failed")
+            assert frames[0]["type"] == "job.queued"
+            assert "not a built-in node" in frames[-1]["data"]["error"]
+    finally:
+        for socket in sockets:
+            socket.close()
+
+
+def test_a_closed_client_is_unsubscribed(app, live_server):
+    socket = websocket.create_connection(f"ws://{live_server}/ws", timeout=10)
+    wait_for_subscribers(app, 1)
+    socket.close()
+    deadline = time.monotonic() + 5
+    while app.extensions["studio"].bus.subscriber_count:
+        assert time.monotonic() < deadline, "the handler kept its subscription after the client left"
+        time.sleep(0.02)
