@@ -909,6 +909,10 @@ class ComfyUIDouble:
             return [image.filter(ImageFilter.GaussianBlur(radius)) for image in inputs["image"]], None
         if kind == "ImageBatch":
             return list(inputs["image1"]) + list(inputs["image2"]), None
+        if kind == "ImageBlend":  # "normal" mode: image1*(1-f) + image2*f
+            factor = float(inputs["blend_factor"])
+            pairs = zip(inputs["image1"], inputs["image2"])
+            return [Image.blend(first, second.resize(first.size), factor) for first, second in pairs], None
         if kind == "RepeatImageBatch":
             return list(inputs["image"]) * int(inputs["amount"]), None
         if kind == "SaveImage":

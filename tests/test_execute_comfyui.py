@@ -1,0 +1,89 @@
+"""The execute endpoint with STUDIO_COMFYUI_URL set: the example workflows through the ComfyUI double
+(real HTTP and a real websocket on loopback, built from the recorded transcripts)."""
+from __future__ import annotations
+
+import io
+import socket
+
+import pytest
+from PIL import Image
+
+from history.executors.comfyui import ComfyUIExecutor
+from history.models import Job
+from tests.comfyui_double import ComfyUIDouble
+from tests.test_execute_api import wait_until_ended
+
+
+@pytest.fixture
+def comfyui(tmp_path):
+    """A ComfyUI double whose output/ and input/ are the studio's folders."""
+    (tmp_path / "comfy" / "input").mkdir(parents=True)
+    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as double:
+        yield double
+
+
+@pytest.fixture
+def app_config(app_config, comfyui):
+    return {
+        **app_config,
+        "STUDIO_COMFYUI_URL": comfyui.url,
+        "STUDIO_OUTPUT_DIR": str(comfyui.output_dir),
+        "STUDIO_INPUT_DIR": str(comfyui.input_dir),
+    }
+
+
+def test_the_comfyui_executor_is_chosen(app):
+    assert isinstance(app.extensions["studio"].executor, ComfyUIExecutor)
+
+
+@pytest.mark.parametrize("workflow_id, params, expected", [
+    ("txt2img-example", {"seed": 5, "batch_size": 2, "width": 128, "height": 96}, ["final_00001_.png", "final_00002_.png"]),
+    ("scenes-example", {"scenes": [{"prompt": "a", "duration": 0.5, "seed": 1}, {"prompt": "b", "duration": 0.5}]},
+     ["scenes_00001_.webp"]),
+    ("img2vid-example", {"frames_per_phase": 1, "width": 64, "height": 64}, ["video_00001_.webp"]),
+])
+def test_each_example_completes_with_its_files_in_the_job_folder(client, settings, comfyui, workflow_id, params, expected):
+    body = {"params": params}
+    if workflow_id == "img2vid-example":
+        buffer = io.BytesIO()
+        Image.new("RGB", (80, 60), (10, 120, 200)).save(buffer, format="PNG")
+        (settings.input_dir / "harbour.png").write_bytes(buffer.getvalue())
+        body["input_image"] = "harbour.png"
+    response = client.post(f"/api/run/{workflow_id}/execute", json=body)
+    assert response.status_code == 202, response.json
+    record = wait_until_ended(client, response.json["prompt_id"])
+    assert record["status"] == "completed", record["error"]
+    assert [ref["filename"] for ref in record["outputs"]] == expected
+    for ref in record["outputs"]:
+        assert ref["subfolder"] == f"comfyui-studio/{record['output_dir']}"
+        assert (settings.output_dir / ref["subfolder"] / ref["filename"]).is_file()
+    assert record["duration"] is not None
+
+
+def test_a_graph_comfyui_refuses_is_400_with_node_errors_and_no_record(client, db):
+    response = client.post("/api/run/upscale-fails-example/execute", json={"params": {}})
+    assert response.status_code == 400
+    assert response.json["error"]
+    assert isinstance(response.json.get("node_errors"), dict)
+    assert Job.select().count() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_comfyui_unreachable_is_503_with_the_reason_and_no_record(app_config, db):
+    from history import create_app
+
+    app = create_app({**app_config, "STUDIO_COMFYUI_URL": f"http://127.0.0.1:{_free_port()}"})
+    try:
+        client = app.test_client()
+        client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+        response = client.post("/api/run/txt2img-example/execute", json={"params": {}})
+        assert response.status_code == 503
+        assert "127.0.0.1" in response.json["error"]
+        assert Job.select().count() == 0
+    finally:
+        app.extensions["studio"].stop()
