@@ -41,9 +41,15 @@ def browser_type_launch_args(browser_type_launch_args):
 
 
 @pytest.fixture
-def app_config(app_config):
+def poll_seconds() -> str:
+    """The list's poll interval for the live server (a test may parametrize it)."""
+    return POLL_SECONDS
+
+
+@pytest.fixture
+def app_config(app_config, poll_seconds):
     """The test app with a short poll interval."""
-    return {**app_config, "STUDIO_POLL_SECONDS": POLL_SECONDS}
+    return {**app_config, "STUDIO_POLL_SECONDS": poll_seconds}
 
 
 class LiveServer:

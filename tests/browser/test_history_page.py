@@ -235,3 +235,90 @@ def test_filters_change_the_url_and_the_list(history, make_job):
     page.reload()
     expect(page.locator("input[name=q]")).to_have_value("broken")
     expect(page.locator("#job-list .job-card")).to_have_count(2)
+
+
+@pytest.mark.parametrize("poll_seconds", ["60"])
+def test_websocket_job_events_refresh_the_list_at_once(page: Page, history_url, make_job, app):
+    """With a poll a minute away, a job.completed event alone brings the new job in."""
+    make_job(minutes_ago=10)
+    page.add_init_script(COUNTERS)
+    page.goto(history_url)
+    expect(page.locator("#live-indicator")).to_have_class(re.compile(r"\bhas-events\b"), timeout=WAIT_MS)
+    fresh = make_job(minutes_ago=0)
+    app.extensions["studio"].bus.publish("job.completed", fresh.to_dict())
+    expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=3_000)
+    assert page.evaluate("window.__studio.polls") == 1  # the refresh the event asked for, no timed poll
+    Job.update(status="error").where(Job.prompt_id == fresh.prompt_id).execute()
+    app.extensions["studio"].bus.publish("job.progress", {"prompt_id": fresh.prompt_id})
+    app.extensions["studio"].bus.publish("job.failed", fresh.to_dict())
+    expect(page.locator(f"#job-{fresh.prompt_id}")).to_have_attribute("data-status", "error", timeout=3_000)
+
+
+def test_live_indicator_refreshes_now_and_shows_failures_without_emptying_the_list(history, make_job, monkeypatch):
+    from history import jobs
+
+    make_job()
+    page = history()
+    indicator = page.locator("#live-indicator")
+    expect(indicator).to_have_class(re.compile(r"\bis-counting\b"))
+    before = polls(page)
+    indicator.click()
+    page.wait_for_function(f"() => window.__studio.polls > {before}", timeout=WAIT_MS)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is away")
+
+    monkeypatch.setattr(jobs, "list_etag", broken)
+    expect(indicator).to_have_class(re.compile(r"\bis-failing\b"), timeout=WAIT_MS)
+    expect(indicator.locator(".live-status")).to_contain_text("500")
+    expect(page.locator("#job-list .job-card")).to_have_count(1)
+    monkeypatch.undo()
+    expect(indicator).not_to_have_class(re.compile(r"\bis-failing\b"), timeout=WAIT_MS)
+    expect(page.locator("#job-list .job-card")).to_have_count(1)
+
+
+def test_polling_pauses_while_the_tab_is_hidden(history, make_job):
+    make_job()
+    page = history()
+    page.evaluate(
+        """() => {
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+        Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
+        document.dispatchEvent(new Event("visibilitychange"));
+        window.__requestsWhileHidden = 0;
+        window.__ticksWhileHidden = 0;
+        document.addEventListener("htmx:before:request", (event) => {
+          if (event.target.id === "job-list") window.__requestsWhileHidden += 1;
+        });
+        document.addEventListener("htmx:config:request", (event) => {
+          if (event.target.id === "job-list" && event.detail.ctx.sourceEvent.type === "every") window.__ticksWhileHidden += 1;
+        });
+    }"""
+    )
+    expect(page.locator("#live-indicator")).to_have_class(re.compile(r"\bis-paused\b"))
+    page.wait_for_function("() => window.__ticksWhileHidden >= 3", timeout=WAIT_MS)  # three intervals went by
+    assert page.evaluate("window.__requestsWhileHidden") == 0
+    page.evaluate(
+        """() => {
+        delete document.hidden;
+        delete document.visibilityState;
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    )
+    page.wait_for_function("() => window.__requestsWhileHidden >= 1", timeout=WAIT_MS)
+    expect(page.locator("#live-indicator")).not_to_have_class(re.compile(r"\bis-paused\b"))
+
+
+def test_times_render_in_the_browsers_time_zone(browser, history_url, make_job):
+    import datetime
+
+    job = make_job(queued_at=datetime.datetime(2026, 11, 28, 12, 0, 0, tzinfo=datetime.timezone.utc))
+    context = browser.new_context(timezone_id="Asia/Tokyo")
+    try:
+        page = context.new_page()
+        page.goto(history_url)
+        expect(page.locator(f"#job-{job.prompt_id} time.job-queued")).to_have_text("21:00:00", timeout=WAIT_MS)
+        page.reload()
+        expect(page.locator(f"#job-{job.prompt_id} time.job-queued")).to_have_text("21:00:00")
+    finally:
+        context.close()

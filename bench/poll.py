@@ -1,0 +1,181 @@
+"""What the History list's live refresh costs: an idle poll, a changed poll and the JSON API, and how the
+first page and an idle poll scale from 1,000 to 100,000 jobs.
+
+Run: ``python -m bench.poll [--repeat 200]``. Each store lives in a temporary data folder on SQLite; requests
+go through the whole Flask/WSGI stack in-process (the test client), so the times are server time without the
+network. Bytes are the response body. It prints tables; it is a benchmark, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+HTMX = {"HX-Request": "true"}
+STATUSES = ("completed", "completed", "completed", "error", "stalled")
+WORKFLOWS = (
+    ("txt2img-example", "Text to image (example)"),
+    ("img2vid-example", "Image to video (example)"),
+    ("scenes-example", "Scenes (example)"),
+)
+BASE_TIME = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+def make_rows(count: int, start: int = 0, with_files: Path | None = None) -> list[dict]:
+    """Job rows shaped like real ones (prompts, seeds, one output image each), newest first by index."""
+    rows = []
+    for index in range(start, start + count):
+        workflow_id, workflow_name = WORKFLOWS[index % len(WORKFLOWS)]
+        status = STATUSES[index % len(STATUSES)]
+        queued_at = BASE_TIME - datetime.timedelta(seconds=30 * index)
+        output_dir = f"{queued_at:%Y%m%d_%H%M%S}_{index:06x}"
+        ref = {"filename": "final_00001_.png", "subfolder": f"comfyui-studio/{output_dir}", "type": "output"}
+        if with_files is not None:
+            path = with_files / ref["subfolder"] / ref["filename"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 64), (index * 7 % 256, 120, 200)).save(path)
+        rows.append({
+            "prompt_id": str(uuid.UUID(int=index + 1)),
+            "workflow_id": workflow_id,
+            "workflow_name": workflow_name,
+            "status": status,
+            "queued_at": queued_at,
+            "started_at": queued_at + datetime.timedelta(seconds=2),
+            "finished_at": queued_at + datetime.timedelta(seconds=44),
+            "duration": 42.0,
+            "params": {
+                "positive_prompt": f"a lighthouse on a cliff at dusk, volumetric light, film grain, number {index}",
+                "negative_prompt": "blurry, low quality",
+                "seed": -1,
+                "steps": 20,
+            },
+            "seeds": {"seed": 1000 + index},
+            "output": ref,
+            "outputs": [ref],
+            "output_dir": output_dir,
+            "error": "node KSampler (#3): RuntimeError: out of memory" if status != "completed" else None,
+        })
+    return rows
+
+
+def build_store(job_count: int, files_for: int = 0):
+    """A fresh app on a temporary data folder holding ``job_count`` jobs (bulk inserted)."""
+    from history import create_app
+    from history.db import database
+    from history.models import Job
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-poll-"))
+    app = create_app({
+        "TESTING": True,
+        "START_RUNNER": False,
+        "STUDIO_DATA_DIR": str(data_dir),
+        "STUDIO_DEMO": "0",
+    })
+    output_dir = app.config["STUDIO"].output_dir
+    started = time.perf_counter()
+    database.connect(reuse_if_open=True)
+    batch = 2_000
+    with database.atomic():
+        for start in range(0, job_count, batch):
+            size = min(batch, job_count - start)
+            rows = make_rows(size, start, output_dir if start < files_for else None)
+            Job.insert_many(rows).execute()
+    database.close()
+    return app, data_dir, time.perf_counter() - started
+
+
+def measure(client, path: str, headers: dict, repeat: int, expect: int) -> dict:
+    """Mean and median server time of one request, requests per second, and the body's bytes."""
+    response = client.get(path, headers=headers)
+    assert response.status_code == expect, (path, response.status_code, response.get_data()[:200])
+    size = len(response.get_data())
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        response = client.get(path, headers=headers)
+        response.get_data()
+        times.append(time.perf_counter() - started)
+    mean = statistics.fmean(times)
+    return {"status": response.status_code, "bytes": size, "mean_ms": mean * 1000,
+            "median_ms": statistics.median(times) * 1000, "rps": 1 / mean}
+
+
+def poll_headers(client, path: str) -> dict:
+    """The headers the page's poller sends when nothing changed: the ETag the list rendered."""
+    etag = client.get(path, headers=HTMX).headers["ETag"].strip('"')
+    return {**HTMX, "X-List-ETag": etag}
+
+
+def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'request':<52} {'status':>6} {'bytes':>9} {'mean ms':>9} {'median ms':>10} {'req/s':>8}")
+    for label, result in rows:
+        print(f"  {label:<52} {result['status']:>6} {result['bytes']:>9,} {result['mean_ms']:>9.2f}"
+              f" {result['median_ms']:>10.2f} {result['rps']:>8.0f}")
+
+
+def bench_poll_kinds(repeat: int) -> None:
+    """Idle poll vs changed poll vs the JSON API, on a store of 200 jobs with real output files."""
+    app, data_dir, _ = build_store(200, files_for=200)
+    try:
+        client = app.test_client()
+        idle = poll_headers(client, "/admin/history/list")
+        rows = [
+            ("idle poll: /admin/history/list (204, ETag matches)", measure(client, "/admin/history/list", idle, repeat, 204)),
+            ("plain If-None-Match (304)", measure(client, "/admin/history/list", {"If-None-Match": f'"{idle["X-List-ETag"]}"'}, repeat, 304)),
+            ("changed poll: /admin/history/list (50 cards)", measure(client, "/admin/history/list", {**HTMX, "X-List-ETag": "stale"}, repeat // 4, 200)),
+            ("full page: /admin/history (50 cards)", measure(client, "/admin/history", {}, repeat // 4, 200)),
+            ("GET /api/admin/history (200 records)", measure(client, "/api/admin/history", {}, repeat // 4, 200)),
+        ]
+        print_table("200 jobs: what one refresh costs (server time, in-process)", rows)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench_scale(counts: list[int], repeat: int) -> None:
+    """First page and idle poll as the store grows."""
+    for count in counts:
+        app, data_dir, insert_seconds = build_store(count, files_for=60)
+        try:
+            client = app.test_client()
+            idle = poll_headers(client, "/admin/history/list")
+            error_idle = poll_headers(client, "/admin/history/list?status=error")
+            search_idle = poll_headers(client, "/admin/history/list?q=number+7")
+            last = client.get("/admin/history/list", headers=HTMX)
+            rows = [
+                ("first page: /admin/history", measure(client, "/admin/history", {}, max(5, repeat // 10), 200)),
+                ("first page fragment (changed poll)", measure(client, "/admin/history/list", HTMX, max(5, repeat // 10), 200)),
+                ("idle poll", measure(client, "/admin/history/list", idle, repeat, 204)),
+                ("idle poll, status=error", measure(client, "/admin/history/list?status=error", error_idle, repeat, 204)),
+                ("idle poll, q=number 7 (LIKE over prompts)", measure(client, "/admin/history/list?q=number+7", search_idle, max(5, repeat // 10), 204)),
+            ]
+            assert last.status_code == 200
+            print_table(f"{count:,} jobs (bulk insert {insert_seconds:.1f} s)", rows)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=200, help="requests per idle measurement (default 200)")
+    parser.add_argument("--jobs", type=int, nargs="*", default=[1_000, 100_000], help="store sizes for the scale table")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+    started = time.perf_counter()
+    bench_poll_kinds(args.repeat)
+    bench_scale(args.jobs, args.repeat)
+    print(f"\n(done in {time.perf_counter() - started:.0f} s; Python {sys.version.split()[0]}, SQLite)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
