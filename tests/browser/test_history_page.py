@@ -105,12 +105,35 @@ def test_idle_polls_change_nothing_in_the_list(history, make_job):
 
 
 def test_a_new_job_appears_within_one_poll(history, make_job):
-    make_job(minutes_ago=30)
     page = history()
+    expect(page.locator("#job-list .empty-state h2")).to_have_text("No jobs yet")
+    first = make_job(minutes_ago=30)
+    expect(page.locator("#job-list .job-card")).to_have_attribute("data-prompt-id", first.prompt_id, timeout=WAIT_MS)
+    expect(page.locator("#job-list .empty-state")).to_have_count(0)
     before = polls(page)
     fresh = make_job(minutes_ago=0, files=1)
     expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=WAIT_MS)
     assert polls(page) - before <= 2  # the poll in flight at the insert, then the one that shows it
+
+
+def test_checks_focus_and_scroll_survive_new_jobs(history, make_job):
+    jobs = [make_job(files=0, minutes_ago=minutes + 10) for minutes in range(30)]
+    page = history()
+    anchor = page.locator(f"#job-{jobs[15].prompt_id}")
+    anchor.scroll_into_view_if_needed()
+    page.evaluate("(id) => document.getElementById(id).scrollIntoView({block: 'start'})", f"job-{jobs[15].prompt_id}")
+    box = page.locator(f"#select-{jobs[16].prompt_id}")
+    box.check()
+    box.focus()
+    top_before = anchor.bounding_box()["y"]
+    node_before = anchor.evaluate("el => (window.__anchor = el, true)")
+    fresh = [make_job(files=0, minutes_ago=minutes) for minutes in range(3)]
+    expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh[0].prompt_id, timeout=WAIT_MS)
+    expect(page.locator("#job-list .job-card")).to_have_count(33)
+    assert node_before and anchor.evaluate("el => el === window.__anchor")  # the same node, morphed in place
+    expect(box).to_be_checked()
+    expect(box).to_be_focused()
+    assert abs(anchor.bounding_box()["y"] - top_before) < 2  # what the reader looked at did not move
 
 
 def test_status_change_rerenders_the_card_and_keeps_checks_and_overlay(history, make_job, db):
