@@ -1,6 +1,7 @@
 """The runner: what the store and the event bus say as jobs move; stalls; restart reconciliation; demo; queue page."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import threading
@@ -10,6 +11,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from history import create_app
+from history.db import database
 from history.executors.base import Executor
 from history.executors.builtin import RESTART_MESSAGE
 from history.models import Job
@@ -25,6 +27,26 @@ def wait_for(condition, timeout: float = 10.0):
             return value
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+@contextlib.contextmanager
+def another_app(config: dict):
+    """A second app on the same store (the next process, say); the test's own app is rebound after.
+
+    create_app binds the shared database proxy to a new Database: close this thread's connection to the
+    old one first, and the new one's after, so no connection is left for the garbage collector.
+    """
+    original = database.obj
+    if not database.is_closed():
+        database.close()
+    app = create_app(config)
+    try:
+        yield app
+    finally:
+        app.extensions["studio"].stop()
+        if not database.is_closed():
+            database.close()
+        database.initialize(original)
 
 
 def record(db, prompt_id):
@@ -116,19 +138,16 @@ def test_jobs_left_queued_or_running_are_reconciled_at_start(app, app_config, ma
     running = make_job(status="running", files=0)
     queued = make_job(status="queued", files=0)
     done = make_job(status="completed")
-    restarted = create_app(app_config)  # the next process, on the same store
-    try:
+    with another_app(app_config) as restarted:  # the next process, on the same store
         restarted.test_client().get("/api/workflows")  # its first request starts the runner
-        for job in (running, queued):
-            after = record(db, job.prompt_id)
-            assert after["status"] == "stalled"
-            assert after["error"] == RESTART_MESSAGE
-            assert after["finished_at"] is not None
-        assert record(db, running.prompt_id)["duration"] >= 0
-        assert record(db, queued.prompt_id)["duration"] is None  # it never ran
-        assert record(db, done.prompt_id) == done.to_dict()
-    finally:
-        restarted.extensions["studio"].stop()
+    for job in (running, queued):
+        after = record(db, job.prompt_id)
+        assert after["status"] == "stalled"
+        assert after["error"] == RESTART_MESSAGE
+        assert after["finished_at"] is not None
+    assert record(db, running.prompt_id)["duration"] >= 0
+    assert record(db, queued.prompt_id)["duration"] is None  # it never ran
+    assert record(db, done.prompt_id) == done.to_dict()
 
 
 def test_jobs_made_after_start_up_are_not_leftovers(client, make_job, db):
@@ -190,20 +209,16 @@ def test_events_of_a_run_in_order_with_their_data(app, client):
 
 
 def test_without_the_runner_a_job_stays_queued(app_config, db):
-    app = create_app({**app_config, "START_RUNNER": False})
-    try:
+    with another_app({**app_config, "START_RUNNER": False}) as app:
         client = app.test_client()
         client.environ_base["HTTP_ORIGIN"] = "http://localhost"
         prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
         assert not app.extensions["studio"].started
         assert client.get(f"/api/admin/history/{prompt_id}").json["status"] == "queued"
-    finally:
-        app.extensions["studio"].stop()
 
 
 def test_demo_fills_a_fresh_store_once(app_config, db):
-    app = create_app({**app_config, "STUDIO_DEMO": "1"})
-    try:
+    with another_app({**app_config, "STUDIO_DEMO": "1"}) as app:
         app.test_client().get("/api/workflows")
 
         def all_ended():
@@ -211,21 +226,16 @@ def test_demo_fills_a_fresh_store_once(app_config, db):
             return len(jobs) >= 5 and all(job.status not in ("queued", "running") for job in jobs) and jobs
 
         jobs = wait_for(all_ended, timeout=20)
-    finally:
-        app.extensions["studio"].stop()
     statuses = sorted(job.status for job in jobs)
     assert statuses == ["completed"] * 4 + ["error"]
     failed = next(job for job in jobs if job.status == "error")
     assert "example" in failed.workflow_name and failed.error
     assert all(job.output for job in jobs if job.status == "completed")
 
-    again = create_app({**app_config, "STUDIO_DEMO": "1"})  # the store is no longer empty
-    try:
+    with another_app({**app_config, "STUDIO_DEMO": "1"}) as again:  # the store is no longer empty
         again.test_client().get("/api/workflows")
         assert again.extensions["studio"].demo_wanted is False
         assert Job.select().count() == len(jobs)
-    finally:
-        again.extensions["studio"].stop()
 
 
 # ---- the queue page --------------------------------------------------------------------------------
