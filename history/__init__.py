@@ -57,6 +57,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     from history.web import auth
 
     auth.init_app(app)  # login, the guard before every view, CSRF, security headers, body limits
+
+    from history import jobs
+
+    with db.connection():
+        jobs.finish_interrupted_deletes(settings.output_dir)  # a process killed mid-delete left tombstones
     return app
 
 

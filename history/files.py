@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 STUDIO_FOLDER = "comfyui-studio"
@@ -104,33 +105,92 @@ def folder_usage(folder: Path) -> tuple[int, int]:
     return files, size
 
 
-def remove_folder(folder: Path) -> tuple[int, int]:
+TOMBSTONE_PREFIX = ".deleting-"
+
+
+def tombstone_of(folder: Path) -> Path:
+    """The hidden folder beside ``folder`` that holds it while it is being deleted."""
+    return folder.with_name(f"{TOMBSTONE_PREFIX}{folder.name}")
+
+
+def remove_folder(folder: Path, then=None) -> tuple[int, int]:
     """Delete a job folder and everything in it; return (files, bytes) removed. Missing is not an error.
 
-    The folder is first renamed to a hidden tombstone beside it, so a crash mid-way leaves either the whole
-    folder or a tombstone that the next delete (or start-up sweep) finishes removing.
+    Crash-consistent, with ``then`` (the record's removal) run once the files are gone:
+    1. make the tombstone ``.deleting-<name>/`` beside the folder, 2. move the folder into it (one atomic
+    rename), 3. remove the moved folder, 4. ``then()``, 5. remove the empty tombstone. A process killed
+    anywhere leaves the whole folder (1), or a tombstone while the record still exists (2-4), which the
+    next delete of the job or the start-up sweep (jobs.finish_interrupted_deletes) carries on from, or an
+    empty tombstone and no record (5). A removal that fails (permissions) puts back what is left and raises.
     """
-    files, size = folder_usage(folder)
-    if not folder.exists() and not folder.is_symlink():
-        return 0, 0
-    if folder.is_symlink() or not folder.is_dir():
+    tombstone = tombstone_of(folder)
+    moved = tombstone / folder.name
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise UnsafePath(f"{folder.name} is not a folder")
-    tombstone = folder.with_name(f".deleting-{folder.name}")
-    os.replace(folder, tombstone)
-    shutil.rmtree(tombstone)
+    if folder.exists():
+        files, size = folder_usage(folder)
+        tombstone.mkdir(exist_ok=True)
+        os.replace(folder, moved)
+    else:
+        files, size = folder_usage(moved)  # a delete that a crash interrupted, or nothing at all
+    if moved.exists() or moved.is_symlink():
+        try:
+            _rmtree(moved)
+        except OSError:
+            if (moved.exists() or moved.is_symlink()) and not folder.exists():
+                os.replace(moved, folder)
+                _drop_tombstone(tombstone)
+            raise
+    if then is not None:
+        then()
+    _drop_tombstone(tombstone)
     return files, size
 
 
-def sweep_tombstones(output_root: Path) -> int:
-    """Finish deletes that a crash interrupted; return how many tombstones were removed."""
+def _rmtree(path: Path) -> None:
+    """shutil.rmtree, except that a file another process removed first is not an error (it is the goal)."""
+    def ignore_vanished(function, name, error):
+        if not isinstance(error, FileNotFoundError):
+            raise error
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=ignore_vanished)
+    else:
+        shutil.rmtree(path, onerror=lambda function, name, info: ignore_vanished(function, name, info[1]))
+
+
+def _drop_tombstone(tombstone: Path) -> None:
+    try:
+        tombstone.rmdir()
+    except OSError:
+        pass  # gone already, or something else was put in it: the start-up sweep looks again
+
+
+def tombstones(output_root: Path) -> list[tuple[Path, str]]:
+    """(tombstone, job folder name) for every delete in progress or interrupted under ``comfyui-studio/``."""
     studio = Path(output_root) / STUDIO_FOLDER
+    try:
+        entries = list(os.scandir(studio))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        name = entry.name[len(TOMBSTONE_PREFIX):]
+        if entry.name.startswith(TOMBSTONE_PREFIX) and entry.is_dir(follow_symlinks=False) and OUTPUT_DIR_PATTERN.match(name):
+            found.append((studio / entry.name, name))
+    return found
+
+
+def sweep_tombstones(output_root: Path) -> int:
+    """Remove tombstones whose deletes were interrupted, files and all; return how many.
+
+    This knows nothing of records: the start-up sweep is jobs.finish_interrupted_deletes, which removes the
+    record of a job whose folder was already in its tombstone (so no record is left naming removed files).
+    """
     removed = 0
-    if not studio.is_dir():
-        return 0
-    for entry in studio.iterdir():
-        if entry.name.startswith(".deleting-") and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
+    for tombstone, name in tombstones(output_root):
+        shutil.rmtree(tombstone, ignore_errors=True)
+        removed += 1
     return removed
 
 

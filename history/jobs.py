@@ -264,6 +264,8 @@ def delete_jobs(prompt_ids: list[str], output_root: Path) -> DeleteReport:
 
     A job whose folder cannot be removed keeps its record and is reported in ``failed`` with the reason;
     queued and running jobs are refused. Another job's record that names the same folder keeps it.
+    A process killed mid-way leaves each job whole or in its tombstone (files.remove_folder), and a later
+    delete of the same id, or finish_interrupted_deletes at start-up, completes it.
     """
     report = DeleteReport()
     for prompt_id in fold_ids(prompt_ids):
@@ -274,11 +276,19 @@ def delete_jobs(prompt_ids: list[str], output_root: Path) -> DeleteReport:
         if job.status in ACTIVE_STATUSES:
             report.failed.append({"prompt_id": prompt_id, "error": f"job is {job.status}; wait until it ends", "status": 409})
             continue
+
+        def remove_record(prompt_id=prompt_id):
+            with database.atomic():
+                Job.delete().where(Job.prompt_id == prompt_id).execute()
+
         try:
             if job.output_dir and not _folder_shared(job):
-                count, size = files.remove_folder(files.job_folder(output_root, job.output_dir))
+                folder = files.job_folder(output_root, job.output_dir)
+                count, size = files.remove_folder(folder, then=remove_record)
                 report.files_removed += count
                 report.bytes_freed += size
+            else:
+                remove_record()
         except files.UnsafePath as error:
             report.failed.append({"prompt_id": prompt_id, "error": f"refused: {error}", "status": 400})
             continue
@@ -286,11 +296,42 @@ def delete_jobs(prompt_ids: list[str], output_root: Path) -> DeleteReport:
             log.warning("could not delete files of %s: %s", prompt_id, error)
             report.failed.append({"prompt_id": prompt_id, "error": f"could not delete its files: {error.strerror or error}", "status": 500})
             continue
-        with database.atomic():
-            Job.delete().where(Job.prompt_id == prompt_id).execute()
         report.deleted.append(prompt_id)
         report.deleted_jobs.append(job.to_dict())
     return report
+
+
+def finish_interrupted_deletes(output_root: Path) -> int:
+    """Finish the deletes a killed process left in tombstones; return how many jobs' deletes were finished.
+
+    A tombstone beside its job's folder never got the folder moved in: it is dropped and the job stays whole.
+    Otherwise the folder is (partly) removed already, so its records go and the tombstone after them.
+    """
+    finished = 0
+    for tombstone, name in files.tombstones(output_root):
+        folder = tombstone.parent / name
+        if folder.is_dir() and not (tombstone / name).exists():
+            _drop_empty(tombstone)
+            continue
+
+        def remove_records(name=name):
+            with database.atomic():
+                Job.delete().where((Job.output_dir == name) & Job.status.not_in(ACTIVE_STATUSES)).execute()
+
+        try:
+            files.remove_folder(folder, then=remove_records)
+        except (OSError, files.UnsafePath) as error:
+            log.warning("could not finish the interrupted delete of %s: %s", name, error)
+            continue
+        finished += 1
+    return finished
+
+
+def _drop_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _folder_shared(job: Job) -> bool:
