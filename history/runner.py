@@ -245,7 +245,8 @@ class Studio:
                 .order_by(Job.queued_at)
                 .tuples()
             )
-            if self.settings.demo:
+            # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
+            if self.settings.demo and not self.settings.comfyui_url:
                 self.demo_wanted = not Job.select().exists()
 
     def start(self) -> None:

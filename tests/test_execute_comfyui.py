@@ -83,3 +83,11 @@ def test_comfyui_unreachable_is_503_with_the_reason_and_no_record(app_config, db
         assert response.status_code == 503
         assert "127.0.0.1" in response.json["error"]
         assert Job.select().count() == 0
+
+
+def test_no_demo_jobs_are_sent_to_a_comfyui_server(app_config, comfyui, db):
+    with another_app({**app_config, "STUDIO_DEMO": "1"}) as app:
+        app.test_client().get("/api/workflows")
+        assert app.extensions["studio"].demo_wanted is False
+    assert Job.select().count() == 0
+    assert not [request for request in comfyui.requests if request[1] == "/prompt"]

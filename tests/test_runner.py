@@ -279,3 +279,15 @@ def test_queue_page_when_idle(client):
     page = BeautifulSoup(client.get("/admin/queue").text, "html.parser")
     assert page.select(".queue-job") == []
     assert "Nothing is queued or running" in page.select_one("#queue-list").text
+
+
+def test_stop_ends_background_work_promptly(app, client):
+    prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
+    wait_for(lambda: client.get(f"/api/admin/history/{prompt_id}").json["status"] == "completed")
+    before = {thread.name for thread in threading.enumerate()}
+    assert {"stall-watcher", "builtin-executor-0"} <= before
+    started = time.monotonic()
+    app.extensions["studio"].stop()
+    assert time.monotonic() - started < 2
+    after = {thread.name for thread in threading.enumerate()}
+    assert not {name for name in after if name == "stall-watcher" or name.startswith("builtin-executor")}

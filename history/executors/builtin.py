@@ -40,7 +40,7 @@ from history.executors.base import utcnow
 log = logging.getLogger(__name__)
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
-MAX_BATCH_PIXELS = 128_000_000  # one node's whole batch; keeps a worker from exhausting memory
+MAX_BATCH_PIXELS = 48_000_000  # one node's whole batch (about 150 MB as RGB); keeps a worker from exhausting memory
 RESTART_MESSAGE = "the studio restarted while this job ran"
 OUTPUT_NODES = ("SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG")
 RESAMPLING = {
@@ -451,6 +451,12 @@ def run_graph(graph: dict, context: NodeContext, on_progress=None, should_stop=N
             )
     results: dict[str, tuple] = {}
     refs: list[dict] = []
+    # How many later nodes still read each node's outputs: a batch is dropped once nothing needs it.
+    readers: dict[str, int] = {}
+    for node_id in order:
+        for value in graph[node_id].get("inputs", {}).values():
+            if _is_link(value):
+                readers[value[0]] = readers.get(value[0], 0) + 1
     for index, node_id in enumerate(order, start=1):
         if should_stop is not None and should_stop():
             raise Cancelled()
@@ -474,6 +480,11 @@ def run_graph(graph: dict, context: NodeContext, on_progress=None, should_stop=N
             raise NodeError(f"node {class_type} (#{node_id}): {type(error).__name__}: {error}") from None
         results[node_id] = produced
         refs.extend(ui)
+        for value in node.get("inputs", {}).values():
+            if _is_link(value):
+                readers[value[0]] -= 1
+                if readers[value[0]] == 0:
+                    results.pop(value[0], None)
         if on_progress is not None:
             on_progress(node_id, index, len(order))
     return refs
