@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from history import create_app
 from history import files
 from history.db import database
 from history.models import Job
+from tests.test_runner import another_app
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_ROUND = 300
@@ -182,26 +182,24 @@ def test_a_killed_batch_delete_leaves_each_job_whole_or_gone(app, app_config, se
         assert not broken, (kill_after, delay, list(broken.items())[:5])
         summary["tombstoned_before_restart"] += sum(v == "tombstoned" for v in before.values())
 
-        restarted = create_app(app_config)  # the start-up sweep finishes interrupted deletes
-        restarted.extensions["studio"].stop()
-        after = job_states(settings, rows)
-        assert set(after.values()) <= {"whole", "gone"}, (kill_after, delay, sorted(set(after.values())))
-        # Nothing but whole job folders is left: no tombstone, no orphan folder of this round.
-        studio = settings.output_dir / files.STUDIO_FOLDER
-        assert not [entry.name for entry in studio.iterdir() if entry.name.startswith(files.TOMBSTONE_PREFIX)]
-        assert {p.name for p in studio.iterdir() if p.name.endswith("_crash")} == {
-            rows[k] for k, v in after.items() if v == "whole"
-        }
-        summary["whole"] += sum(v == "whole" for v in after.values())
-        summary["gone"] += sum(v == "gone" for v in after.values())
+        with another_app(app_config) as restarted:  # its start-up sweep finishes interrupted deletes
+            after = job_states(settings, rows)
+            assert set(after.values()) <= {"whole", "gone"}, (kill_after, delay, sorted(set(after.values())))
+            # Nothing but whole job folders is left: no tombstone, no orphan folder of this round.
+            studio = settings.output_dir / files.STUDIO_FOLDER
+            assert not [entry.name for entry in studio.iterdir() if entry.name.startswith(files.TOMBSTONE_PREFIX)]
+            assert {p.name for p in studio.iterdir() if p.name.endswith("_crash")} == {
+                rows[k] for k, v in after.items() if v == "whole"
+            }
+            summary["whole"] += sum(v == "whole" for v in after.values())
+            summary["gone"] += sum(v == "gone" for v in after.values())
 
-        # A later delete of the same ids finishes the work.
-        client = restarted.test_client()
-        database.connect(reuse_if_open=True)
-        response = client.post("/api/admin/history/delete", json={"prompt_ids": list(rows)}, headers={"Origin": "http://localhost"})
-        database.connect(reuse_if_open=True)
-        assert response.status_code == 200 and response.json["failed"] == []
-        assert set(job_states(settings, rows).values()) == {"gone"}
-        database.close()
+            # A later delete of the same ids finishes the work.
+            client = restarted.test_client()
+            response = client.post(
+                "/api/admin/history/delete", json={"prompt_ids": list(rows)}, headers={"Origin": "http://localhost"}
+            )
+            assert response.status_code == 200 and response.json["failed"] == []
+            assert set(job_states(settings, rows).values()) == {"gone"}
     print(f"\ncrash-delete ({database_kind}): {measured['steps']} steps per 300-job delete; {summary}")
     assert summary["killed"] >= rounds // 2

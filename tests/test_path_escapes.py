@@ -104,11 +104,13 @@ def media_refuses(client, outside, name):
                 assert response.status_code in (400, 404), (prefix, name, response.status_code)
 
 
-def test_delete_refuses_every_escaping_output_dir(client, settings, sentinel, make_job):
+def test_delete_refuses_every_escaping_output_dir(client, settings, sentinel, make_job, database_kind):
     outside, digest = sentinel
     plant_symlinks(settings, outside)
     before = digest()
     for name in sorted(ESCAPES):
+        if database_kind == "postgres" and "\x00" in ESCAPES[name]:
+            continue  # PostgreSQL cannot hold a NUL in text, so no record can name such a folder there
         delete_refuses(client, outside, make_job, name)
         assert digest() == before, name
 
