@@ -100,9 +100,9 @@ class HangingExecutor(Executor):
 
 
 @pytest.fixture
-def app_config(app_config):
-    app_config["STUDIO_STALL_SECONDS"] = "0.4"
-    return app_config
+def quick_stalls(app):
+    """A stall timeout of 0.4 s for this app (set before its first request starts the watcher)."""
+    app.extensions["studio"].runner.stall_seconds = 0.4
 
 
 def use_executor(app, executor_class, **kwargs):
@@ -113,7 +113,7 @@ def use_executor(app, executor_class, **kwargs):
     return executor
 
 
-def test_a_running_job_with_no_events_stalls(app, client, db):
+def test_a_running_job_with_no_events_stalls(app, quick_stalls, client, db):
     executor = use_executor(app, HangingExecutor)
     with app.extensions["studio"].bus.subscribe() as events:
         prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
@@ -126,7 +126,7 @@ def test_a_running_job_with_no_events_stalls(app, client, db):
     assert types == ["job.queued", "job.started", "job.stalled"]
 
 
-def test_progress_keeps_a_job_from_stalling(app, client, db):
+def test_progress_keeps_a_job_from_stalling(app, quick_stalls, client, db):
     use_executor(app, HangingExecutor, keep_alive_for=1.0)
     prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
     ended = wait_for(lambda: (job := record(db, prompt_id)) and job["status"] not in ("queued", "running") and job)
