@@ -291,3 +291,12 @@ def test_stop_ends_background_work_promptly(app, client):
     assert time.monotonic() - started < 2
     after = {thread.name for thread in threading.enumerate()}
     assert not {name for name in after if name == "stall-watcher" or name.startswith("builtin-executor")}
+
+
+def test_a_cli_command_never_reconciles_a_servers_jobs(app_config, make_job, db):
+    running = make_job(status="running", files=0)
+    with another_app(app_config) as cli_app:  # `flask --app app history export` builds an app too
+        result = cli_app.test_cli_runner().invoke(args=["history", "export"])
+        assert result.exit_code == 0, result.output
+        assert not cli_app.extensions["studio"].started
+    assert record(db, running.prompt_id)["status"] == "running"
