@@ -217,3 +217,12 @@ def test_executor_validation_errors_are_400_with_node_errors(app, client, db):
     assert response.json["error"] == "Prompt outputs failed validation"
     assert response.json["node_errors"] == node_errors
     assert Job.select().count() == 0
+
+
+def test_a_plain_form_post_of_retry_of_works_too(client, make_job):
+    original = make_job(status="error", files=0, params={"seed": -1, "width": 64, "height": 64}, seeds={"seed": 99})
+    response = client.post("/api/run/txt2img-example/execute", data={"retry_of": original.prompt_id},
+                           headers=csrf_headers(client))
+    assert response.status_code == 202, response.json
+    retried = wait_until_ended(client, response.json["prompt_id"])
+    assert retried["seeds"] == {"seed": 99} and retried["params"]["width"] == 64

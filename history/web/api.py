@@ -121,14 +121,14 @@ def workflow_list():
 
 
 def read_execute_request() -> tuple[object, object, object]:
-    """(params, input_image, retry_of) of an execute request, JSON or multipart; an upload is checked
+    """(params, input_image, retry_of) of an execute request, JSON or a form; an upload is checked
     with Pillow and stored in the input folder first. Abort 400/413/415 naming the field."""
     from history import files
     from history.workflows import MAX_UPLOAD_BYTES
     from history.workflows import ValidationError
     from history.workflows import check_upload
 
-    if request.mimetype == "multipart/form-data":
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 1024 * 1024:
             abort(413, f"input_image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         raw_params = request.form.get("params")
