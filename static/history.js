@@ -92,6 +92,26 @@
     restartCountdown();
   }
 
+  // Once further pages are loaded, keep them: the morph skips their container, and the poll asks for
+  // everything above the cursor they start below (pages.list_context), so nothing falls into a gap.
+  function keepLoadedPages() {
+    var more = document.getElementById("job-list-more");
+    if (more && more.querySelector(".job-card") && !more.hasAttribute("hx-morph-skip")) {
+      more.setAttribute("hx-morph-skip", "");
+    }
+  }
+
+  document.addEventListener("htmx:config:request", function (event) {
+    if (event.target.id !== "job-list") return;
+    var more = document.getElementById("job-list-more");
+    var ctx = event.detail.ctx;
+    if (more && more.hasAttribute("hx-morph-skip") && more.dataset.since && ctx.request.action.indexOf("since=") === -1) {
+      var url = new URL(ctx.request.action, location.href);
+      url.searchParams.set("since", more.dataset.since);
+      ctx.request.action = url.pathname + url.search;
+    }
+  });
+
   // Polling pauses while the tab is hidden. (A trigger filter like [!document.hidden] would need
   // 'unsafe-eval', which the page's CSP refuses; cancelling the request here needs nothing.)
   document.addEventListener("htmx:config:request", function (event) {
@@ -130,6 +150,14 @@
     }
   });
 
+  // A further page replaces its sentinel, and htmx then reports the first new card as the source:
+  // note which swaps were pages before that happens.
+  document.addEventListener("htmx:before:swap", function (event) {
+    var ctx = event.detail.ctx || {};
+    var source = ctx.sourceElement;
+    ctx.studioPage = !!(source && source.classList && source.classList.contains("list-sentinel"));
+  });
+
   document.addEventListener("htmx:after:swap", function (event) {
     var ctx = event.detail.ctx || {};
     var source = ctx.sourceElement;
@@ -138,12 +166,12 @@
       overlayArrived();
       return;
     }
-    var listChanged =
-      (target && target.id === "job-list") ||
-      (source && source.classList && source.classList.contains("list-sentinel")) ||
-      (source && source.id === "history-filters");
-    if (source && source.id === "history-filters") filtersToUrl(source);
-    if (listChanged) emit("studio:list-updated", { source: source });
+    var fromFilters = !!(source && source.id === "history-filters");
+    if (fromFilters) filtersToUrl(source);
+    if (ctx.studioPage) keepLoadedPages();
+    if (ctx.studioPage || fromFilters || (target && target.id === "job-list")) {
+      emit("studio:list-updated", { source: source });
+    }
   });
 
   // Websocket job events (hx-ws delivers JSON frames without "content" as data-only messages).

@@ -82,7 +82,9 @@ def test_first_page_holds_page_size_jobs_and_a_sentinel(client, make_job, settin
         make_job(files=0, minutes_ago=minutes)
     page = soup(client.get("/admin/history"))
     assert len(card_ids(page)) == settings.page_size
-    sentinel = page.select_one("#job-list-more[hx-morph-skip] .list-sentinel")
+    assert page.select_one("#job-list-more")["data-since"]
+    assert not page.select_one("#job-list-more").has_attr("hx-morph-skip")  # history.js sets it once pages load
+    sentinel = page.select_one("#job-list-more .list-sentinel")
     assert sentinel["hx-trigger"].startswith("revealed")
     older = soup(client.get(sentinel["hx-get"], headers=HTMX))
     assert older.select_one("html") is None
@@ -161,25 +163,34 @@ def test_the_etag_depends_on_filters_and_time_zone(client, make_job):
 
 
 def test_rendered_etag_matches_the_next_poll(client, make_job, settings):
-    """The ETag the page renders into the poller is the one the poll URL answers 204 to."""
+    """The ETag the page renders into the poller is the one its poll URL answers 204 to."""
     for minutes in range(settings.page_size + 3):
         make_job(files=0, minutes_ago=minutes)
-    page = soup(client.get("/admin/history"))
-    poller = page.select_one("#job-list")
-    assert "since=" in poller["hx-get"]
+    poller = soup(client.get("/admin/history")).select_one("#job-list")
+    assert "since=" not in poller["hx-get"]
     poll = client.get(poller["hx-get"], headers={**HTMX, "X-List-ETag": poller["data-list-etag"]})
     assert poll.status_code == 204
 
 
-def test_head_keeps_its_jobs_when_new_ones_arrive(client, make_job, settings):
-    """After new jobs arrive the head grows rather than pushing a job into the gap above loaded pages."""
+def test_head_slides_until_pages_are_loaded_then_keeps_its_jobs(client, make_job, settings):
+    """Without further pages the head is the newest page; with them (since=) it grows instead of leaving a gap."""
     for minutes in range(10, 10 + settings.page_size + 3):
         make_job(files=0, minutes_ago=minutes)
-    poller = soup(client.get("/admin/history")).select_one("#job-list")
-    shown = card_ids(soup(client.get(poller["hx-get"], headers=HTMX)))
+    page = soup(client.get("/admin/history"))
+    shown = card_ids(page)
+    boundary = page.select_one("#job-list-more")["data-since"]
     fresh = make_job(files=0, minutes_ago=1)
-    again = card_ids(soup(client.get(poller["hx-get"], headers={**HTMX, "X-List-ETag": poller["data-list-etag"]})))
-    assert again == [fresh.prompt_id] + shown
+    sliding = soup(client.get("/admin/history/list", headers=HTMX))
+    assert card_ids(sliding) == [fresh.prompt_id] + shown[:-1]
+    assert sliding.select_one("#job-list-more")["data-since"] != boundary  # its sentinel follows the new head
+    kept = client.get(f"/admin/history/list?since={boundary}", headers=HTMX)
+    kept_page = soup(kept)
+    assert card_ids(kept_page) == [fresh.prompt_id] + shown
+    poller = kept_page.select_one("#job-list")
+    assert f"since={boundary}".replace(":", "%3A") in poller["hx-get"] or f"since={boundary}" in poller["hx-get"]
+    assert kept_page.select_one("#job-list-more").has_attr("hx-morph-skip")
+    again = client.get(poller["hx-get"], headers={**HTMX, "X-List-ETag": poller["data-list-etag"]})
+    assert again.status_code == 204
 
 
 @pytest.mark.parametrize("query", ["before=nonsense", "since=nonsense", "status=bogus", "workflow_id=../x"])

@@ -191,11 +191,11 @@ def _poll_etag(history_filter: jobs.HistoryFilter, since: str | None) -> str:
 
 
 def list_context(history_filter: jobs.HistoryFilter, since: str | None = None) -> dict:
-    """Everything the list renders: the head of the list (the newest page, or every job at or above
-    ``since``), where further pages start, and the ETag the poller shows.
+    """Everything the list renders: its head, where further pages start, and the poll URL and ETag.
 
-    A head that has grown (new jobs on top) keeps every job it showed, so pages loaded below it never
-    leave a gap; the poll guards the head only.
+    The head is the newest page; once the reader has scrolled further pages in, history.js polls with
+    ``since`` (the cursor those pages start below) and the head is every job at or above it: it grows with
+    new jobs instead of pushing one into the gap above the loaded pages. The poll guards the head only.
     """
     settings = current_app.config["STUDIO"]
     if since:
@@ -209,9 +209,10 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None) -
         "page": page,
         "history_filter": history_filter,
         "boundary": boundary,
-        "poll_url": url_for("pages.history_list", **filter_args, **({"since": boundary} if boundary else {})),
+        "since": since,
+        "poll_url": url_for("pages.history_list", **filter_args, **({"since": since} if since else {})),
         "more_url": url_for("pages.history_list", **filter_args, before=boundary) if boundary else None,
-        "list_etag": _poll_etag(history_filter, boundary),
+        "list_etag": _poll_etag(history_filter, since),
         "poll_seconds": settings.poll_seconds,
     }
 

@@ -223,21 +223,42 @@ def test_xss_prompt_stays_text(history, make_job):
     assert dialogs == []
 
 
+def load_next_page(page: Page) -> bool:
+    """Scroll the list's sentinel into view and wait for its page to arrive; False when there is none."""
+    count = page.locator(".job-card").count()
+    present = page.evaluate(
+        "() => { const s = document.querySelector('.list-sentinel'); if (s) s.scrollIntoView(); return !!s; }"
+    )
+    if present:
+        page.wait_for_function(
+            f"() => document.querySelectorAll('.job-card').length > {count} || !document.querySelector('.list-sentinel')",
+            timeout=WAIT_MS,
+        )
+    return present
+
+
 def test_infinite_scroll_reaches_job_200_of_250(history, make_job, db):
     jobs = [make_job(files=0, minutes_ago=minutes) for minutes in range(250)]
     page = history()
     target = page.locator(f"#job-{jobs[199].prompt_id}")
-    for _ in range(10):
-        if target.count():
-            break
-        count = page.locator(".job-card").count()
-        page.locator(".list-sentinel").scroll_into_view_if_needed()
-        page.wait_for_function(f"() => document.querySelectorAll('.job-card').length > {count}", timeout=WAIT_MS)
+    while not target.count() and load_next_page(page):
+        pass
     target.scroll_into_view_if_needed()
     expect(target).to_be_visible()
     ids = page.eval_on_selector_all(".job-card", "cards => cards.map(card => card.dataset.promptId)")
     assert ids[:200] == [job.prompt_id for job in jobs[:200]]
     assert len(ids) == len(set(ids))
+    # Load the rest; then a job arriving joins the top, and every loaded card stays, none twice, none skipped.
+    while load_next_page(page):
+        pass
+    ids = page.eval_on_selector_all(".job-card", "cards => cards.map(card => card.dataset.promptId)")
+    assert ids == [job.prompt_id for job in jobs]
+    target.scroll_into_view_if_needed()
+    fresh = make_job(files=0, minutes_ago=-1)
+    expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=WAIT_MS)
+    after = page.eval_on_selector_all(".job-card", "cards => cards.map(card => card.dataset.promptId)")
+    assert after == [fresh.prompt_id] + ids
+    expect(target).to_be_in_viewport()
 
 
 def test_filters_change_the_url_and_the_list(history, make_job):
