@@ -1,6 +1,8 @@
 """The Queue page in Chromium: a running job's progress moves and the job leaves the page when it ends."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from playwright.sync_api import Page
 from playwright.sync_api import expect
@@ -10,6 +12,19 @@ from history.models import utcnow
 pytestmark = [pytest.mark.browser, pytest.mark.sqlite_only]
 
 WAIT_MS = 8_000  # the list polls every 2 s
+
+# Counts the list's swaps (polls or refreshes), from the page's side.
+SWAPS = """
+window.__queueSwaps = 0;
+document.addEventListener("htmx:after:swap", function () { window.__queueSwaps += 1; });
+"""
+
+
+def wait_for_websocket(app) -> None:
+    deadline = time.monotonic() + 5
+    while app.extensions["studio"].bus.subscriber_count < 1:
+        assert time.monotonic() < deadline, "the page never opened its websocket"
+        time.sleep(0.02)
 
 
 def test_progress_updates_and_an_ended_job_leaves(page: Page, live_server, app, make_job):
@@ -30,3 +45,27 @@ def test_progress_updates_and_an_ended_job_leaves(page: Page, live_server, app, 
     runner.completed(running.prompt_id, [], utcnow())
     expect(row).to_have_count(0, timeout=WAIT_MS)
     expect(page.locator(".queue-job")).to_have_count(1)
+
+
+def test_websocket_progress_moves_the_bar_without_a_request(page: Page, live_server, app, make_job):
+    runner = app.extensions["studio"].runner
+    running = make_job(status="running", files=0)
+    runner.follow(running.prompt_id, running=True)
+    page.add_init_script(SWAPS)
+    page.goto(live_server.url + "/admin/queue")
+    wait_for_websocket(app)
+    # Right after a poll, so the next one is about 2 s away.
+    swaps = page.evaluate("() => window.__queueSwaps")
+    page.wait_for_function(f"() => window.__queueSwaps > {swaps}", timeout=WAIT_MS)
+    swaps = page.evaluate("() => window.__queueSwaps")
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    runner.progress(running.prompt_id, "3", 2, 5)
+    bar = page.locator(f'.queue-job[data-prompt-id="{running.prompt_id}"] progress')
+    expect(bar).to_have_attribute("max", "5", timeout=1000)
+    assert page.evaluate("() => [document.querySelector('.queue-job progress').value, window.__queueSwaps]") == [2, swaps]
+    assert not [url for url in requests if "/admin/queue" in url]
+
+    runner.started(make_job(status="queued", files=0).prompt_id, utcnow())  # job.started refreshes the list
+    expect(page.locator(".queue-job")).to_have_count(2, timeout=1000)
