@@ -58,7 +58,8 @@ class LiveServer:
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="live-server", daemon=True)
+        # A short poll interval lets shutdown() return at once after each test.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="live-server", daemon=True)
 
     def start(self):
         self.thread.start()

@@ -155,8 +155,17 @@ def test_status_change_rerenders_the_card_and_keeps_checks_and_overlay(history, 
     assert page.locator("#job-overlay").get_attribute("data-prompt-id") == opened.prompt_id
 
 
-def test_overlay_fields_url_and_escape(history, make_job):
-    job = make_job(status="error", files=2, params={"positive_prompt": "first line\n   second line", "seed": -1}, seeds={"seed": 4242})
+def test_overlay_fields_url_and_escape(history, make_job, settings):
+    from tests.conftest import write_image
+
+    write_image(settings.input_dir / "face.png")
+    job = make_job(
+        status="error",
+        files=2,
+        input_image="face.png",
+        params={"positive_prompt": "first line\n   second line", "seed": -1},
+        seeds={"seed": 4242},
+    )
     page = history()
     page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
     overlay = page.locator("#job-overlay")
@@ -174,6 +183,18 @@ def test_overlay_fields_url_and_escape(history, make_job):
     expect(overlay.locator(".output-gallery img")).to_have_count(2)
     expect(overlay.locator("a.view-in-assets")).to_have_attribute("href", f"/admin/assets?dir={job.output_dir}")
     expect(overlay.locator(".overlay-close")).to_be_focused()
+    # The input image: a small preview on hover, the full image on a click; Esc closes that view first.
+    image_link = overlay.locator("a.input-image-link")
+    expect(overlay.locator(".input-preview")).to_be_hidden()
+    image_link.hover()
+    expect(overlay.locator(".input-preview img")).to_be_visible()
+    image_link.click()
+    viewer = page.locator("#image-viewer")
+    expect(viewer).to_be_visible()
+    expect(viewer.locator("img")).to_have_js_property("naturalWidth", 256)
+    page.keyboard.press("Escape")
+    expect(viewer).to_be_hidden()
+    expect(overlay).to_be_visible()
     page.keyboard.press("Escape")
     expect(overlay).to_have_count(0)
     expect(page).to_have_url(re.compile(r"/admin/history$"))
