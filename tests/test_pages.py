@@ -67,6 +67,24 @@ def test_invalid_filter_shows_the_error_state(client):
     assert "unknown status" in page.select_one("#job-list.list-error").get_text()
 
 
+def test_store_failure_shows_the_error_state(client, make_job, monkeypatch):
+    from peewee import OperationalError
+
+    from history import jobs
+
+    make_job()
+
+    def broken(*args, **kwargs):
+        raise OperationalError("disk I/O error")
+
+    monkeypatch.setattr(jobs, "history_page", broken)
+    response = client.get("/admin/history")
+    assert response.status_code == 503
+    page = soup(response)
+    assert "cannot be read" in page.select_one("#job-list.list-error").get_text()
+    assert page.select_one("#live-indicator") is not None
+
+
 def test_page_and_json_api_list_the_same_jobs(client, make_job):
     for minutes in range(7):
         make_job(status=("completed", "error", "stalled")[minutes % 3], minutes_ago=minutes)
@@ -383,7 +401,9 @@ def test_unknown_job_overlay_is_404(client):
     response = client.get("/admin/history/jobs/does-not-exist", headers=HTMX)
     assert response.status_code == 404
     assert soup(response).select_one("#job-overlay.is-missing") is not None
-    assert client.get("/admin/history/jobs/does-not-exist").status_code == 404
+    page = client.get("/admin/history/jobs/does-not-exist")
+    assert page.status_code == 404
+    assert "does-not-exist" in soup(page).select_one("#overlay-root #job-overlay.is-missing").get_text()
 
 
 def test_overlay_shows_a_video(client, make_job, settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint
@@ -16,6 +17,7 @@ from flask import render_template
 from flask import request
 from flask import url_for
 from htmx_flask import Htmx
+from peewee import DatabaseError
 
 from history import jobs
 from history.events import LIST_EVENTS
@@ -23,6 +25,7 @@ from history.models import is_image
 from history.models import is_video
 
 bp = Blueprint("pages", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.get("/")
@@ -42,6 +45,7 @@ LIST_MARKUP_VERSION = "1"
 # (A browser's own revalidation would hide a 304 from fetch and hand htmx the cached 200 to swap.)
 LIST_ETAG_HEADER = "X-List-ETag"
 TZ_COOKIE = "studio_tz"
+STORE_ERROR = "The job store cannot be read right now. Reload the page in a moment; nothing has been lost."
 PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
 
 
@@ -226,10 +230,10 @@ def _fragment_headers(response, etag: str | None = None, vary: str = "HX-Request
     return response
 
 
-def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None = None) -> dict:
+def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None = None, workflows=None) -> dict:
     """The full page's context: the list (unless the filter is invalid) and the filter choices."""
     context = {
-        "workflows": jobs.workflow_choices(),
+        "workflows": jobs.workflow_choices() if workflows is None else workflows,
         "all_statuses": jobs.HISTORY_STATUSES,
         "events_url": _events_url(),
         "refresh_events": " ".join(LIST_EVENTS),
@@ -244,16 +248,22 @@ def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None =
     return context
 
 
-def _render_page(overlay_job=None, status: int = 200):
-    """Render the history page, with a job's overlay open when given."""
+def _render_page(overlay_job=None, status: int = 200, missing_message: str | None = None):
+    """Render the history page, with a job's overlay (or a "job not found" one) open when given."""
     try:
         history_filter = _history_filter()
         context = _page_context(history_filter)
     except jobs.InvalidQuery as error:
         context = _page_context(None, str(error))
         status = 400
+    except DatabaseError:
+        # The page still renders (header, filters, an error state); its poll shows the failure and retries.
+        log.exception("history page: the job store cannot be read")
+        context = _page_context(None, STORE_ERROR, workflows=[])
+        status = 503
     if overlay_job is not None:
         context.update(_overlay_context(overlay_job))
+    context["missing_message"] = missing_message
     response = make_response(render_template("history.html", **context), status)
     response.headers["Vary"] = "HX-Request, Cookie"
     return response
@@ -312,8 +322,7 @@ def history_job(prompt_id: str):
         if _wants_fragment():
             body = render_template("job_overlay.html", overlay_job=None, missing_message=message)
             return _fragment_headers(make_response(body, 404))
-        response = _render_page(status=404)
-        return response
+        return _render_page(missing_message=message, status=404)
     if _wants_fragment():
         body = render_template("job_overlay.html", **_overlay_context(job))
         return _fragment_headers(make_response(body))
