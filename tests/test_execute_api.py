@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 
@@ -170,8 +171,14 @@ def test_retry_reuses_seeds_and_input_image_and_announces_itself(app, client, se
         assert response.json["retry_of"] == original["prompt_id"]
         retried = wait_until_ended(client, response.json["prompt_id"])
         types = []
-        while (message := events.get(timeout=0)) is not None:
-            types.append(message.split('"type": "', 1)[1].split('"', 1)[0])
+
+        def completed_seen():
+            # The record is written before its event goes out: wait for the event too.
+            while (message := events.get(timeout=0)) is not None:
+                types.append(json.loads(message)["type"])
+            return "job.completed" in types
+
+        wait_for(completed_seen)
     assert retried["status"] == "completed"
     assert retried["retry_of"] == original["prompt_id"]
     assert retried["input_image"] == "harbour.png"

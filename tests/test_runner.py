@@ -118,7 +118,9 @@ def test_a_running_job_with_no_events_stalls(app, quick_stalls, client, db):
     with app.extensions["studio"].bus.subscribe() as events:
         prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
         stalled = wait_for(lambda: (job := record(db, prompt_id)) and job["status"] == "stalled" and job)
-        types = [event["type"] for event in drain(events)]
+        types = []
+        # The record is written before its event goes out: wait for the event too.
+        wait_for(lambda: types.extend(event["type"] for event in drain(events)) or "job.stalled" in types)
     assert stalled["error"].startswith("no progress since 20")
     assert "STUDIO_STALL_SECONDS=0.4" in stalled["error"]
     assert stalled["finished_at"] and stalled["duration"] >= 0.4
