@@ -179,9 +179,21 @@ def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = No
     return digest.hexdigest()
 
 
+# The distinct workflow ids by a "skip scan" of the (workflow_id, queued_at, prompt_id) index: one index
+# probe per workflow instead of a scan of every job (1 ms rather than 50 ms at 100,000 jobs, on SQLite).
+WORKFLOW_IDS_SQL = """
+WITH RECURSIVE workflow(id) AS (
+    SELECT MIN(workflow_id) FROM job
+    UNION ALL
+    SELECT (SELECT MIN(workflow_id) FROM job WHERE workflow_id > workflow.id) FROM workflow WHERE workflow.id IS NOT NULL
+)
+SELECT id FROM workflow WHERE id IS NOT NULL
+"""
+
+
 def workflow_choices() -> list[tuple[str, str]]:
     """(workflow_id, latest workflow_name) of every workflow with history, for the page's filter."""
-    ids = [row[0] for row in Job.select(Job.workflow_id).distinct().order_by(Job.workflow_id).tuples()]
+    ids = [row[0] for row in database.execute_sql(WORKFLOW_IDS_SQL).fetchall()]
     choices = []
     for workflow_id in ids:
         name = (
