@@ -338,3 +338,51 @@ def test_python_app_py_refuses_0_0_0_0_without_a_password(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to listen on 0.0.0.0" in lines[0]
+
+
+# ---- the websocket on a live server -------------------------------------------------------------------
+
+@pytest.fixture
+def ws_base(app):
+    """The password app on a live server (Werkzeug, threaded); yields host:port."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_port}"
+    app.extensions["studio"].stop()  # ends open websocket handlers before the server goes
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_the_websocket_needs_a_login_and_its_own_origin(ws_base, app):
+    import websocket
+
+    url = f"ws://{ws_base}/ws"
+    own = f"http://{ws_base}"
+    with pytest.raises(websocket.WebSocketBadStatusException) as anonymous:
+        websocket.create_connection(url, origin=own, timeout=5)
+    assert anonymous.value.status_code == 401
+    bearer = f"Authorization: Bearer {security.derive_api_token(PASSWORD)}"
+    with pytest.raises(websocket.WebSocketBadStatusException) as foreign:
+        websocket.create_connection(url, origin="http://evil.test", header=[bearer], timeout=5)
+    assert foreign.value.status_code == 403
+    socket = websocket.create_connection(url, origin=own, header=[bearer], timeout=5)
+    try:
+        assert socket.connected
+    finally:
+        socket.close()
+    # A browser's session cookie works too.
+    client = app.test_client()
+    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    log_in(client)
+    cookie = client.get_cookie("studio_session")
+    socket = websocket.create_connection(url, origin=own, cookie=f"studio_session={cookie.value}", timeout=5)
+    try:
+        assert socket.connected
+    finally:
+        socket.close()

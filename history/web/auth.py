@@ -191,6 +191,19 @@ def current_login() -> str | None:
     return g.get("studio_login")
 
 
+def websocket_allowed() -> bool:
+    """Whether this websocket request may listen: logged in (or no password), from an allowed Origin.
+
+    The guard has refused anything else before the view ran; the websocket view asks again, so that the
+    answer holds even where the guard was not installed.
+    """
+    if password_required() and current_login() is None:
+        return False
+    origin = request.headers.get("Origin")
+    seen = security.origin_of(origin) if origin is not None else None
+    return origin is None or is_same_origin(seen) or seen in _settings().embed_origins
+
+
 def _bearer_given() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")

@@ -21,8 +21,10 @@ IDLE_CHECK_SECONDS = 1.0
 
 
 def authorize_websocket() -> bool:
-    """Whether this websocket request may listen (the login check hooks in here)."""
-    return True
+    """Whether this websocket request may listen: history.web.auth checks the login and the Origin."""
+    from history.web import auth
+
+    return auth.websocket_allowed()
 
 
 @sock.route("/ws", bp=bp)
