@@ -255,8 +255,11 @@ class Studio:
             if self._started or self._stopped or not self.start_runner:
                 return
             self._started = True
-        for prompt_id, status in self.leftovers:
-            self.runner.follow(prompt_id, running=status == RUNNING)
+        for prompt_id, _status in self.leftovers:
+            # Followed, but not watched for stalls until this process hears from them: another live process
+            # may be running them (several workers on PostgreSQL), and the executor settles them itself:
+            # the built-in one marks them stalled now, ComfyUI's asks the server what became of them.
+            self.runner.follow(prompt_id)
         self.bus.start()
         self.executor.start([prompt_id for prompt_id, _status in self.leftovers])
         self.runner.start()

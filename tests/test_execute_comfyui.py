@@ -11,6 +11,7 @@ from PIL import Image
 from history.executors.comfyui import ComfyUIExecutor
 from history.models import Job
 from tests.comfyui_double import ComfyUIDouble
+from tests.test_execute_api import wait_for
 from tests.test_execute_api import wait_until_ended
 from tests.test_runner import another_app
 
@@ -91,3 +92,11 @@ def test_no_demo_jobs_are_sent_to_a_comfyui_server(app_config, comfyui, db):
         assert app.extensions["studio"].demo_wanted is False
     assert Job.select().count() == 0
     assert not [request for request in comfyui.requests if request[1] == "/prompt"]
+
+
+def test_a_job_comfyui_forgot_is_stalled_at_start_up(app_config, make_job, db):
+    left = make_job(status="running", files=0)  # ComfyUI (the double) never heard of it
+    with another_app(app_config) as restarted:
+        restarted.test_client().get("/api/workflows")
+        stalled = wait_for(lambda: (job := Job.get_or_none(Job.prompt_id == left.prompt_id)) and job.status == "stalled" and job)
+    assert stalled.error and stalled.finished_at is not None
