@@ -212,6 +212,18 @@ def test_overlay_closes_on_its_button_and_the_backdrop_and_has_its_own_url(histo
     expect(page.locator("#job-overlay")).to_be_visible()
     page.mouse.click(5, 300)  # outside the panel: the backdrop
     expect(page.locator("#job-overlay")).to_have_count(0)
+    # Back closes an overlay and Forward opens it again, without reloading the page.
+    page.evaluate("() => { window.__samePage = true; }")
+    page.locator(f"#job-{job.prompt_id} .job-excerpt").click()
+    expect(page).to_have_url(re.compile(f"/jobs/{job.prompt_id}$"))
+    page.go_back()
+    expect(page.locator("#job-overlay")).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/admin/history$"))
+    page.go_forward()
+    expect(page.locator("#job-overlay")).to_be_visible()
+    assert page.evaluate("() => window.__samePage === true")
+    page.keyboard.press("Escape")
+    expect(page.locator("#job-overlay")).to_have_count(0)
     page.goto(f"{history_url}/jobs/{job.prompt_id}")
     expect(page.locator("#job-overlay")).to_be_visible()
     assert page.locator("#job-overlay").evaluate("el => el.matches(':modal')")
