@@ -6,6 +6,7 @@ import logging
 
 import click
 from flask import current_app
+from flask import request
 from peewee import DatabaseProxy
 from peewee import Model
 from peewee import SqliteDatabase
@@ -16,11 +17,10 @@ from playhouse.migrate import SqliteMigrator
 log = logging.getLogger(__name__)
 database = DatabaseProxy()
 
+# Set on every new connection: cheap, and they do not persist in the file. WAL does persist, so bind()
+# sets it once instead of paying for it on every request's connect.
 SQLITE_PRAGMAS = {
-    "journal_mode": "wal",
     "synchronous": "normal",
-    "foreign_keys": 1,
-    "cache_size": -16000,
 }
 
 
@@ -44,9 +44,12 @@ def open_database(url: str):
 
 
 def bind(url: str):
-    """Point the proxy at the database named by ``url`` and return it."""
+    """Point the proxy at the database named by ``url`` and return it (SQLite switched to WAL once)."""
     db = open_database(url)
     database.initialize(db)
+    if isinstance(db, SqliteDatabase):
+        with connection():
+            database.execute_sql("PRAGMA journal_mode=wal")
     return db
 
 
@@ -111,7 +114,9 @@ def init_app(app):
 
     @app.before_request
     def _connect():
-        database.connect(reuse_if_open=True)
+        # Static files never touch the store, so they skip the connect.
+        if request.endpoint != "static":
+            database.connect(reuse_if_open=True)
 
     @app.teardown_request
     def _close(exc):
