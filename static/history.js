@@ -208,6 +208,8 @@
     var search = query.toString();
     var url = location.pathname.indexOf(pageUrl + "/jobs/") === 0 ? location.pathname : pageUrl;
     history.replaceState(history.state, "", url + (search ? "?" + search : ""));
+    var clear = form.querySelector(".clear-filters");
+    if (clear) clear.hidden = !search;
   }
 
   // ---- the detail overlay -------------------------------------------------------------------------
@@ -303,6 +305,7 @@
   document.addEventListener("click", function (event) {
     var dialog = overlay();
     if (dialog && (event.target === dialog || event.target.closest(".overlay-close"))) {
+      event.preventDefault(); // the close link leads to the list for pages without scripts
       closeOverlay(false); // the close button, or the backdrop around the panel
     }
   });

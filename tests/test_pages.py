@@ -392,6 +392,7 @@ def test_overlay_without_htmx_is_the_full_page_with_the_overlay_open(client, mak
     page = soup(client.get(f"/admin/history/jobs/{job.prompt_id}"))
     assert page.select_one("html") is not None
     assert page.select_one("#overlay-root dialog#job-overlay[open]")["data-prompt-id"] == job.prompt_id
+    assert page.select_one("#job-overlay a.overlay-close")["href"] == "/admin/history"  # closes without scripts too
     assert set(card_ids(page)) == {job.prompt_id, other.prompt_id}
     restore = soup(client.get(f"/admin/history/jobs/{job.prompt_id}", headers={**HTMX, "HX-History-Restore-Request": "true"}))
     assert restore.select_one("html") is not None
