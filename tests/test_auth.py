@@ -386,3 +386,47 @@ def test_the_websocket_needs_a_login_and_its_own_origin(ws_base, app):
         assert socket.connected
     finally:
         socket.close()
+
+
+def test_under_a_url_prefix(app_config):
+    from history import create_app
+
+    app = create_app({**app_config, "STUDIO_URL_PREFIX": "/studio"})
+    try:
+        client = app.test_client()
+        client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+        page = client.get("/studio/admin/history")
+        assert page.status_code == 302
+        assert page.headers["Location"] == "/studio/login?next=/studio/admin/history"
+        api = client.get("/studio/api/admin/history")
+        assert api.status_code == 401 and api.json["error"]
+        token = page_token(client, "/studio/login")
+        login = client.post("/studio/login", data={"password": PASSWORD, "csrf_token": token, "next": "/studio/admin/queue"})
+        assert login.headers["Location"] == "/studio/admin/queue"
+        assert client.get("/studio/api/admin/history").status_code == 200
+        assert client.post("/studio/api/admin/history/delete", data={"x": "1"}).status_code == 403
+    finally:
+        app.extensions["studio"].stop()
+
+
+def test_inside_a_host_app_only_the_studio_is_guarded(app_config):
+    """With ``blueprints`` given, the guard and the headers leave the host app's own routes alone."""
+    from flask import Blueprint
+    from flask import Flask
+
+    from history.config import load_settings
+
+    host = Flask("host")
+    host.config.update(SECRET_KEY="host-secret", STUDIO=load_settings(overrides={
+        k: v for k, v in app_config.items() if k.startswith("STUDIO_")} | {"STUDIO_ADMIN_PASSWORD": PASSWORD}))
+    studio_bp = Blueprint("studio_pages", __name__)
+    studio_bp.add_url_rule("/studio/page", "page", lambda: "studio")
+    host.register_blueprint(studio_bp)
+    host.add_url_rule("/", "home", lambda: "host home")
+    host.add_url_rule("/form", "form", lambda: "posted", methods=["POST"])
+    auth.init_app(host, blueprints={"studio_pages"})
+    client = host.test_client()
+    assert client.get("/").data == b"host home"
+    assert "Content-Security-Policy" not in client.get("/").headers
+    assert client.post("/form").data == b"posted"
+    assert client.get("/studio/page").status_code == 302

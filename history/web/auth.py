@@ -61,6 +61,7 @@ class AuthState:
     """Per-app state: the login rate limiter and the accepted bearer tokens (derived once, on first use)."""
 
     limiter: security.RateLimiter
+    scope: frozenset[str] | None = None
     _tokens: list[str] | None = field(default=None)
 
     def tokens(self, settings) -> list[str]:
@@ -280,8 +281,16 @@ def _is_public_endpoint(endpoint: str | None) -> bool:
     return bool(getattr(view, "_studio_public", False))
 
 
+def _ours() -> bool:
+    """Whether the request is for this studio (all of the app, or only its blueprints inside a host app)."""
+    scope = current_app.extensions["studio_auth"].scope
+    return scope is None or request.blueprint in scope
+
+
 def guard():
     """Before every request: size limits, who is asking, login, websocket origin and CSRF."""
+    if not _ours():
+        return None
     if request.mimetype == "application/json":
         request.max_content_length = min(MAX_JSON_BYTES, current_app.config.get("MAX_CONTENT_LENGTH") or MAX_JSON_BYTES)
     if request.method == "OPTIONS" or request.endpoint is None:
@@ -353,6 +362,8 @@ def content_security_policy() -> str:
 
 def security_headers(response):
     """After every request: CSP (unless a view set its own, like media), nosniff, referrer and frame policy."""
+    if not _ours():
+        return response
     if "Content-Security-Policy" not in response.headers:
         response.headers["Content-Security-Policy"] = content_security_policy()
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -422,10 +433,15 @@ def api_token_command():
     click.echo(security.derive_api_token(settings.admin_password))
 
 
-def init_app(app: Flask) -> None:
-    """Install the login blueprint, the guard, CSRF helpers, security headers and body limits."""
+def init_app(app: Flask, blueprints: set[str] | None = None) -> None:
+    """Install the login blueprint, the guard, CSRF helpers, security headers and body limits.
+
+    ``blueprints`` limits the guard and the headers to those blueprints (and this one), for a host app
+    that mounts the studio beside routes of its own; by default they cover the whole app.
+    """
     settings = app.config["STUDIO"]
-    app.extensions["studio_auth"] = AuthState(security.RateLimiter(LOGIN_FAILURES_PER_MINUTE, 60.0))
+    scope = frozenset(blueprints) | {bp.name} if blueprints is not None else None
+    app.extensions["studio_auth"] = AuthState(security.RateLimiter(LOGIN_FAILURES_PER_MINUTE, 60.0), scope)
     app.session_interface = StudioSessionInterface()
     app.config.setdefault("LOGIN_LIFETIME", LOGIN_LIFETIME_SECONDS)
     app.config.update(

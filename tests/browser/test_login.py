@@ -1,0 +1,55 @@
+"""With a password, in Chromium: the login form, htmx posting with the CSRF token, and a lost session sending the
+poller back to the login page (401 + HX-Redirect)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.sqlite_only]
+
+PASSWORD = "correct horse battery staple"
+WAIT_MS = 10_000
+
+
+@pytest.fixture
+def app_config(app_config):
+    return {**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD}
+
+
+def test_login_then_htmx_posts_then_an_expired_session_goes_back_to_login(page: Page, live_server, make_job):
+    failed = make_job(status="error", files=1)
+    page.goto(live_server.url + "/admin/history?status=error")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.fill('input[name="password"]', "wrong")
+    page.click('form.login-form button[type="submit"]')
+    expect(page.locator(".login-error")).to_have_text("Wrong password.")
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('form.login-form button[type="submit"]')
+    expect(page).to_have_url(live_server.url + "/admin/history?status=error")
+    card = page.locator(f'.job-card[data-prompt-id="{failed.prompt_id}"]')
+    expect(card).to_be_visible()
+
+    # An htmx POST (Retry) carries the token from <body hx-headers:inherited> and gets through.
+    with page.expect_response(lambda response: "/execute" in response.url) as retried:
+        card.locator(".retry-btn").click()
+    assert retried.value.status == 202, retried.value.text()
+    assert retried.value.request.headers["x-csrf-token"] == page.locator('meta[name="csrf-token"]').get_attribute("content")
+
+    # The session goes (expired, or logged out elsewhere): the next poll answers 401 with HX-Redirect.
+    page.context.clear_cookies()
+    page.wait_for_url(re.compile(r"/login\?next=%2Fadmin%2Fhistory%3Fstatus%3Derror|/login\?next=/admin/history"), timeout=WAIT_MS)
+    expect(page.locator('input[name="password"]')).to_be_visible()
+
+
+def test_logout_from_the_page(page: Page, live_server):
+    page.goto(live_server.url + "/login")
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('form.login-form button[type="submit"]')
+    expect(page).to_have_url(live_server.url + "/admin/history")
+    page.click("form.logout-form button")
+    expect(page).to_have_url(live_server.url + "/login")
+    page.goto(live_server.url + "/admin/history")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
