@@ -38,10 +38,13 @@ def password_fingerprint(secret_key: str, password: str) -> str:
 
 
 def equals(given, expected) -> bool:
-    """Compare two secrets in constant time (any non-string given is simply unequal)."""
+    """Compare two secrets in constant time, lengths included (any non-string given is simply unequal)."""
     if not isinstance(given, str) or not isinstance(expected, str):
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+    # compare_digest may show how long the strings are; equal-length digests show nothing.
+    given_digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+    expected_digest = hashlib.sha256(expected.encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(given_digest, expected_digest)
 
 
 def origin_of(url: str | None) -> str | None:

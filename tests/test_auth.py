@@ -100,6 +100,8 @@ def test_every_protected_route_refuses_anonymous_requests(app, anonymous):
                 assert response.status_code == 401, where
                 assert response.json["error"], where
                 assert response.headers["WWW-Authenticate"].startswith("Bearer"), where
+                if headers.get("HX-Request"):
+                    assert urlsplit(response.headers["HX-Redirect"]).path == "/login", where
             elif headers.get("Upgrade"):
                 assert response.status_code == 401, where
             elif headers.get("HX-Request"):

@@ -227,24 +227,29 @@ def _current_path() -> str:
     return path + ("?" + query if query else "")
 
 
+def _htmx_login_url() -> str:
+    """The login page, coming back to the page an htmx request came from (when it is on this site)."""
+    current = request.headers.get("HX-Current-URL")
+    back = None
+    if current and is_same_origin(security.origin_of(current)):
+        back = "/" + current.split("://", 1)[-1].partition("/")[2]
+    return login_url(back)
+
+
 def _refuse_anonymous():
     """401 JSON for the API, an HX-Redirect for htmx, a plain 401 for the websocket, else a redirect to login."""
     if _is_api():
         response = jsonify(error="log in first: sign in at the login page, or send Authorization: Bearer <token>")
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Bearer realm="studio-history"'
+        if _is_htmx():
+            response.headers["HX-Redirect"] = _htmx_login_url()  # a Retry button's POST, say
         return response
     if _is_websocket():
         return _plain(401, "log in first: the websocket needs a session or a bearer token")
     if _is_htmx():
-        # The page the fragment belongs to is where the reader should come back to.
-        current = request.headers.get("HX-Current-URL")
-        back = None
-        if current and is_same_origin(security.origin_of(current)):
-            parts = current.split("://", 1)[-1].partition("/")
-            back = "/" + parts[2]
         response = _plain(401, "your login has expired: log in again")
-        response.headers["HX-Redirect"] = login_url(back)
+        response.headers["HX-Redirect"] = _htmx_login_url()
         return response
     return redirect(login_url(_current_path() if request.method in ("GET", "HEAD") else None))
 
