@@ -194,3 +194,224 @@ def execute(workflow_id: str):
     response.status_code = 202
     response.headers["Location"] = url_for("api.history_detail", prompt_id=job.prompt_id)
     return response
+
+
+# ---- export and retry guard (issue 5) -------------------------------------------------------------
+
+PACKAGE_CHUNK_BYTES = 1024 * 1024
+# Formats that are compressed already: stored as they are, so a package costs no CPU to make.
+STORED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".zip")
+RETRY_GUARD_SECONDS = 5.0
+
+
+class _ZipStream:
+    """A write-only, unseekable file for zipfile whose bytes are handed out as they are written."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+
+    def write(self, data) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def package_members(job) -> list[tuple[str, object]]:
+    """What a job's package holds, as (name in the zip, bytes or a Path): job.json, the input image, the folder's files.
+
+    Every path comes through history.files (the input folder and the job folder, each checked); a file
+    that cannot be resolved safely is left out.
+    """
+    from history import files
+
+    settings = current_app.config["STUDIO"]
+    members: list[tuple[str, object]] = [("job.json", (json.dumps(job.to_dict(), indent=2) + "\n").encode())]
+    if job.input_image:
+        try:
+            path = files.input_file(settings.input_dir, job.input_image)
+        except files.UnsafePath:
+            path = None
+        if path is not None and path.is_file():
+            members.append((f"input/{path.name}", path))
+    if job.output_dir:
+        try:
+            folder = files.job_folder(settings.output_dir, job.output_dir)
+        except files.UnsafePath:
+            folder = None
+        if folder is not None:
+            for path in files.job_files(folder):
+                members.append((f"output/{path.name}", path))
+    return members
+
+
+def _zip_chunks(members: list[tuple[str, object]]):
+    """Yield a zip of ``members`` piece by piece (one chunk of a file at a time, never the whole zip)."""
+    import zipfile
+
+    stream = _ZipStream()
+    with zipfile.ZipFile(stream, mode="w", allowZip64=True) as archive:
+        for name, source in members:
+            stored = name.lower().endswith(STORED_SUFFIXES)
+            info = zipfile.ZipInfo(name, date_time=_zip_time(source))
+            info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            try:
+                with archive.open(info, mode="w", force_zip64=True) as member:
+                    if isinstance(source, bytes):
+                        member.write(source)
+                    else:
+                        with open(source, "rb") as handle:
+                            while chunk := handle.read(PACKAGE_CHUNK_BYTES):
+                                member.write(chunk)
+                                yield stream.take()
+            except OSError as error:  # a file removed while the package streams: leave it out
+                current_app.logger.warning("package: could not read %s: %s", name, error)
+            yield stream.take()
+    yield stream.take()
+
+
+def _zip_time(source) -> tuple[int, int, int, int, int, int]:
+    import datetime
+
+    try:
+        stamp = datetime.datetime.fromtimestamp(source.stat().st_mtime) if not isinstance(source, bytes) else None
+    except OSError:
+        stamp = None
+    stamp = stamp or datetime.datetime.now()
+    return (max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition value for a download (the names here are plain ASCII folder names and ids)."""
+    return f'attachment; filename="{filename}"'
+
+
+@bp.get("/api/admin/history/<prompt_id>/package")
+def history_package(prompt_id: str):
+    """Stream a zip of a job: job.json (its API record), its input image and every file of its output folder."""
+    from flask import Response
+    from flask import stream_with_context
+
+    job = get_job_or_404(prompt_id)
+    members = package_members(job)
+    response = Response(stream_with_context(_zip_chunks(members)), mimetype="application/zip")
+    response.headers["Content-Disposition"] = _attachment(f"{job.output_dir or job.prompt_id}.zip")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def export_selected(prompt_ids: list[str]) -> list[dict]:
+    """The records of these ids, newest first, in the API's shape (the CLI export's, so import takes them)."""
+    from history.models import Job
+
+    found = []
+    for start in range(0, len(prompt_ids), 500):
+        found += list(Job.select().where(Job.prompt_id.in_(prompt_ids[start:start + 500])))
+    found.sort(key=lambda job: (job.queued_at, job.prompt_id), reverse=True)
+    return [job.to_dict() for job in found]
+
+
+@bp.post("/api/admin/history/export")
+def history_export():
+    """Export the chosen jobs as a JSON array download, the shape of `flask history export`; ids not found are left out."""
+    import datetime
+
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        payload = {"prompt_ids": request.form.getlist("prompt_ids")}
+    else:
+        payload = request.get_json(silent=True)
+    prompt_ids = read_prompt_ids(payload)
+    records = export_selected(prompt_ids)
+    body = "[" + ",".join("\n" + json.dumps(record) for record in records) + "\n]\n"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
+    response = current_app.response_class(body, mimetype="application/json")
+    response.headers["Content-Disposition"] = _attachment(f"studio-history-{stamp}-{len(records)}-jobs.json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Not-Found"] = str(len(prompt_ids) - len(records))
+    return response
+
+
+class RetryGuard:
+    """Retries in flight or just made, by the id they retry: a double click makes one job, not two."""
+
+    def __init__(self, seconds: float = RETRY_GUARD_SECONDS):
+        import threading
+
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._recent: dict[str, float] = {}
+
+    def claim(self, prompt_id: str) -> float | None:
+        """Claim a retry of ``prompt_id``; return how long ago the last one was when it is too recent."""
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            self._recent = {key: at for key, at in self._recent.items() if now - at < self.seconds}
+            if prompt_id in self._recent:
+                return now - self._recent[prompt_id]
+            self._recent[prompt_id] = now
+            return None
+
+    def release(self, prompt_id: str) -> None:
+        """Forget a claim whose retry did not happen (refused or failed), so it can be tried again at once."""
+        with self._lock:
+            self._recent.pop(prompt_id, None)
+
+
+def _retry_of_in_request() -> str | None:
+    """The ``retry_of`` of an execute request, read without aborting (the view validates it)."""
+    if request.mimetype == "multipart/form-data":
+        if request.content_length is None or request.content_length > 64 * 1024:
+            return None  # an upload: the view checks its size first; the page's retries are small JSON
+        value = request.form.get("retry_of")
+    else:
+        payload = request.get_json(silent=True)
+        value = payload.get("retry_of") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+@bp.before_request
+def refuse_repeated_retry():
+    """Answer 409 to a second retry of the same job within RETRY_GUARD_SECONDS (in this process or, by the store, any)."""
+    import datetime
+
+    if request.endpoint != "api.execute":
+        return None
+    retry_of = _retry_of_in_request()
+    if retry_of is None:
+        return None
+    guard = current_app.extensions.setdefault("studio_retry_guard", RetryGuard())
+    ago = guard.claim(retry_of)
+    latest = jobs.retries_of(retry_of).first()
+    age = (datetime.datetime.now(datetime.timezone.utc) - latest.queued_at).total_seconds() if latest else None
+    if age is not None and age < guard.seconds:
+        if ago is None:
+            guard.release(retry_of)
+        return json_error(
+            f"job {retry_of[:12]} was retried {age:.0f} s ago as {latest.prompt_id[:12]}; see the queue page",
+            409,
+            prompt_id=latest.prompt_id,
+        )
+    if ago is not None:
+        return json_error(f"job {retry_of[:12]} is being retried already; see the queue page", 409)
+    request.environ.setdefault("studio.retry_claims", []).append(retry_of)
+    return None
+
+
+@bp.after_request
+def release_failed_retry(response):
+    """Release the guard's claim when the retry was not made, so a corrected retry goes through at once."""
+    claims = request.environ.get("studio.retry_claims") or []
+    if claims and response.status_code != 202:
+        guard = current_app.extensions.get("studio_retry_guard")
+        for retry_of in claims:
+            if guard is not None:
+                guard.release(retry_of)
+    return response
