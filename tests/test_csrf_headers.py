@@ -240,3 +240,21 @@ def test_a_views_own_413_keeps_its_message(bare):
     response = delete(bare, json={"prompt_ids": [f"id-{n}" for n in range(10_001)]}, headers={"Origin": "http://localhost"})
     assert response.status_code == 413
     assert "10000" in response.json["error"]
+
+
+def test_an_image_bomb_upload_is_a_400_that_says_why(bare):
+    """Pillow reads only the header: a PNG that claims 100000 x 100000 pixels is refused before any decoding."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG")
+    png = out.getvalue()
+    bomb = png[:16] + (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big") + png[24:]
+    token = meta_token(bare)
+    response = bare.post(
+        "/api/run/img2vid-example/execute",
+        data={"params": "{}", "input_image": (io.BytesIO(bomb), "bomb.png"), "csrf_token": token},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code in (400, 413)
+    assert "input_image" in response.json["error"] or response.json.get("field") == "input_image"
