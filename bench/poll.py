@@ -1,14 +1,15 @@
 """What the History list's live refresh costs: an idle poll, a changed poll and the JSON API, and how the
 first page and an idle poll scale from 1,000 to 100,000 jobs.
 
-Run: ``python -m bench.poll [--repeat 200]``. Each store lives in a temporary data folder on SQLite; requests
-go through the whole Flask/WSGI stack in-process (the test client), so the times are server time without the
-network. Bytes are the response body. It prints tables; it is a benchmark, not a test.
+Run: ``python -m bench.poll [--repeat 200]``. Each store lives in a temporary data folder on SQLite, filled
+by DB-API executemany; requests go through the whole Flask/WSGI stack in-process (the test client), so the
+times are server time without the network. Bytes are the response body. It prints tables; it is a benchmark, not a test.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import shutil
 import statistics
@@ -67,6 +68,18 @@ def make_rows(count: int, start: int = 0, with_files: Path | None = None) -> lis
     return rows
 
 
+def sqlite_converter(field):
+    """How the app stores one field's values on SQLite: JSON as text, timestamps as naive UTC text."""
+    from peewee import DateTimeField
+    from peewee import JSONField
+
+    if isinstance(field, JSONField):
+        return lambda value: None if value is None else json.dumps(value)
+    if isinstance(field, DateTimeField):
+        return lambda value: None if value is None else str(field.db_value(value))
+    return lambda value: value
+
+
 def build_store(job_count: int, files_for: int = 0):
     """A fresh app on a temporary data folder holding ``job_count`` jobs (bulk inserted)."""
     from history import create_app
@@ -83,12 +96,19 @@ def build_store(job_count: int, files_for: int = 0):
     output_dir = app.config["STUDIO"].output_dir
     started = time.perf_counter()
     database.connect(reuse_if_open=True)
-    batch = 2_000
+    # DB-API executemany of values the model's own fields convert (JSON, UTC timestamps): several times
+    # faster than building peewee INSERTs, and the rows read back exactly like the app's own.
+    columns = list(make_rows(1)[0])
+    converters = [sqlite_converter(Job._meta.fields[name]) for name in columns]
+    placeholders = ", ".join([database.param] * len(columns))
+    sql = f"INSERT INTO job ({', '.join(columns)}) VALUES ({placeholders})"
+    batch = 5_000
     with database.atomic():
+        cursor = database.cursor()
         for start in range(0, job_count, batch):
             size = min(batch, job_count - start)
             rows = make_rows(size, start, output_dir if start < files_for else None)
-            Job.insert_many(rows).execute()
+            cursor.executemany(sql, [[convert(row[name]) for convert, name in zip(converters, columns)] for row in rows])
     database.close()
     return app, data_dir, time.perf_counter() - started
 
