@@ -130,7 +130,12 @@ def remove_folder(folder: Path, then=None) -> tuple[int, int]:
     if folder.exists():
         files, size = folder_usage(folder)
         tombstone.mkdir(exist_ok=True)
-        os.replace(folder, moved)
+        try:
+            os.replace(folder, moved)
+        except FileNotFoundError:
+            # Another process's start-up sweep dropped the tombstone while it was still empty: make it again.
+            tombstone.mkdir(exist_ok=True)
+            os.replace(folder, moved)
     else:
         files, size = folder_usage(moved)  # a delete that a crash interrupted, or nothing at all
     if moved.exists() or moved.is_symlink():

@@ -203,3 +203,62 @@ def test_a_killed_batch_delete_leaves_each_job_whole_or_gone(app, app_config, se
             assert set(job_states(settings, rows).values()) == {"gone"}
     print(f"\ncrash-delete ({database_kind}): {measured['steps']} steps per 300-job delete; {summary}")
     assert summary["killed"] >= rounds // 2
+
+
+# ---- each state a killed delete can leave, finished by the start-up sweep ------------------------------
+
+def test_the_sweep_finishes_each_state_a_killed_delete_can_leave(app, make_job, settings, db):
+    from history import jobs
+
+    studio = settings.output_dir / files.STUDIO_FOLDER
+    never_moved = make_job(files=2)  # step 1 done: an empty tombstone beside the whole folder
+    (studio / f"{files.TOMBSTONE_PREFIX}{never_moved.output_dir}").mkdir()
+    half_removed = make_job(files=2)  # steps 2-3: the folder inside its tombstone, partly removed
+    tombstone = studio / f"{files.TOMBSTONE_PREFIX}{half_removed.output_dir}"
+    tombstone.mkdir()
+    (studio / half_removed.output_dir).rename(tombstone / half_removed.output_dir)
+    next(iter((tombstone / half_removed.output_dir).iterdir())).unlink()
+    files_gone = make_job(files=1)  # step 3 done, the record not yet removed: an empty tombstone
+    for path in (studio / files_gone.output_dir).iterdir():
+        path.unlink()
+    (studio / files_gone.output_dir).rename(studio / f"{files.TOMBSTONE_PREFIX}{files_gone.output_dir}")
+    (studio / ".deleting-20261128_000000_orphan").mkdir()  # step 4 done: the record is gone
+
+    assert jobs.finish_interrupted_deletes(settings.output_dir) == 3
+    assert Job.get_or_none(Job.prompt_id == never_moved.prompt_id) is not None
+    assert folder_state(studio / never_moved.output_dir) != "missing"
+    assert Job.get_or_none(Job.prompt_id == half_removed.prompt_id) is None
+    assert Job.get_or_none(Job.prompt_id == files_gone.prompt_id) is None
+    assert sorted(p.name for p in studio.iterdir()) == [never_moved.output_dir]
+
+
+def test_a_failed_removal_puts_the_folder_back_and_keeps_the_record(client, make_job, settings, monkeypatch):
+    job = make_job(files=2)
+    folder = settings.output_dir / files.STUDIO_FOLDER / job.output_dir
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("history.files.shutil.rmtree", refuse)
+    response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
+    assert response.json["failed"][0]["prompt_id"] == job.prompt_id
+    assert Job.get_or_none(Job.prompt_id == job.prompt_id) is not None
+    assert len(list(folder.iterdir())) == 2
+    assert not (folder.parent / f"{files.TOMBSTONE_PREFIX}{job.output_dir}").exists()
+
+
+def test_a_tombstone_swept_away_by_another_process_is_made_again(client, make_job, settings, monkeypatch):
+    job = make_job(files=1)
+    real_replace = files.os.replace
+    calls = []
+
+    def swept_first(source, target):
+        if not calls:  # another process's start-up sweep drops the empty tombstone just now
+            Path(target).parent.rmdir()
+        calls.append(target)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", swept_first)
+    response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
+    assert response.json["deleted"] == [job.prompt_id]
+    assert len(calls) == 2
