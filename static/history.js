@@ -384,5 +384,18 @@
     if (viewer && viewer.open && viewer.contains(event.target)) viewer.close();
   });
 
-  if (zoneChanged) refreshSoon();
+  // The first refresh in the reader's zone waits until htmx has wired the list (it initialises after
+  // this script runs; a trigger before that would be lost).
+  if (zoneChanged) {
+    var list = jobList();
+    if (list && list.hasAttribute("data-htmx-powered")) {
+      refreshSoon();
+    } else {
+      document.addEventListener("htmx:after:init", function wired(event) {
+        if (event.target.id !== "job-list") return;
+        document.removeEventListener("htmx:after:init", wired);
+        refreshSoon();
+      });
+    }
+  }
 })();
