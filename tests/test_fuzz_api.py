@@ -7,8 +7,8 @@ odd path arguments (traversals, encodings, NUL, look-alike dots, real ids), quer
 known keys and junk, htmx/CSRF/conditional headers, and bodies of every kind (random JSON, near-valid
 delete and execute payloads, forms, multipart uploads of random bytes and broken images, raw bytes under
 any content type). Refusals under /api/ must be JSON with an ``error``. A sentinel tree beside the data
-folder, the workflows, templates and static files are hashed before and after. The counts are printed
-in the terminal summary.
+folder (with symlinks into it from the output and input folders) and the data folder's own files are
+hashed before and after. The counts are printed in the terminal summary.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("STUDIO_TEST_FUZZ_EXAMPLES", "25"))
 EXAMPLES_PG = int(os.environ.get("STUDIO_TEST_FUZZ_EXAMPLES_PG", "15"))
 SECRET = b"SENTINEL-fuzz"
@@ -157,15 +156,20 @@ def sentinel(tmp_path, settings):
     studio.mkdir(parents=True, exist_ok=True)
     (studio / "linked").symlink_to(outside, target_is_directory=True)
     (settings.input_dir / "linked.png").symlink_to(outside / "secret.txt")
-    watched = [outside, settings.workflows_dir, ROOT / "templates", ROOT / "partials", ROOT / "static"]
+    # The data dir's own files too, but not what requests may legitimately change: the database, the
+    # thumbnail cache, the input folder (uploads) and the output folder. (The checkout itself is left out:
+    # people edit it while tests run.)
+    changing = {settings.output_dir, settings.input_dir, settings.thumbnail_dir}
 
     def digest():
         found = {}
-        for root in watched:
-            for path in sorted(Path(root).rglob("*")):
-                if path.is_file():
-                    found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        found["secret_key"] = hashlib.sha256((settings.data_dir / "secret_key").read_bytes()).hexdigest()
+        for path in sorted(outside.rglob("*")):
+            if path.is_file():
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(settings.data_dir.rglob("*")):
+            if any(path == root or root in path.parents for root in changing) or path.name.startswith("studio.db"):
+                continue
+            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
         return found
 
     return digest
