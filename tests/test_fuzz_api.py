@@ -17,7 +17,6 @@ import io
 import json
 import os
 from collections import Counter
-from pathlib import Path
 from urllib.parse import quote
 from urllib.parse import urlencode
 
