@@ -295,7 +295,8 @@
           "Deleted " + plural(report.deleted.length, "job", "jobs") +
           " (" + plural(report.files_removed, "file", "files") + ", " + humanSize(report.bytes_freed) + ").";
         if (failed.length) {
-          summary += " " + plural(failed.length, "job", "jobs") + " could not be deleted and stay selected: " +
+          summary += " " + plural(failed.length, "job", "jobs") + " could not be deleted and " +
+            (failed.length === 1 ? "stays" : "stay") + " selected: " +
             failed.map(function (failure) {
               return failure.prompt_id.slice(0, 12) + ": " + failure.error;
             }).join("; ");

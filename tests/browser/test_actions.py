@@ -311,3 +311,27 @@ def test_export_selected_reimports_as_the_same_three_jobs(page: Page, history_ur
     assert "imported 3 (3 new, 0 updated)" in result.output
     again = [Job.get_by_id(job.prompt_id).to_dict() for job in chosen]
     assert again == before
+
+
+def test_delete_buttons_are_disabled_while_the_delete_is_in_flight_and_it_posts_once(page: Page, history_url, make_job):
+    jobs = [make_job(minutes_ago=index) for index in range(2)]
+    open_history(page, history_url)
+    held = []
+    page.route("**/api/admin/history/delete", lambda route: held.append(route))
+    page.locator("#select-all").click()
+    page.locator("#delete-selected").click()
+    confirm = page.locator('#confirm-dialog button[value="confirm"]')
+    confirm.click()
+    expect(confirm).to_be_disabled()
+    expect(confirm).to_have_text("Deleting…")
+    expect(page.locator("#delete-selected")).to_be_disabled()
+    page.keyboard.press("Escape")  # a delete on its way cannot be cancelled: the dialog waits for its end
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    page.wait_for_function("() => true")  # let the held request reach the route handler
+    assert len(held) == 1
+    held[0].continue_()
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+    expect(page.locator("#job-list .job-card")).to_have_count(0)
+    expect(page.locator("#delete-selected")).to_be_enabled()
+    assert len(held) == 1
+    assert Job.select().where(Job.prompt_id.in_([job.prompt_id for job in jobs])).count() == 0
