@@ -98,10 +98,19 @@ def test_idle_polls_change_nothing_in_the_list(history, make_job):
     for minutes in range(12):
         make_job(status=("completed", "error", "stalled")[minutes % 3], files=1, minutes_ago=minutes)
     page = history()
+    polls_seen = []
+    page.on("response", lambda response: polls_seen.append(response) if "/admin/history/list" in response.url else None)
     page.evaluate(OBSERVE)
     wait_for_idle_polls(page, 4)
     assert page.evaluate("window.__mutations") == []
     assert page.evaluate("window.__studio.changed") <= 1  # at most the time-zone refresh of the first load
+    # On the wire: each poll sends the ETag the list shows and gets an empty 204.
+    etag = page.locator("#job-list").get_attribute("data-list-etag")
+    assert len(polls_seen) >= 4
+    for response in polls_seen:
+        assert response.request.headers["x-list-etag"] == etag
+        assert response.status == 204
+        assert response.body() == b""
 
 
 def test_a_new_job_appears_within_one_poll(history, make_job):
