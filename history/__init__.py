@@ -12,7 +12,7 @@ from history.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["create_app", "ConfigError"]
+__all__ = ["create_app", "init_app", "ConfigError"]
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -24,6 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(
         __name__,
         static_folder=str(ROOT / "static"),
+        static_url_path=settings.url_prefix + "/static",  # static files follow STUDIO_URL_PREFIX too
         template_folder=str(ROOT / "templates"),
     )
     # Pages and fragments share one loader, so a page includes exactly the partial an endpoint returns alone.
@@ -58,11 +59,24 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     auth.init_app(app)  # login, the guard before every view, CSRF, security headers, body limits
 
+    from history import embed
+    from history.web import cors
+
+    cors.init_app(app)  # the fragments answer STUDIO_EMBED_ORIGINS (issue 8)
+    embed.trust_proxies(app, settings)  # X-Forwarded-* when STUDIO_PROXY_FIX is set
+
     from history import jobs
 
     with db.connection():
         jobs.finish_interrupted_deletes(settings.output_dir)  # a process killed mid-delete left tombstones
     return app
+
+
+def init_app(host_app: Flask, url_prefix: str = "/studio", **settings_overrides) -> Flask:
+    """Mount the whole studio in ``host_app`` under ``url_prefix``; return the studio app (history/embed.py)."""
+    from history import embed
+
+    return embed.mount(host_app, url_prefix, **settings_overrides)
 
 
 def settings_of(app: Flask):

@@ -194,12 +194,13 @@ def _poll_etag(history_filter: jobs.HistoryFilter, since: str | None) -> str:
     return hashlib.blake2b(f"{raw}|{_tz_name()}|{LIST_MARKUP_VERSION}".encode(), digest_size=12).hexdigest()
 
 
-def list_context(history_filter: jobs.HistoryFilter, since: str | None = None) -> dict:
+def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, compact: bool = False) -> dict:
     """Everything the list renders: its head, where further pages start, and the poll URL and ETag.
 
     The head is the newest page; once the reader has scrolled further pages in, history.js polls with
     ``since`` (the cursor those pages start below) and the head is every job at or above it: it grows with
     new jobs instead of pushing one into the gap above the loaded pages. The poll guards the head only.
+    ``compact`` (thumbnail, name, status: for a sidebar or another site, issue 8) stays in its URLs.
     """
     settings = current_app.config["STUDIO"]
     if since:
@@ -208,8 +209,9 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None) -
     else:
         page = jobs.history_page(history_filter, settings.page_size)
         boundary = jobs.encode_cursor(page.jobs[-1]) if page.next_cursor else None
-    filter_args = history_filter.query_args()
+    filter_args = {**history_filter.query_args(), **({"compact": 1} if compact else {})}
     return {
+        "compact": compact,
         "page": page,
         "history_filter": history_filter,
         "boundary": boundary,
@@ -280,6 +282,7 @@ def history_list():
     """The job list fragment with its ETag (204 to the poller and 304 to If-None-Match when unchanged); with ``before``, one further page."""
     try:
         history_filter = _history_filter()
+        compact = request.args.get("compact") == "1"
         before = request.args.get("before") or None
         since = request.args.get("since") or None
         if before:
@@ -287,8 +290,10 @@ def history_list():
             page = jobs.history_page(history_filter, settings.page_size, before=before)
             more_url = None
             if page.next_cursor:
-                more_url = url_for("pages.history_list", **history_filter.query_args(), before=page.next_cursor)
-            body = render_template("job_page.html", page=page, more_url=more_url)
+                more_url = url_for(
+                    "pages.history_list", **history_filter.query_args(), **({"compact": 1} if compact else {}), before=page.next_cursor
+                )
+            body = render_template("job_page.html", page=page, more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
         etag = _poll_etag(history_filter, since)
     except jobs.InvalidQuery as error:
@@ -298,7 +303,7 @@ def history_list():
         return _fragment_headers(make_response("", 204), etag)
     if request.if_none_match.contains(etag):
         return _fragment_headers(make_response("", 304), etag)
-    context = list_context(history_filter, since)
+    context = list_context(history_filter, since, compact)
     response = make_response(render_template("job_list.html", **context))
     return _fragment_headers(response, context["list_etag"] if context["list_etag"] == etag else etag)
 
@@ -335,7 +340,8 @@ def history_card(prompt_id: str):
     job = jobs.get_job(prompt_id)
     if job is None:
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
-    return _fragment_headers(make_response(render_template("job_card.html", job=job)))
+    compact = request.args.get("compact") == "1"
+    return _fragment_headers(make_response(render_template("job_card.html", job=job, compact=compact)))
 
 
 # ---- Queue (issue 4: the executor helper owns this section) ---------------------------------------

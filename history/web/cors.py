@@ -1,0 +1,111 @@
+"""CORS for the fragments another site may embed: the list, one card and a job's overlay.
+
+Only the origins in STUDIO_EMBED_ORIGINS get ``Access-Control-Allow-Origin`` (their own origin, never
+``*``), and ``Access-Control-Allow-Credentials`` only with STUDIO_EMBED_CREDENTIALS. Every answer of these
+endpoints says ``Vary: Origin`` (a shared cache must not hand one origin's answer to another). A preflight
+from an allowed origin for GET gets the headers htmx sends; any other preflight gets 403. No other
+endpoint answers cross-origin requests: actions still need the page's CSRF token (history/web/auth.py).
+
+Fragments fetched by another origin carry absolute URLs (``http://studio.example/media/...``): a relative
+one would resolve against the embedding page's own site.
+"""
+from __future__ import annotations
+
+from flask import Flask
+from flask import current_app
+from flask import g
+from flask import make_response
+from flask import request
+from flask.globals import request_ctx
+
+from history import security
+
+# The endpoints another origin may fetch (pages.py's History section).
+FRAGMENT_ENDPOINTS = frozenset({"pages.history_list", "pages.history_card", "pages.history_job"})
+# What htmx 4 sends on a request (HX-Boosted only on boosted links), the list poller's ETag header
+# (pages.LIST_ETAG_HEADER) and the CSRF header the page's <body> adds to every htmx request.
+ALLOWED_REQUEST_HEADERS = (
+    "HX-Request",
+    "HX-Current-URL",
+    "HX-Source",
+    "HX-Target",
+    "HX-Request-Type",
+    "HX-Boosted",
+    "X-List-ETag",
+    "X-CSRF-Token",
+)
+ALLOWED_METHODS = ("GET", "HEAD")
+PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight (Chromium caps it at 7200)
+
+
+def _settings():
+    return current_app.config["STUDIO"]
+
+
+def embedding_origin() -> str | None:
+    """The Origin of this request when it is an allowed embedding origin for a fragment, else None."""
+    if request.endpoint not in FRAGMENT_ENDPOINTS:
+        return None
+    origin = security.origin_of(request.headers.get("Origin"))
+    if origin is None or origin not in _settings().embed_origins:
+        return None
+    return origin
+
+
+class _ExternalURLs:
+    """A URL adapter that builds every URL absolute (scheme and host of this request)."""
+
+    def __init__(self, adapter):
+        self._adapter = adapter
+
+    def build(self, *args, **kwargs):
+        kwargs["force_external"] = True
+        return self._adapter.build(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+
+def _before_request():
+    """Answer preflights of the fragment endpoints; make a cross-origin fragment's URLs absolute."""
+    if request.endpoint not in FRAGMENT_ENDPOINTS:
+        return None
+    origin = embedding_origin()
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        wanted = request.headers["Access-Control-Request-Method"].upper()
+        if origin is None or wanted not in ALLOWED_METHODS:
+            g.studio_cors_refused = True
+            reason = "the Origin is not in STUDIO_EMBED_ORIGINS" if origin is None else f"only {', '.join(ALLOWED_METHODS)}"
+            response = make_response(f"cross-origin request refused: {reason}\n", 403)
+            response.mimetype = "text/plain"
+            return response
+        response = make_response("", 204)
+        response.headers["Access-Control-Allow-Methods"] = ", ".join(ALLOWED_METHODS)
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(ALLOWED_REQUEST_HEADERS)
+        response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
+        return response
+    if origin is not None:
+        # Every url_for of this request (Python and templates, media and thumbnails too) comes out
+        # absolute. Flask reads the adapter from the request context on each call.
+        request_ctx.url_adapter = _ExternalURLs(request_ctx.url_adapter)
+    return None
+
+
+def _after_request(response):
+    """Add the CORS headers of an allowed origin, and Vary: Origin to every fragment answer."""
+    if request.endpoint not in FRAGMENT_ENDPOINTS:
+        return response
+    response.vary.add("Origin")
+    origin = embedding_origin()
+    if origin is not None and not g.get("studio_cors_refused"):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        if _settings().embed_credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Answer cross-origin requests for the fragments from STUDIO_EMBED_ORIGINS (and no other origin)."""
+    # First in line: a preflight is answered before the login guard or a database connection.
+    app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
+    app.after_request(_after_request)
