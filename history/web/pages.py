@@ -305,7 +305,8 @@ def history_list():
         return _fragment_headers(make_response("", 304), etag)
     context = list_context(history_filter, since, compact)
     response = make_response(render_template("job_list.html", **context))
-    return _fragment_headers(response, context["list_etag"] if context["list_etag"] == etag else etag)
+    # The header names what was rendered (a job may have landed since the ETag above was computed).
+    return _fragment_headers(response, context["list_etag"])
 
 
 def _overlay_context(job) -> dict:
