@@ -124,6 +124,10 @@ def test_selection_survives_a_poll_that_brings_a_new_job_and_drops_a_deleted_one
     expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=WAIT_MS)
     assert checked_ids(page) == [first.prompt_id, third.prompt_id]
     expect(page.locator("#selected-count")).to_have_text("2 selected")
+    expect(page.locator("#action-status[aria-live=polite]")).to_have_text(f"Jobs: New: {fresh.prompt_id[:12]} completed")
+    Job.update(status="error").where(Job.prompt_id == first.prompt_id).execute()
+    expect(page.locator("#action-status")).to_have_text(f"Jobs: {first.prompt_id[:12]} is now error", timeout=WAIT_MS)
+    assert checked_ids(page) == [first.prompt_id, third.prompt_id]
     Job.delete().where(Job.prompt_id == third.prompt_id).execute()  # deleted elsewhere: it leaves the selection
     expect(card(page, third)).to_have_count(0, timeout=WAIT_MS)
     expect(page.locator("#selected-count")).to_have_text("1 selected")
@@ -335,3 +339,20 @@ def test_delete_buttons_are_disabled_while_the_delete_is_in_flight_and_it_posts_
     expect(page.locator("#delete-selected")).to_be_enabled()
     assert len(held) == 1
     assert Job.select().where(Job.prompt_id.in_([job.prompt_id for job in jobs])).count() == 0
+
+
+
+def test_selection_survives_loading_the_next_page_and_select_all_takes_it_in(page: Page, history_url, make_job, settings):
+    jobs = [make_job(files=0, minutes_ago=index) for index in range(settings.page_size + 5)]
+    open_history(page, history_url)
+    box(page, jobs[0]).click()
+    page.locator(".list-sentinel").scroll_into_view_if_needed()
+    last = jobs[-1]
+    expect(card(page, last)).to_have_count(1, timeout=WAIT_MS)
+    expect(box(page, jobs[0])).to_be_checked()
+    box(page, last).click()
+    fresh = make_job(files=0, minutes_ago=-1)  # a poll brings a job on top; the loaded page is kept
+    expect(page.locator("#job-list .job-card").first).to_have_attribute("data-prompt-id", fresh.prompt_id, timeout=WAIT_MS)
+    assert checked_ids(page) == [jobs[0].prompt_id, last.prompt_id]
+    page.locator("#select-all").click()
+    expect(page.locator("#selected-count")).to_have_text(f"{len(jobs) + 1} selected")
