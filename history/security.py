@@ -72,6 +72,32 @@ def safe_host(host: str | None) -> str | None:
     return None
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a Host header (``name[:port]``) names this machine: localhost, *.localhost, 127.x or ::1."""
+    import ipaddress
+
+    try:
+        name = (urlsplit("//" + (host or "")).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """Whether a client address is this machine."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
+
+
 def local_path(target: str | None) -> str | None:
     """``target`` when it is a path on this site (``/...``, not ``//host`` or a scheme), else None."""
     if not target or not isinstance(target, str) or len(target) > 2048:

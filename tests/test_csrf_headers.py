@@ -258,3 +258,32 @@ def test_an_image_bomb_upload_is_a_400_that_says_why(bare):
     )
     assert response.status_code in (400, 413)
     assert "input_image" in response.json["error"] or response.json.get("field") == "input_image"
+
+
+# ---- DNS rebinding --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["evil.test", "evil.test:5000", "192.168.1.5:5000", "studio.example"])
+def test_an_open_studio_on_loopback_refuses_other_host_names(bare, host):
+    """A page whose name was rebound to 127.0.0.1 would be same-origin with a studio that has no password."""
+    response = bare.get("/api/admin/history", headers={"Host": host})
+    assert response.status_code == 403
+    assert "STUDIO_ADMIN_PASSWORD" in response.json["error"]
+    page = bare.get("/admin/history", headers={"Host": host})
+    assert page.status_code == 403
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:5000", "127.0.0.1:8080", "[::1]:5000", "studio.localhost"])
+def test_loopback_names_are_served(bare, host):
+    assert bare.get("/api/admin/history", headers={"Host": host}).status_code == 200
+
+
+def test_other_host_names_are_served_to_other_machines_or_with_a_password(app, app_config):
+    remote = app.test_client()
+    remote.environ_base["REMOTE_ADDR"] = "192.168.1.20"  # --insecure on a network: a real client elsewhere
+    assert remote.get("/api/admin/history", headers={"Host": "studio.lan"}).status_code == 200
+    secured = create_app({**app_config, "STUDIO_ADMIN_PASSWORD": "pw"})
+    try:
+        response = secured.test_client().get("/api/admin/history", headers={"Host": "studio.example"})
+        assert response.status_code == 401  # the login decides, whatever the name
+    finally:
+        secured.extensions["studio"].stop()

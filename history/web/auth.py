@@ -62,18 +62,19 @@ class AuthState:
 
     limiter: security.RateLimiter
     scope: frozenset[str] | None = None
-    _tokens: list[str] | None = field(default=None)
+    _tokens: dict = field(default_factory=dict)
 
     def tokens(self, settings) -> list[str]:
         """Bearer tokens this app accepts: the password-derived one and STUDIO_API_TOKEN."""
-        if self._tokens is None:
+        key = (settings.admin_password, settings.api_token)
+        if key not in self._tokens:
             tokens = []
             if settings.admin_password:
                 tokens.append(security.derive_api_token(settings.admin_password))
             if settings.api_token:
                 tokens.append(settings.api_token)
-            self._tokens = tokens
-        return self._tokens
+            self._tokens = {key: tokens}  # PBKDF2 once per password, not once per request
+        return self._tokens[key]
 
 
 class StudioSessionInterface(SecureCookieSessionInterface):
@@ -321,6 +322,20 @@ def guard():
 
     if settings.admin_password and current_login() is None and not _is_public_endpoint(request.endpoint):
         return _refuse_anonymous()
+    if (
+        not settings.admin_password
+        and not settings.proxy_fix
+        and security.is_loopback_address(request.remote_addr)
+        and not security.is_loopback_host(request.host)
+    ):
+        # DNS rebinding: a page on another site whose name now points at 127.0.0.1 would be same-origin
+        # with an open studio. Without a password, a browser here must ask for it by a loopback name.
+        return refusal(
+            403,
+            f"refused: this studio has no password and answers on this machine only as localhost or 127.0.0.1, "
+            f"not as {security.safe_host(request.host) or 'that host'}; set STUDIO_ADMIN_PASSWORD "
+            "(or STUDIO_PROXY_FIX behind a proxy)",
+        )
 
     if _is_websocket():
         origin = request.headers.get("Origin")
