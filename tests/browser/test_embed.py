@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from flask import url_for
 from playwright.sync_api import Page
 from playwright.sync_api import expect
 from werkzeug.wrappers import Response
@@ -53,6 +54,9 @@ class ExampleSite:
         return self.server.url
 
     def wsgi(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/frame.html":
+            page = f'<!doctype html><title>framed</title><iframe src="{self.studio_url}/admin/history"></iframe>'
+            return Response(page, mimetype="text/html")(environ, start_response)
         if environ.get("PATH_INFO") != "/embed.html":
             return Response("not here", 404)(environ, start_response)
         page = EXAMPLE.read_text().replace(EXAMPLE_STUDIO, self.studio_url)
@@ -84,7 +88,7 @@ def host_server(app_config):
 
     @host.get("/")
     def home():
-        return '<a id="to-studio" href="/studio/admin/history">Studio</a>'
+        return f'<a id="to-studio" href="{url_for("studio.pages.history")}">Studio</a>'
 
     studio_app = history.init_app(host, "/studio", **app_config)
     server = LiveServer(host).start()
@@ -95,8 +99,11 @@ def host_server(app_config):
         database.close()
 
 
+@pytest.mark.parametrize("poll_seconds", ["60"])
 def test_mounted_studio_serves_page_fragments_media_and_websocket_under_its_prefix(page: Page, host_server):
-    """Every request the page makes stays under /studio; a job run through the mounted API appears live."""
+    """Every request the page makes stays under /studio; a job run through the mounted API appears live.
+
+    The poll is a minute away: the job's events over the mounted websocket bring it in."""
     server, studio_app = host_server
     paths = []
     page.on("request", lambda request: paths.append(request.url))
@@ -124,8 +131,11 @@ def test_mounted_studio_serves_page_fragments_media_and_websocket_under_its_pref
     assert studio_requests and all(url.startswith(server.url + "/studio/") for url in studio_requests), studio_requests
 
 
+@pytest.mark.parametrize("poll_seconds", ["0.5", "60"], ids=["poll", "websocket"])
 def test_another_origin_embeds_the_compact_list_and_sees_a_new_job(page: Page, live_server, example_sites, make_job, app):
-    """The example page on another port loads htmx, the compact list and its thumbnails from the studio."""
+    """The example page on another port loads htmx, the compact list and its thumbnails from the studio.
+
+    A new job arrives by the list's own poll, and (with the poll a minute away) by the studio's websocket."""
     allowed = example_sites[0]
     allowed.studio_url = live_server.url
     old = make_job(minutes_ago=10)
@@ -152,9 +162,22 @@ def test_an_origin_outside_the_allow_list_is_refused(page: Page, live_server, ex
     refused = example_sites[1]
     refused.studio_url = live_server.url
     make_job()
+    console = []
+    page.on("console", lambda message: console.append(message.text))
     page.add_init_script(COUNT_ERRORS)
     page.goto(refused.origin + "/embed.html")
     page.wait_for_function("() => window.__embed.errors >= 1", timeout=WAIT_MS)
+    assert any("CORS policy" in text for text in console), console
     expect(page.locator("#job-list")).to_contain_text("Loading jobs")
     expect(page.locator(".job-card")).to_have_count(0)
     assert page.evaluate("window.__embed.lists") == 0
+
+
+def test_only_allowed_origins_may_frame_the_page(page: Page, live_server, example_sites):
+    """The CSP's frame-ancestors lets the allowed site show the whole page in an iframe, and no other site."""
+    allowed, refused = example_sites
+    allowed.studio_url = refused.studio_url = live_server.url
+    page.goto(allowed.origin + "/frame.html")
+    expect(page.frame_locator("iframe").locator("#job-list .empty-state h2")).to_have_text("No jobs yet")
+    with page.expect_console_message(lambda message: "frame-ancestors" in message.text, timeout=WAIT_MS):
+        page.goto(refused.origin + "/frame.html")
