@@ -270,8 +270,11 @@ def add_job(settings, prompt_id="j1"):
 
 
 def test_url_prefix_reaches_every_url(prefixed_app):
-    job_id = add_job(prefixed_app.config["STUDIO"])
     client = prefixed_app.test_client()
+    empty = client.get("/pre/admin/history/list").get_data(as_text=True)
+    assert "<code>POST /pre/api/run/&lt;workflow_id&gt;/execute</code>" in empty
+    assert "<p>" not in client.get("/pre/admin/history/list?compact=1").get_data(as_text=True)
+    job_id = add_job(prefixed_app.config["STUDIO"])
     urls = all_urls_follow(client, "/pre", job_id)
     wrong = [u for u in urls if not (u.startswith("/pre/") or u.startswith("ws://localhost/pre/"))]
     assert not wrong
