@@ -256,3 +256,29 @@ def test_malformed_requests_never_get_a_5xx(app, make_job, settings, sentinel, d
     throw()
     assert counts["requests"] >= examples
     assert sentinel() == before
+
+
+NUL_BODIES = [
+    ("/api/admin/history/delete", {"prompt_ids": ["\x00"]}),
+    ("/api/admin/history/usage", {"prompt_ids": ["a\x00b"]}),
+    ("/api/admin/history/export", {"prompt_ids": ["\x00"]}),
+    ("/api/run/txt2img-example/execute", {"retry_of": "a\x00"}),
+    ("/api/run/txt2img-example/execute", {"input_image": "a\x00.png"}),
+    ("/api/run/txt2img-example/execute", {"params": {"positive_prompt": "a\x00b"}}),
+]
+NUL_URLS = [
+    "/api/admin/history?q=%00", "/api/admin/history?workflow_id=%00", "/api/admin/history?before=%00",
+    "/api/admin/history/%00", "/api/admin/history/%00/package", "/admin/history/jobs/%00", "/admin/history/jobs/%00/card",
+    "/admin/assets?dir=%00", "/admin/history?workflow_id=%00", "/admin/history/list?since=%00",
+]
+
+
+def test_nul_bytes_never_reach_the_database(client):
+    """PostgreSQL refuses a NUL in text with an exception: each place a string meets a query says 4xx first."""
+    for path, body in NUL_BODIES:
+        response = client.post(path, json=body)
+        assert 400 <= response.status_code < 500, (path, body, response.status_code)
+        assert response.json["error"]
+    for url in NUL_URLS:
+        with client.get(url) as response:
+            assert 400 <= response.status_code < 500, (url, response.status_code)

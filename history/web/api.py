@@ -84,6 +84,8 @@ def read_prompt_ids(payload) -> list[str]:
         abort(413, f"at most {jobs.MAX_DELETE_IDS} prompt_ids per request")
     if any(len(item) > 256 for item in prompt_ids):
         abort(400, "a prompt_id is longer than 256 characters")
+    if any("\x00" in item for item in prompt_ids):
+        abort(400, "a prompt_id contains a NUL byte")  # PostgreSQL text cannot hold one: no job has it
     return jobs.fold_ids(prompt_ids)
 
 
@@ -374,7 +376,8 @@ def _retry_of_in_request() -> str | None:
     else:
         payload = request.get_json(silent=True)
         value = payload.get("retry_of") if isinstance(payload, dict) else None
-    return value if isinstance(value, str) and value else None
+    # Only a prompt id can have retries; anything else is the view's to refuse (and a NUL would trip PostgreSQL).
+    return value if isinstance(value, str) and jobs.PROMPT_ID_PATTERN.match(value) else None
 
 
 @bp.before_request
