@@ -421,6 +421,10 @@ class ComfyUIExecutor(Executor):
         """Settle the given jobs from /queue and /history; answer the ones ComfyUI forgot."""
         if not prompt_ids:
             return []
+        # Only jobs whose POST /prompt had answered before /queue is read can be judged by it: one posted
+        # meanwhile may be missing from that queue snapshot and not yet in the history, yet alive.
+        with self._lock:
+            posted = {pid for pid in prompt_ids if pid in self._jobs and not self._jobs[pid].submitting}
         # /queue before /history: ComfyUI moves a job from its queue into its history under one lock,
         # so a job missing from the queue now is either in the history next or truly gone.
         _, queue = self._request("GET", "/queue")
@@ -434,6 +438,8 @@ class ComfyUIExecutor(Executor):
                 if job.submitting:
                     job.recheck = True
                     continue
+                if prompt_id not in posted:
+                    continue  # posted after the queue snapshot: its frames (or the next reconcile) settle it
                 comfy_id = job.comfy_id or prompt_id
             if comfy_id in running or comfy_id in pending:
                 entry = running.get(comfy_id) or pending.get(comfy_id)
