@@ -73,14 +73,19 @@ def job_folder(output_root: Path, output_dir: str) -> Path:
     return folder
 
 
-def output_file(output_root: Path, ref: dict) -> Path:
-    """Resolve an output reference ``{filename, subfolder, type}`` to a file inside the output folder."""
+def _ref_file(root: Path, ref: dict, what: str) -> Path:
+    """Resolve a reference ``{filename, subfolder, type}`` to a file inside ``root``."""
     if not isinstance(ref, dict):
         raise UnsafePath("an output reference must be an object")
     filename = _check_text(ref.get("filename"), "filename")
     if "/" in filename:
         raise UnsafePath(f"filename must not contain '/': {filename!r}")
-    return safe_join(output_root, ref.get("subfolder") or "", filename, what="output file")
+    return safe_join(root, ref.get("subfolder") or "", filename, what=what)
+
+
+def output_file(output_root: Path, ref: dict) -> Path:
+    """Resolve an output reference ``{filename, subfolder, type}`` to a file inside the output folder."""
+    return _ref_file(output_root, ref, "output file")
 
 
 def input_file(input_root: Path, name: str) -> Path:
@@ -256,12 +261,7 @@ def temp_folder(output_root: Path) -> Path:
 
 def temp_file(output_root: Path, ref: dict) -> Path:
     """Resolve a ``temp`` output reference to a file inside the temp folder."""
-    if not isinstance(ref, dict):
-        raise UnsafePath("an output reference must be an object")
-    filename = _check_text(ref.get("filename"), "filename")
-    if "/" in filename:
-        raise UnsafePath(f"filename must not contain '/': {filename!r}")
-    return safe_join(temp_folder(output_root), ref.get("subfolder") or "", filename, what="temp file")
+    return _ref_file(temp_folder(output_root), ref, "temp file")
 
 
 def store_input_image(input_root: Path, original_name: str | None, extension: str, data: bytes) -> str:

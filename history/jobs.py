@@ -141,11 +141,8 @@ def since_cursor(query, since: str):
     return query.where((Job.queued_at > queued_at) | ((Job.queued_at == queued_at) & (Job.prompt_id >= prompt_id)))
 
 
-def history_page(
-    history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None, since: str | None = None
-) -> Page:
-    """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
-    query = filtered(history_filter)
+def window(query, before: str | None, since: str | None):
+    """Narrow a newest-first query to the jobs after the ``before`` cursor and at or above ``since``."""
     if since:
         query = since_cursor(query, since)
     if before:
@@ -153,6 +150,14 @@ def history_page(
         query = query.where(
             (Job.queued_at < queued_at) | ((Job.queued_at == queued_at) & (Job.prompt_id < prompt_id))
         )
+    return query
+
+
+def history_page(
+    history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None, since: str | None = None
+) -> Page:
+    """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
+    query = window(filtered(history_filter), before, since)
     jobs = list(query.limit(limit + 1))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return Page(jobs[:limit], next_cursor, history_filter, before)
@@ -164,14 +169,7 @@ def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = No
     One narrow query over the index that serves the list, and no template rendering; a status change of
     a listed job changes it as surely as a new job does.
     """
-    query = filtered(history_filter).select(Job.prompt_id, Job.status)
-    if since:
-        query = since_cursor(query, since)
-    if before:
-        queued_at, prompt_id = decode_cursor(before)
-        query = query.where(
-            (Job.queued_at < queued_at) | ((Job.queued_at == queued_at) & (Job.prompt_id < prompt_id))
-        )
+    query = window(filtered(history_filter).select(Job.prompt_id, Job.status), before, since)
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr((history_filter, limit, before, since)).encode())
     for prompt_id, status in query.limit(limit + 1).tuples():
