@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from werkzeug.serving import make_server
 
 from history import create_app
 from history.db import database
@@ -90,6 +92,38 @@ def client(app):
 def runner(app):
     """A Flask CLI runner."""
     return app.test_cli_runner()
+
+
+class LiveServer:
+    """A threaded Werkzeug server on a free loopback port; ``url`` is its base, ``host`` its host:port."""
+
+    def __init__(self, app):
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.host = f"127.0.0.1:{self.server.server_port}"
+        self.url = f"http://{self.host}"
+        # A short poll interval lets shutdown() return at once after each test.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="live-server", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        studio = getattr(self.app, "extensions", {}).get("studio")
+        if studio is not None:
+            studio.stop()  # ends open websocket handlers before the server goes
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served on 127.0.0.1 for the length of one test."""
+    server = LiveServer(app).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from history import files
 from history.db import database
 from history.models import Job
-from tests.browser.conftest import LiveServer
+from tests.conftest import LiveServer
 
 DURATION = float(os.environ.get("STUDIO_TEST_CONCURRENCY_SECONDS", "6"))
 POLLERS = int(os.environ.get("STUDIO_TEST_POLLERS", "100"))

@@ -2,27 +2,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 
 import pytest
 import websocket
-from werkzeug.serving import make_server
 
-
-
-@pytest.fixture
-def live_server(app):
-    """The app served by Werkzeug on a free loopback port, in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    app.extensions["studio"].stop()  # ends the websocket handlers before the server goes
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def post_json(base: str, path: str, body: dict) -> dict:
@@ -60,10 +45,10 @@ def wait_for_subscribers(app, count: int) -> None:
 
 
 def test_a_run_sends_queued_started_progress_completed(app, live_server):
-    socket = websocket.create_connection(f"ws://{live_server}/ws", timeout=10)
+    socket = websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10)
     try:
         wait_for_subscribers(app, 1)
-        prompt_id = post_json(live_server, "/api/run/txt2img-example/execute", {"params": {"seed": 9}})["prompt_id"]
+        prompt_id = post_json(live_server.host, "/api/run/txt2img-example/execute", {"params": {"seed": 9}})["prompt_id"]
         frames = receive_until(socket, prompt_id, "job.completed")
     finally:
         socket.close()
@@ -78,10 +63,10 @@ def test_a_run_sends_queued_started_progress_completed(app, live_server):
 
 
 def test_every_client_gets_failures_too(app, live_server):
-    sockets = [websocket.create_connection(f"ws://{live_server}/ws", timeout=10) for _ in range(2)]
+    sockets = [websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10) for _ in range(2)]
     try:
         wait_for_subscribers(app, 2)
-        prompt_id = post_json(live_server, "/api/run/upscale-fails-example/execute", {"params": {}})["prompt_id"]
+        prompt_id = post_json(live_server.host, "/api/run/upscale-fails-example/execute", {"params": {}})["prompt_id"]
         for socket in sockets:
             frames = receive_until(socket, prompt_id, "job.failed")
             assert frames[0]["type"] == "job.queued"
@@ -92,7 +77,7 @@ def test_every_client_gets_failures_too(app, live_server):
 
 
 def test_a_closed_client_is_unsubscribed(app, live_server):
-    socket = websocket.create_connection(f"ws://{live_server}/ws", timeout=10)
+    socket = websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10)
     wait_for_subscribers(app, 1)
     socket.close()
     deadline = time.monotonic() + 5

@@ -1,15 +1,12 @@
 """Browser fixtures: the app served by a real threaded Werkzeug server, and Debian's Chromium for Playwright.
 
-The server runs the same app the ``app`` fixture builds (a temporary data folder, no demo jobs) with a
+The server (tests/conftest.py's ``live_server``) runs the same app the ``app`` fixture builds (a temporary data folder, no demo jobs) with a
 short poll, so a test sees a change within a fraction of a second; jobs made with ``make_job`` in the test
 appear to the page because both share the SQLite file.
 """
 from __future__ import annotations
 
-import threading
-
 import pytest
-from werkzeug.serving import make_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -50,33 +47,6 @@ def poll_seconds() -> str:
 def app_config(app_config, poll_seconds):
     """The test app with a short poll interval."""
     return {**app_config, "STUDIO_POLL_SECONDS": poll_seconds}
-
-
-class LiveServer:
-    """A threaded Werkzeug server on a free local port."""
-
-    def __init__(self, app):
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        # A short poll interval lets shutdown() return at once after each test.
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="live-server", daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def live_server(app):
-    """The app served on 127.0.0.1 for the length of one test."""
-    server = LiveServer(app).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

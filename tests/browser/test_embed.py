@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response
 
 import history
 from history.db import database
-from tests.browser.conftest import LiveServer
+from tests.conftest import LiveServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.sqlite_only]
 
