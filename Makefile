@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
+THREADS ?= 64
 
 .PHONY: install run test bench demo serve chromium clean
 
@@ -23,7 +24,7 @@ demo: install
 	STUDIO_DATA_DIR=./demo-data STUDIO_DEMO=1 $(PY) app.py --host $(HOST) --port $(PORT)
 
 serve: install
-	$(VENV)/bin/gunicorn -w 1 --threads 64 --no-control-socket -b $(HOST):$(PORT) 'app:create_app()'
+	$(VENV)/bin/gunicorn -w 1 -k gthread --threads $(THREADS) --no-control-socket -b $(HOST):$(PORT) 'app:create_app()'
 
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
