@@ -24,6 +24,8 @@ demo: install
 	STUDIO_DATA_DIR=./demo-data STUDIO_DEMO=1 $(PY) app.py --host $(HOST) --port $(PORT)
 
 serve: install
+	@# The same refusal as `python app.py`: no open address without STUDIO_ADMIN_PASSWORD (INSECURE=1 overrides).
+	@$(PY) -c 'import os, sys, app; why = app.exposure_refusal("$(HOST)", os.environ.get("STUDIO_ADMIN_PASSWORD"), bool("$(INSECURE)")); why and sys.exit("studio-history: " + why.replace("pass --insecure", "set INSECURE=1"))'
 	$(VENV)/bin/gunicorn -w 1 -k gthread --threads $(THREADS) --no-control-socket -b $(HOST):$(PORT) 'app:create_app()'
 
 chromium:
