@@ -344,24 +344,8 @@ def test_python_app_py_refuses_0_0_0_0_without_a_password(tmp_path):
 
 # ---- the websocket on a live server -------------------------------------------------------------------
 
-@pytest.fixture
-def ws_base(app):
-    """The password app on a live server (Werkzeug, threaded); yields host:port."""
-    import threading
-
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    app.extensions["studio"].stop()  # ends open websocket handlers before the server goes
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def test_the_websocket_needs_a_login_and_its_own_origin(ws_base, app):
+def test_the_websocket_needs_a_login_and_its_own_origin(live_server, app):
+    ws_base = live_server.host
     import websocket
 
     url = f"ws://{ws_base}/ws"

@@ -384,6 +384,11 @@ def security_headers(response):
     """After every request: CSP (unless a view set its own, like media), nosniff, referrer and frame policy."""
     if not _ours():
         return response
+    if response.status_code in (204, 304):
+        # No body, nothing to render or frame: an idle poll stays a few hundred bytes on the wire.
+        response.headers.pop("Content-Type", None)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
     if "Content-Security-Policy" not in response.headers:
         response.headers["Content-Security-Policy"] = content_security_policy()
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
