@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
-from peewee import fn
 
 from history import files
 from history.db import database

@@ -7,7 +7,6 @@ from peewee import CharField
 from peewee import DateTimeField
 from peewee import FloatField
 from peewee import JSONField
-from peewee import SQL
 from peewee import TextField
 
 from history.db import BaseModel

@@ -10,6 +10,7 @@ import datetime
 import itertools
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -139,6 +140,17 @@ def db(app):
     yield database
     if not database.is_closed():
         database.close()
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy and return that; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"not met in {timeout:g} s: {what}")
 
 
 _counter = itertools.count()

@@ -21,12 +21,12 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 
 from history import files
 from history.db import database
 from history.models import Job
 from tests.conftest import LiveServer
+from tests.conftest import wait_for
 
 DURATION = float(os.environ.get("STUDIO_TEST_CONCURRENCY_SECONDS", "6"))
 POLLERS = int(os.environ.get("STUDIO_TEST_POLLERS", "100"))
@@ -59,15 +59,6 @@ def request(conn, method, path, body=None, headers=None):
     if response.getheader("Content-Type", "").startswith("application/json"):
         return response.status, json.loads(raw)
     return response.status, raw.decode("utf-8", "replace")
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not in {timeout}s: {what}")
 
 
 def test_executor_pollers_and_a_batch_delete_together(app, make_job, settings, database_kind, db):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import pytest
 from PIL import Image
@@ -12,19 +11,9 @@ from PIL import Image
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.models import Job
+from tests.conftest import wait_for
 
 OUTPUT_DIR = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{6}$")
-
-
-def wait_for(condition, timeout: float = 10.0):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def wait_until_ended(client, prompt_id: str) -> dict:

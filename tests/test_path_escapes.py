@@ -5,7 +5,6 @@ after; every refusal must leave it byte for byte, and no response may carry a se
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import os

@@ -16,17 +16,7 @@ from history.executors.base import Executor
 from history.executors.builtin import RESTART_MESSAGE
 from history.models import Job
 from history.models import utcnow
-
-
-def wait_for(condition, timeout: float = 10.0):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tests.conftest import wait_for
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ import json
 import time
 import urllib.request
 
-import pytest
 import websocket
 
 
