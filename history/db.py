@@ -17,6 +17,8 @@ from playhouse.migrate import SqliteMigrator
 log = logging.getLogger(__name__)
 database = DatabaseProxy()
 
+POSTGRES_POOL = {"max_connections": 32, "stale_timeout": 300, "timeout": 30}
+
 # Set on every new connection: cheap, and they do not persist in the file. WAL does persist, so bind()
 # sets it once instead of paying for it on every request's connect.
 SQLITE_PRAGMAS = {
@@ -38,15 +40,32 @@ def open_database(url: str):
         # IMMEDIATE takes the write lock at BEGIN and waits (timeout) instead.
         return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=15, lock_type="IMMEDIATE", check_same_thread=False)
     if url.startswith("postgresql://") or url.startswith("postgres://"):
+        # A pool bounds what one process holds (the server's default limit is 100 connections for every
+        # worker and host together) and keeps them warm; a request waits for a free one rather than failing.
         # peewee picks psycopg 3 when psycopg2 is absent; say so explicitly so both installs agree.
-        return connect_url(url, prefer_psycopg3=True)
+        pooled = "postgresql+pool://" + url.split("://", 1)[1]
+        return connect_url(pooled, prefer_psycopg3=True, **POSTGRES_POOL)
     return connect_url(url)
+
+
+def release(db=None) -> None:
+    """Close every connection of a database (the bound one by default) that is kept in a pool."""
+    db = db if db is not None else database.obj
+    if db is None:
+        return
+    if not db.is_closed():
+        db.close()
+    if hasattr(db, "close_all"):
+        db.close_all()
 
 
 def bind(url: str):
     """Point the proxy at the database named by ``url`` and return it (SQLite switched to WAL once)."""
+    previous = database.obj
     db = open_database(url)
     database.initialize(db)
+    if previous is not None and hasattr(previous, "close_idle"):
+        previous.close_idle()  # a test or a host app binding anew leaves no pooled connection open
     if isinstance(db, SqliteDatabase):
         with connection():
             database.execute_sql("PRAGMA journal_mode=wal")

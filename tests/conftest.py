@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 
 from history import create_app
 from history.db import database
+from history.db import release
 from history.models import Job
 
 POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
@@ -47,7 +48,7 @@ def reset_postgres(url: str) -> None:
     try:
         db.execute_sql("DROP TABLE IF EXISTS job, schema_version CASCADE")
     finally:
-        db.close()
+        release(db)
 
 
 @pytest.fixture
@@ -77,8 +78,7 @@ def app(app_config):
     app = create_app(app_config)
     yield app
     app.extensions["studio"].stop()
-    if not database.is_closed():
-        database.close()
+    release()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from bs4 import BeautifulSoup
 
 from history import create_app
 from history.db import database
+from history.db import release
 from history.executors.base import Executor
 from history.executors.builtin import RESTART_MESSAGE
 from history.models import Job
@@ -34,8 +35,7 @@ def another_app(config: dict):
         yield app
     finally:
         app.extensions["studio"].stop()
-        if not database.is_closed():
-            database.close()
+        release()
         database.initialize(original)
 
 
