@@ -173,6 +173,32 @@ def test_an_idle_poll_carries_only_the_headers_a_poll_needs(client, make_job):
     assert len(head) < 220  # the server adds Date and Server (about 70 bytes): under 300 on the wire
 
 
+def test_a_changed_list_renders_once_for_every_reader(app, client, make_job):
+    """After a change, each open page asks for the list; the first asks render it, the rest get the same bytes."""
+    from flask import template_rendered
+
+    make_job()
+    rendered = []
+
+    def count(sender, template, context, **extra):
+        if template.name == "job_list.html":
+            rendered.append(context["list_etag"])
+
+    template_rendered.connect(count, app)
+    try:
+        readers = [app.test_client() for _ in range(5)]
+        answers = [reader.get("/admin/history/list", headers={**HTMX, "X-List-ETag": "stale"}) for reader in readers]
+        assert len(rendered) == 1
+        assert len({answer.get_data() for answer in answers}) == 1
+        assert {answer.headers["ETag"] for answer in answers} == {f'"{rendered[0]}"'}
+        newer = make_job(minutes_ago=0)
+        again = client.get("/admin/history/list", headers={**HTMX, "X-List-ETag": rendered[0]})
+        assert again.status_code == 200 and len(rendered) == 2
+        assert newer.prompt_id in again.get_data(as_text=True)
+    finally:
+        template_rendered.disconnect(count, app)
+
+
 def test_the_etag_changes_with_a_new_job_and_with_a_status_change(client, make_job, db):
     job = make_job(status="completed", minutes_ago=5)
     first = list_etag(client)

@@ -1,10 +1,12 @@
 """Pages and their fragments: one view serves a page and, for htmx, the partial alone."""
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
 import logging
+import threading
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint
@@ -303,10 +305,66 @@ def history_list():
         return _fragment_headers(make_response("", 204), etag)
     if request.if_none_match.contains(etag):
         return _fragment_headers(make_response("", 304), etag)
-    context = list_context(history_filter, since, compact)
-    response = make_response(render_template("job_list.html", **context))
-    # The header names what was rendered (a job may have landed since the ETag above was computed).
-    return _fragment_headers(response, context["list_etag"])
+    # Every open page asks for the same list after a change: render it once per process, not once per reader.
+    key = (request.host, request.full_path, request.headers.get("Origin"), _tz_name())
+
+    def render() -> tuple[str, str]:
+        context = list_context(history_filter, since, compact)
+        # The ETag names what was rendered (a job may have landed since the one above was computed).
+        return context["list_etag"], render_template("job_list.html", **context)
+
+    etag, body = _rendered_lists().get_or_render(key, etag, render)
+    return _fragment_headers(make_response(body), etag)
+
+
+class RenderedLists:
+    """The last list fragments rendered, by request and ETag (the ETag fixes every card's content).
+
+    Readers asking at once for a list not rendered yet wait for the first one's render instead of
+    rendering it too (after a change, every open page polls within one interval).
+    """
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._bodies: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._rendering: dict = {}
+
+    def get_or_render(self, key, etag: str, render) -> tuple[str, str]:
+        """The (etag, body) cached for ``key`` at ``etag``, else ``render()``'s, rendered once at a time."""
+        while True:
+            with self._lock:
+                entry = self._bodies.get(key)
+                if entry is not None and entry[0] == etag:
+                    self._bodies.move_to_end(key)
+                    return entry
+                busy = self._rendering.get(key)
+                if busy is None:
+                    busy = self._rendering[key] = threading.Event()
+                    break
+            busy.wait(timeout=10)
+            etag = None if busy.is_set() else etag  # after a wait, take what was just rendered
+            with self._lock:
+                entry = self._bodies.get(key)
+                if entry is not None and etag is None:
+                    return entry
+        try:
+            entry = render()
+            with self._lock:
+                self._bodies[key] = entry
+                self._bodies.move_to_end(key)
+                while len(self._bodies) > self.size:
+                    self._bodies.popitem(last=False)
+            return entry
+        finally:
+            with self._lock:
+                self._rendering.pop(key, None)
+            busy.set()
+
+
+def _rendered_lists() -> RenderedLists:
+    """This app's cache of rendered lists."""
+    return current_app.extensions.setdefault("history.rendered_lists", RenderedLists())
 
 
 def _overlay_context(job) -> dict:
