@@ -147,6 +147,13 @@ def is_image(ref: dict) -> bool:
     return name.endswith(IMAGE_EXTENSIONS) and not is_video(ref)
 
 
+def card_images(outputs: list[dict]) -> list[dict]:
+    """A job's output images for its card: saved files first, temp previews only when nothing is saved."""
+    images = [ref for ref in (outputs or []) if isinstance(ref, dict) and is_image(ref)]
+    saved = [ref for ref in images if ref.get("type", "output") == "output"]
+    return saved or images
+
+
 def best_output(outputs: list[dict]) -> dict | None:
     """The first video, else the first saved image, else the first file (never a temp preview if a saved one exists)."""
     if not outputs:

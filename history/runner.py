@@ -21,6 +21,7 @@ import uuid
 
 from history import db
 from history import files
+from history import thumbnails
 from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
@@ -32,6 +33,7 @@ from history.models import RUNNING
 from history.models import STALLED
 from history.models import Job
 from history.models import best_output
+from history.models import card_images
 from history.models import clean_ref
 from history.models import utcnow
 from history.workflows import ValidationError
@@ -55,8 +57,9 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
 class Runner:
     """The Reporter every executor calls: writes the store, publishes events, keeps progress, finds stalls."""
 
-    def __init__(self, bus: EventBus, stall_seconds: float):
+    def __init__(self, bus: EventBus, stall_seconds: float, settings=None):
         self.bus = bus
+        self.settings = settings  # where output files and thumbnails live (None: no thumbnails made)
         self.stall_seconds = float(stall_seconds)
         self.executor = None
         self._lock = threading.Lock()
@@ -128,11 +131,29 @@ class Runner:
     def completed(self, prompt_id: str, outputs: list[dict], at: datetime.datetime) -> None:
         """Record a finished job with its files, and say so."""
         outputs = list(outputs or [])
+        # Made before the event goes out, so the page that shows the new card finds its thumbnail ready.
+        self.warm_thumbnail(outputs)
         self._finish(prompt_id, at, COMPLETED, "job.completed", {
             "outputs": [clean_ref(ref) for ref in outputs],
             "output": best_output(outputs),
             "error": None,
         })
+
+    def warm_thumbnail(self, outputs: list[dict]) -> None:
+        """Make the thumbnail a job's card shows (its first image), when the runner knows where files live."""
+        images = card_images(outputs)
+        if self.settings is None or not images:
+            return
+        ref = images[0]
+        try:
+            if ref.get("type") == "temp":
+                source = files.temp_file(self.settings.output_dir, ref)
+            else:
+                source = files.output_file(self.settings.output_dir, ref)
+        except files.UnsafePath:
+            return
+        if thumbnails.can_thumbnail(source.name):
+            thumbnails.make_thumbnail(source, self.settings.thumbnail_dir)  # never raises; None when it cannot
 
     def failed(self, prompt_id: str, error: str, at: datetime.datetime, status: str = ERROR) -> None:
         """Record a failed (``error``) or lost (``stalled``) job, and say so."""
@@ -221,7 +242,7 @@ class Studio:
         self.bus = bus
         self.start_runner = start_runner
         self.workflows, self.workflow_errors = load_workflows(settings.workflows_dir)
-        self.runner = Runner(bus, settings.stall_seconds)
+        self.runner = Runner(bus, settings.stall_seconds, settings)
         self.executor = make_executor(settings, self.runner)
         self.runner.executor = self.executor
         self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation

@@ -68,6 +68,20 @@ def test_execute_runs_a_workflow_to_completion(client, settings):
     assert record["started_at"] >= record["queued_at"] and record["finished_at"] >= record["started_at"]
 
 
+def test_a_finished_job_has_its_card_thumbnail_ready(client, settings):
+    """The runner makes the card's thumbnail before it announces the job, so the first view serves it from cache."""
+    from history import thumbnails
+
+    response = client.post("/api/run/txt2img-example/execute", json={"params": {"positive_prompt": "a red boat"}})
+    record = wait_until_ended(client, response.json["prompt_id"])
+    assert record["status"] == "completed", record["error"]
+    first = settings.output_dir / record["outputs"][0]["subfolder"] / record["outputs"][0]["filename"]
+    cached = list(settings.thumbnail_dir.rglob("*.webp"))
+    assert len(cached) == 1
+    assert thumbnails.make_thumbnail(first, settings.thumbnail_dir) == cached[0]
+    assert len(list(settings.thumbnail_dir.rglob("*.webp"))) == 1
+
+
 def test_unknown_workflow_is_404(client):
     response = client.post("/api/run/no-such-workflow/execute", json={"params": {}})
     assert response.status_code == 404

@@ -22,8 +22,8 @@ from htmx_flask import Htmx
 from peewee import DatabaseError
 
 from history import jobs
+from history import models
 from history.events import LIST_EVENTS
-from history.models import is_image
 from history.models import is_video
 
 bp = Blueprint("pages", __name__)
@@ -124,9 +124,7 @@ def pretty_json(value) -> str:
 @bp.app_template_global()
 def card_images(job) -> list[dict]:
     """A job's output images for its thumbnail: saved files first, temp previews only when nothing is saved."""
-    images = [ref for ref in (job.outputs or []) if isinstance(ref, dict) and is_image(ref)]
-    saved = [ref for ref in images if ref.get("type", "output") == "output"]
-    return saved or images
+    return models.card_images(job.outputs)
 
 
 @bp.app_template_global()
