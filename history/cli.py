@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from history import jobs
+from history import thumbnails
 from history.db import connection
 from history.db import migrate
 from history.models import STATUS_ALIASES
@@ -61,6 +62,18 @@ def export_command(statuses, output):
         for index, record in enumerate(jobs.export_records(tuple(chosen) or None)):
             output.write(("," if index else "") + "\n" + json.dumps(record))
         output.write("\n]\n")
+
+
+@history_cli.command("prune-thumbnails")
+@click.option("--max-age-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="remove thumbnails not used for this many days")
+@click.option("--max-mb", type=click.FloatRange(min=0), default=None, help="then the oldest until this many MB remain")
+def prune_thumbnails(max_age_days, max_mb):
+    """Trim the thumbnail cache (a removed thumbnail is made again when next shown)."""
+    cache_dir = current_app.config["STUDIO"].thumbnail_dir
+    max_bytes = int(max_mb * 1024 * 1024) if max_mb is not None else None
+    removed, freed = thumbnails.prune(cache_dir, max_age=max_age_days * 86400, max_bytes=max_bytes)
+    click.echo(f"removed {removed} thumbnails ({freed:,} bytes) from {cache_dir}")
 
 
 def init_app(app) -> None:

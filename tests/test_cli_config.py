@@ -117,6 +117,22 @@ def test_import_refuses_a_file_that_is_not_an_array(runner, tmp_path, content, m
     assert message in result.output
 
 
+def test_prune_thumbnails_trims_the_cache_to_a_size(runner, make_job, settings):
+    from history import thumbnails
+
+    job = make_job(files=3)
+    for ref in job.outputs:
+        assert thumbnails.make_thumbnail(settings.output_dir / ref["subfolder"] / ref["filename"], settings.thumbnail_dir)
+    assert len(list(settings.thumbnail_dir.rglob("*.webp"))) == 3
+    kept = runner.invoke(args=["history", "prune-thumbnails"])
+    assert kept.exit_code == 0 and "removed 0 thumbnails" in kept.output
+    trimmed = runner.invoke(args=["history", "prune-thumbnails", "--max-mb", "0"])
+    assert trimmed.exit_code == 0 and "removed 3 thumbnails" in trimmed.output
+    assert list(settings.thumbnail_dir.rglob("*.webp")) == []
+    refused = runner.invoke(args=["history", "prune-thumbnails", "--max-age-days", "-1"])
+    assert refused.exit_code != 0
+
+
 def test_init_db_reports_schema_version(runner):
     result = runner.invoke(args=["history", "init-db"])
     assert result.exit_code == 0
