@@ -10,7 +10,7 @@
  * (selection, delete, retry, keyboard) lives in small files of its own beside this one, using the DOM hooks
  * of DESIGN.md and these events, fired on document:
  *   studio:list-updated  the list changed (a poll, a websocket refresh, a further page, a filter change)
- *   studio:job-event     a websocket job event arrived; detail is {type, data, ts}
+ *   studio:job-event     a websocket job event arrived; detail is {type, data, ts} (job-events.js)
  *   studio:overlay-open / studio:overlay-close   detail is {promptId}
  * and window.StudioHistory.refreshList(), .openJob(promptId), .closeOverlay().
  */
@@ -174,18 +174,10 @@
     }
   });
 
-  // Websocket job events (hx-ws delivers JSON frames without "content" as data-only messages).
-  document.addEventListener("htmx:ws:after:message:incoming", function (event) {
-    var message;
-    try {
-      message = JSON.parse(event.detail.message.data);
-    } catch (error) {
-      return;
-    }
-    if (!message || typeof message.type !== "string") return;
-    var wanted = (event.target.dataset.refreshOn || "").split(/\s+/);
-    if (wanted.indexOf(message.type) !== -1) refreshSoon();
-    emit("studio:job-event", message);
+  // Websocket job events (job-events.js fires them from #live-events, and they bubble to document).
+  document.addEventListener("studio:job-event", function (event) {
+    var wanted = ((event.target.dataset && event.target.dataset.refreshOn) || "").split(/\s+/);
+    if (wanted.indexOf(event.detail.type) !== -1) refreshSoon();
   });
 
   var socketWasOpen = false;

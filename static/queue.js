@@ -40,15 +40,10 @@
     text.textContent = "node #" + data.node + " \u00b7 " + data.value + "/" + data.max;
   }
 
-  document.addEventListener("htmx:ws:after:message:incoming", function (event) {
+  // Job events from #queue-events (job-events.js parses the frames).
+  document.addEventListener("studio:job-event", function (event) {
     if (!event.target || event.target.id !== "queue-events") return;
-    var message;
-    try {
-      message = JSON.parse(event.detail.message.data);
-    } catch (error) {
-      return;
-    }
-    if (!message || typeof message.type !== "string") return;
+    var message = event.detail;
     if (message.type === "job.progress") showProgress(message.data || {});
     else refreshSoon();
   });
