@@ -562,3 +562,43 @@ def test_double_answers_http_like_comfyui(comfyui):
     assert {"SaveImage", "PreviewImage", "SaveImageWebsocket"} <= {
         name for name, node in recorded_node_classes().items() if node.output_node
     }
+
+
+def test_a_job_end_waits_for_its_start_that_another_thread_is_still_storing(comfyui, executor):
+    # A reconcile on one thread can be storing a job's start while the socket thread learns its end;
+    # were the end stored first, the history would keep the job with no start time and no duration.
+    class SlowStart(RecordingReporter):
+        def __init__(self):
+            super().__init__()
+            self.starting = threading.Event()
+            self.go_on = threading.Event()
+
+        def started(self, prompt_id, at):
+            self.starting.set()
+            self.go_on.wait(WAIT)  # a store write that takes a while
+            super().started(prompt_id, at)
+
+    reporter = SlowStart()
+    executor.reporter = reporter
+    executor.connect_wait = 0
+    comfyui.drop_connections(refuse=True)  # the socket misses the job's execution_start frame
+    comfyui.pause_before("2")
+    job = submission(save_graph())
+    executor.submit(job)
+    assert comfyui.wait_paused(WAIT)
+    reconcile = threading.Thread(target=executor.reconcile)  # finds the job running: reports its start
+    reconcile.start()
+    assert reporter.starting.wait(WAIT)
+    comfyui.resume()
+    comfyui.accept_connections()  # the reconnected socket finds the job ended in /history
+    assert comfyui.wait_idle(WAIT)
+    deadline = time.monotonic() + WAIT
+    while executor.following() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for an end report that does not wait for the start
+    reporter.go_on.set()
+    reconcile.join(WAIT)
+
+    record = reporter.job(job.prompt_id)
+    assert [call[0] for call in reporter.of(job.prompt_id) if call[0] != "progress"] == ["started", "completed"]
+    assert record["status"] == "completed" and record["duration"] >= 0

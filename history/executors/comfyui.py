@@ -69,6 +69,9 @@ class _Job:
     current_node: str | None = None
     nodes_done: set = field(default_factory=set)
     outputs: dict = field(default_factory=dict)
+    # Held while the job's start or end is reported: the socket thread and a reconcile (on another
+    # thread) can both learn of a job, and its end must not be stored before its start is.
+    reporting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Connection(simple_websocket.Client):
@@ -131,6 +134,9 @@ class ComfyUIExecutor(Executor):
     orphan_poll_seconds = 5.0
     max_reconnect_delay = 30.0
     ping_interval = 20.0
+    # How long a submit waits for the websocket to open first, so the job's frames (its real start
+    # time among them) reach us; past that it posts anyway and a reconcile fills in what was missed.
+    connect_wait = 2.0
 
     def __init__(
         self,
@@ -174,6 +180,7 @@ class ComfyUIExecutor(Executor):
         with self._lock:
             self._jobs[prompt_id] = job
         self._follow_in_background()
+        self._connected.wait(min(self.connect_wait, self.http_timeout))
         body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             status, answer = self._request("POST", "/prompt", body)
@@ -407,13 +414,13 @@ class ComfyUIExecutor(Executor):
             job.nodes_done.add(node)
         elif kind == "execution_success":
             if self._settle(prompt_id):
-                self._call("completed", prompt_id, output_refs(job.outputs), _time(data))
+                self._report_end(job, "completed", output_refs(job.outputs), _time(data))
         elif kind == "execution_error":
             if self._settle(prompt_id):
-                self._call("failed", prompt_id, error_message(data, job.graph), _time(data))
+                self._report_end(job, "failed", error_message(data, job.graph), _time(data))
         elif kind == "execution_interrupted":
             if self._settle(prompt_id):
-                self._call("failed", prompt_id, INTERRUPTED, _time(data))
+                self._report_end(job, "failed", INTERRUPTED, _time(data))
 
     # -- reconcile ----------------------------------------------------------------------------
 
@@ -456,7 +463,7 @@ class ComfyUIExecutor(Executor):
             if isinstance(record, dict) and record:
                 self._settle_from_history(job, record)
             elif self._settle(prompt_id):
-                self._call("failed", prompt_id, FORGOTTEN, utcnow(), status="stalled")
+                self._report_end(job, "failed", FORGOTTEN, utcnow(), status="stalled")
                 lost.append(Lost(prompt_id, FORGOTTEN))
         return lost
 
@@ -476,17 +483,17 @@ class ComfyUIExecutor(Executor):
         if job.started is not True and "execution_start" in messages:
             self._report_started(job, _time(messages["execution_start"]))
         if "execution_interrupted" in messages:
-            self._call("failed", job.prompt_id, INTERRUPTED, _time(messages["execution_interrupted"]))
+            self._report_end(job, "failed", INTERRUPTED, _time(messages["execution_interrupted"]))
         elif "execution_error" in messages:
             error = messages["execution_error"]
-            self._call("failed", job.prompt_id, error_message(error, graph), _time(error))
+            self._report_end(job, "failed", error_message(error, graph), _time(error))
         elif status.get("status_str") == "error":
-            self._call("failed", job.prompt_id, "ComfyUI reported an error without details", utcnow())
+            self._report_end(job, "failed", "ComfyUI reported an error without details", utcnow())
         else:
             outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
             by_node = {str(node): [output] for node, output in outputs.items() if isinstance(output, dict)}
             finished = messages.get("execution_success") or {}
-            self._call("completed", job.prompt_id, output_refs(by_node), _time(finished))
+            self._report_end(job, "completed", output_refs(by_node), _time(finished))
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -507,11 +514,17 @@ class ComfyUIExecutor(Executor):
 
     def _report_started(self, job: _Job, at: datetime.datetime) -> None:
         """Report a job's start once, whichever thread learns of it first."""
-        with self._lock:
-            if job.started is True:
-                return
-            job.started = True
-        self._call("started", job.prompt_id, at)
+        with job.reporting:
+            with self._lock:
+                if job.started is True:
+                    return
+                job.started = True
+            self._call("started", job.prompt_id, at)
+
+    def _report_end(self, job: _Job, method: str, *args, **kwargs) -> None:
+        """Report a settled job's end, after its start if another thread is reporting that now."""
+        with job.reporting:
+            self._call(method, job.prompt_id, *args, **kwargs)
 
     def _call(self, method: str, *args, **kwargs) -> None:
         """Call the reporter; a failing reporter must not end the websocket thread."""
