@@ -112,9 +112,20 @@ def schema_version() -> int:
     return row[0] or 0
 
 
+# The PostgreSQL advisory lock that lets one process at a time migrate ("STUDIO" in ASCII).
+MIGRATION_LOCK = 0x53545544494F
+
+
 def migrate() -> int:
-    """Bring the schema to the newest version; return the version reached."""
+    """Bring the schema to the newest version; return the version reached.
+
+    Processes that start together (gunicorn workers, several servers) take turns: on PostgreSQL an
+    advisory lock held to the end of the transaction (a concurrent CREATE TABLE IF NOT EXISTS can fail
+    there), on SQLite the write lock its IMMEDIATE transactions take at the start.
+    """
     with database.atomic():
+        if not is_sqlite():
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         current = schema_version()
         for number, step in enumerate(MIGRATIONS, start=1):
             if number > current:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import threading
 
 import pytest
 from peewee import TextField
@@ -49,3 +50,31 @@ def test_a_new_schema_version_keeps_existing_jobs(app_config, make_job, monkeypa
             assert Job.get_by_id(job.prompt_id).workflow_name == job.workflow_name
     finally:
         second.extensions["studio"].stop()
+
+
+def test_processes_starting_together_on_an_empty_store_create_its_schema_once(db):
+    # Several gunicorn workers (or servers) booting at once on a new database all migrate it.
+    database.execute_sql("DROP TABLE job")
+    database.execute_sql("DROP TABLE schema_version")
+    database.close()
+    starting = threading.Barrier(6)
+    errors = []
+
+    def boot():
+        try:
+            starting.wait(10)
+            with history_db.connection():
+                history_db.migrate()
+        except Exception as error:  # noqa: BLE001 - every failure is the finding
+            errors.append(error)
+
+    workers = [threading.Thread(target=boot) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert errors == []
+    with history_db.connection():
+        versions = [row[0] for row in database.execute_sql("SELECT version FROM schema_version").fetchall()]
+        assert versions == list(range(1, len(history_db.MIGRATIONS) + 1))
+        assert Job.select().count() == 0
