@@ -374,6 +374,35 @@ def test_the_websocket_needs_a_login_and_its_own_origin(live_server, app):
         socket.close()
 
 
+def test_an_open_websocket_closes_when_its_login_runs_out(live_server, app):
+    import websocket
+
+    client = app.test_client()
+    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    log_in(client)
+    cookie = client.get_cookie("studio_session")
+    app.config["LOGIN_LIFETIME"] = 3  # this login (made just now) ends in under 3 s
+    socket = websocket.create_connection(
+        f"ws://{live_server.host}/ws", origin=f"http://{live_server.host}",
+        cookie=f"studio_session={cookie.value}", timeout=10,
+    )
+    try:
+        opcode, frame = socket.recv_data_frame(control_frame=True)
+        while opcode != websocket.ABNF.OPCODE_CLOSE:
+            opcode, frame = socket.recv_data_frame(control_frame=True)
+        code = int.from_bytes(frame.data[:2], "big")
+        assert (code, frame.data[2:].decode()) == (1008, "login expired")
+    finally:
+        socket.shutdown()
+    # A socket opened with the same (now expired) login is refused outright.
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(
+            f"ws://{live_server.host}/ws", origin=f"http://{live_server.host}",
+            cookie=f"studio_session={cookie.value}", timeout=5,
+        )
+    assert refused.value.status_code == 401
+
+
 def test_under_a_url_prefix(app_config):
     from history import create_app
 

@@ -193,6 +193,13 @@ def current_login() -> str | None:
     return g.get("studio_login")
 
 
+def login_ends_at() -> float | None:
+    """When the current request's session login runs out (a Unix time), or None for a login that does not."""
+    if current_login() != "session":
+        return None
+    return session["login_at"] + current_app.config["LOGIN_LIFETIME"]
+
+
 def websocket_allowed() -> bool:
     """Whether this websocket request may listen: logged in (or no password), from an allowed Origin.
 

@@ -6,6 +6,8 @@ alive. It holds no database connection for its lifetime.
 """
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
@@ -20,11 +22,14 @@ sock = Sock()
 IDLE_CHECK_SECONDS = 1.0
 
 
-def authorize_websocket() -> bool:
-    """Whether this websocket request may listen: history.web.auth checks the login and the Origin."""
+def authorize_websocket() -> tuple[bool, float | None]:
+    """Whether this websocket request may listen (history.web.auth checks the login and the Origin),
+    and when its login runs out (None: never)."""
     from history.web import auth
 
-    return auth.websocket_allowed()
+    if not auth.websocket_allowed():
+        return False, None
+    return True, auth.login_ends_at()
 
 
 @sock.route("/ws", bp=bp)
@@ -33,12 +38,17 @@ def events(ws):
     # db.py's before_request opened a connection for this request; a websocket must not hold one.
     if not database.is_closed():
         database.close()
-    if not authorize_websocket():
+    allowed, login_ends_at = authorize_websocket()
+    if not allowed:
         ws.close(reason=1008, message="login required")
         return
     subscription = studio().bus.subscribe()
     try:
         while ws.connected and not subscription.closed.is_set():
+            if login_ends_at is not None and time.time() >= login_ends_at:
+                # No more events once the login is over; the page's next request goes to the login form.
+                ws.close(reason=1008, message="login expired")
+                return
             message = subscription.get(timeout=IDLE_CHECK_SECONDS)
             if message is not None:
                 ws.send(message)
