@@ -134,12 +134,12 @@ def filtered(history_filter: HistoryFilter):
 
 @dataclass
 class Page:
-    """One page of the history list and the cursor to the next."""
+    """One page of the history list, the cursor to the next, and the list_etag of what it shows."""
 
     jobs: list[Job]
     next_cursor: str | None
     history_filter: HistoryFilter
-    before: str | None = None
+    etag: str
 
 
 def since_cursor(query, since: str):
@@ -167,19 +167,25 @@ def history_page(
     query = window(filtered(history_filter), before, since)
     jobs = list(query.limit(limit + 1))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return Page(jobs[:limit], next_cursor, history_filter, before)
+    etag = _etag((history_filter, limit, before, since), ((job.prompt_id, job.status) for job in jobs))
+    return Page(jobs[:limit], next_cursor, history_filter, etag)
 
 
 def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = None, since: str | None = None) -> str:
     """The ETag of a shown page: its ordered (prompt_id, status) pairs, whether more follow, and the filter.
 
     One narrow query over the index that serves the list, and no template rendering; a status change of
-    a listed job changes it as surely as a new job does.
+    a listed job changes it as surely as a new job does. Equal to the ``etag`` of the same history_page.
     """
     query = window(filtered(history_filter).select(Job.prompt_id, Job.status), before, since)
+    return _etag((history_filter, limit, before, since), query.limit(limit + 1).tuples())
+
+
+def _etag(request: tuple, pairs) -> str:
+    """A digest of what a list request asked for and the (prompt_id, status) rows it found."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(repr((history_filter, limit, before, since)).encode())
-    for prompt_id, status in query.limit(limit + 1).tuples():
+    digest.update(repr(request).encode())
+    for prompt_id, status in pairs:
         digest.update(f"{prompt_id}\x1f{status}\x1e".encode())
     return digest.hexdigest()
 

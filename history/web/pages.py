@@ -187,10 +187,13 @@ def _history_filter() -> jobs.HistoryFilter:
     return jobs.HistoryFilter.parse(args.getlist("status"), args.get("workflow_id"), args.get("q"))
 
 
-def _poll_etag(history_filter: jobs.HistoryFilter, since: str | None) -> str:
-    """The ETag of the list head a poll guards: jobs.list_etag, the reader's zone and the markup version."""
-    limit = jobs.MAX_LIMIT if since else current_app.config["STUDIO"].page_size
-    raw = jobs.list_etag(history_filter, limit, since=since)
+def _head_limit(since: str | None) -> int:
+    """How many jobs the list head holds: a page, or (polling ``since``) every job at or above the cursor."""
+    return jobs.MAX_LIMIT if since else current_app.config["STUDIO"].page_size
+
+
+def _poll_etag(raw: str) -> str:
+    """The ETag of the list head a poll guards: its jobs.list_etag, the reader's zone and the markup version."""
     return hashlib.blake2b(f"{raw}|{_tz_name()}|{LIST_MARKUP_VERSION}".encode(), digest_size=12).hexdigest()
 
 
@@ -203,12 +206,8 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     ``compact`` (thumbnail, name, status: for a sidebar or another site, issue 8) stays in its URLs.
     """
     settings = current_app.config["STUDIO"]
-    if since:
-        page = jobs.history_page(history_filter, jobs.MAX_LIMIT, since=since)
-        boundary = since
-    else:
-        page = jobs.history_page(history_filter, settings.page_size)
-        boundary = jobs.encode_cursor(page.jobs[-1]) if page.next_cursor else None
+    page = jobs.history_page(history_filter, _head_limit(since), since=since)
+    boundary = since or page.next_cursor
     filter_args = {**history_filter.query_args(), **({"compact": 1} if compact else {})}
     return {
         "compact": compact,
@@ -218,7 +217,8 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
         "since": since,
         "poll_url": url_for("pages.history_list", **filter_args, **({"since": since} if since else {})),
         "more_url": url_for("pages.history_list", **filter_args, before=boundary) if boundary else None,
-        "list_etag": _poll_etag(history_filter, since),
+        # Made from the rows rendered, so it names what the reader shows even if a job landed meanwhile.
+        "list_etag": _poll_etag(page.etag),
         "poll_seconds": settings.poll_seconds,
     }
 
@@ -295,7 +295,7 @@ def history_list():
                 )
             body = render_template("job_page.html", page=page, more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
-        etag = _poll_etag(history_filter, since)
+        etag = _poll_etag(jobs.list_etag(history_filter, _head_limit(since), since=since))
     except jobs.InvalidQuery as error:
         body = render_template("list_error.html", message=str(error))
         return _fragment_headers(make_response(body, 400))
@@ -308,7 +308,6 @@ def history_list():
 
     def render() -> tuple[str, str]:
         context = list_context(history_filter, since, compact)
-        # The ETag names what was rendered (a job may have landed since the one above was computed).
         return context["list_etag"], render_template("job_list.html", **context)
 
     etag, body = _rendered_lists().get_or_render(key, etag, render)
