@@ -333,11 +333,6 @@ class ComfyUIDouble:
         with self._cond:
             return self._cond.wait_for(lambda: client_id in self._sockets, timeout)
 
-    def connection_count(self) -> int:
-        """How many websockets are open."""
-        with self._cond:
-            return len(self._open)
-
     def drop_connections(self, refuse: bool = False) -> None:
         """Close every websocket from the server side; with ``refuse``, turn new ones away (503) until accept_connections()."""
         with self._cond:

@@ -6,15 +6,19 @@ the tests rather than skipping them.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import os
+import struct
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
+from bs4 import BeautifulSoup
 from PIL import Image
 from werkzeug.serving import make_server
 
@@ -25,6 +29,9 @@ from history.models import Job
 
 POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+
+# Modules that need PostgreSQL itself (not just the ``app`` fixture): not collected without a server.
+collect_ignore = [] if POSTGRES_URL else ["test_events_pg.py", "test_processes.py"]
 
 
 def pytest_generate_tests(metafunc):
@@ -81,12 +88,36 @@ def app(app_config):
     release()
 
 
-@pytest.fixture
-def client(app):
+def same_origin_client(app):
     """A Flask test client that posts like the app's own page: same-origin JSON passes CSRF (history/web/auth.py)."""
     client = app.test_client()
     client.environ_base["HTTP_ORIGIN"] = "http://localhost"
     return client
+
+
+@contextlib.contextmanager
+def another_app(config: dict):
+    """A second app on the same store (the next process, say); the test's own app is rebound after.
+
+    create_app binds the shared database proxy to a new Database: close this thread's connection to the
+    old one first, and the new one's after, so no connection is left for the garbage collector.
+    """
+    original = database.obj
+    if not database.is_closed():
+        database.close()
+    app = create_app(config)
+    try:
+        yield app
+    finally:
+        app.extensions["studio"].stop()
+        release()
+        database.initialize(original)
+
+
+@pytest.fixture
+def client(app):
+    """The app's same-origin test client (see same_origin_client)."""
+    return same_origin_client(app)
 
 
 @pytest.fixture
@@ -151,6 +182,27 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"not met in {timeout:g} s: {what}")
+
+
+def soup(response) -> BeautifulSoup:
+    """A response's HTML, parsed."""
+    return BeautifulSoup(response.get_data(as_text=True), "html.parser")
+
+
+def page_token(client, path="/login") -> str:
+    """The CSRF token a page carries in its <meta name="csrf-token"> (its session cookie stays in the client)."""
+    document = BeautifulSoup(client.get(path).data, "html.parser")
+    return document.select_one('meta[name="csrf-token"]')["content"]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb when large)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 _counter = itertools.count()

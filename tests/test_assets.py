@@ -4,14 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bs4 import BeautifulSoup
 from PIL import Image
 
 from history.web import media
-
-
-def soup(response) -> BeautifulSoup:
-    return BeautifulSoup(response.get_data(as_text=True), "html.parser")
+from tests.conftest import soup
 
 
 def job_folder(settings, output_dir: str) -> Path:

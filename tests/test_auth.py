@@ -15,6 +15,8 @@ from bs4 import BeautifulSoup
 import app as app_module
 from history import security
 from history.web import auth
+from tests.conftest import page_token
+from tests.conftest import same_origin_client
 
 PASSWORD = "correct horse battery staple"
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,15 +35,7 @@ def app_config(app_config):
 @pytest.fixture
 def anonymous(app):
     """A client with no session and no token (posting like a same-origin page, so CSRF is not what stops it)."""
-    client = app.test_client()
-    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
-    return client
-
-
-def page_token(client, path="/login") -> str:
-    """The CSRF token a page carries in its meta tag."""
-    soup = BeautifulSoup(client.get(path).data, "html.parser")
-    return soup.select_one('meta[name="csrf-token"]')["content"]
+    return same_origin_client(app)
 
 
 def log_in(client, password=PASSWORD, next_path=None, **kwargs):
@@ -194,16 +188,16 @@ def test_a_wrong_password_is_refused_and_keeps_the_form(anonymous):
 
 
 def test_login_is_rate_limited_per_address(app):
-    guesser = app.test_client()
-    guesser.environ_base.update(HTTP_ORIGIN="http://localhost", REMOTE_ADDR="203.0.113.7")
+    guesser = same_origin_client(app)
+    guesser.environ_base["REMOTE_ADDR"] = "203.0.113.7"
     for _ in range(auth.LOGIN_FAILURES_PER_MINUTE):
         assert log_in(guesser, password="guess").status_code == 401
     blocked = log_in(guesser)  # even the right password waits now
     assert blocked.status_code == 429
     assert 1 <= int(blocked.headers["Retry-After"]) <= 60
     assert "Try again in" in BeautifulSoup(blocked.data, "html.parser").select_one(".login-error").get_text()
-    neighbour = app.test_client()
-    neighbour.environ_base.update(HTTP_ORIGIN="http://localhost", REMOTE_ADDR="203.0.113.8")
+    neighbour = same_origin_client(app)
+    neighbour.environ_base["REMOTE_ADDR"] = "203.0.113.8"
     assert log_in(neighbour).status_code == 303
 
 
@@ -363,8 +357,7 @@ def test_the_websocket_needs_a_login_and_its_own_origin(live_server, app):
     finally:
         socket.close()
     # A browser's session cookie works too.
-    client = app.test_client()
-    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    client = same_origin_client(app)
     log_in(client)
     cookie = client.get_cookie("studio_session")
     socket = websocket.create_connection(url, origin=own, cookie=f"studio_session={cookie.value}", timeout=5)
@@ -377,8 +370,7 @@ def test_the_websocket_needs_a_login_and_its_own_origin(live_server, app):
 def test_an_open_websocket_closes_when_its_login_runs_out(live_server, app):
     import websocket
 
-    client = app.test_client()
-    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    client = same_origin_client(app)
     log_in(client)
     cookie = client.get_cookie("studio_session")
     app.config["LOGIN_LIFETIME"] = 3  # this login (made just now) ends in under 3 s
@@ -408,8 +400,7 @@ def test_under_a_url_prefix(app_config):
 
     app = create_app({**app_config, "STUDIO_URL_PREFIX": "/studio"})
     try:
-        client = app.test_client()
-        client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+        client = same_origin_client(app)
         page = client.get("/studio/admin/history")
         assert page.status_code == 302
         assert page.headers["Location"] == "/studio/login?next=/studio/admin/history"

@@ -26,6 +26,7 @@ from history import files
 from history.db import database
 from history.models import Job
 from tests.conftest import LiveServer
+from tests.conftest import same_origin_client
 from tests.conftest import wait_for
 
 DURATION = float(os.environ.get("STUDIO_TEST_CONCURRENCY_SECONDS", "6"))
@@ -65,8 +66,7 @@ def test_executor_pollers_and_a_batch_delete_together(app, make_job, settings, d
     premade = [make_job(files=1).prompt_id for _ in range(PREMADE)]
     db.close()
     # A queue for the executor to work through from the first second (the submitter adds more as it goes).
-    setup = app.test_client()
-    setup.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    setup = same_origin_client(app)
     params = {"positive_prompt": "concurrency", "width": 64, "height": 64, "seed": -1}
     submitted: list[str] = []
     for _ in range(QUEUED_AT_START):

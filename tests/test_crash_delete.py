@@ -23,7 +23,7 @@ from pathlib import Path
 from history import files
 from history.db import database
 from history.models import Job
-from tests.test_runner import another_app
+from tests.conftest import another_app
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_ROUND = 300

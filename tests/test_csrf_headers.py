@@ -8,6 +8,7 @@ from bs4 import BeautifulSoup
 from werkzeug.test import EnvironBuilder
 
 from history import create_app
+from tests.conftest import page_token
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -19,12 +20,6 @@ UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 def bare(app):
     """A client that sends no Origin, Referer or token unless a test says so."""
     return app.test_client()
-
-
-def meta_token(client) -> str:
-    """The token from a page's <meta name="csrf-token"> (its session cookie stays in the client)."""
-    soup = BeautifulSoup(client.get("/login").data, "html.parser")
-    return soup.select_one('meta[name="csrf-token"]')["content"]
 
 
 def delete(client, **kwargs):
@@ -85,7 +80,7 @@ def test_https_origin_behind_a_proxy_that_speaks_http_to_us_passes(bare):
 
 
 def test_the_page_token_passes_as_header_or_form_field(bare):
-    token = meta_token(bare)
+    token = page_token(bare)
     as_header = delete(bare, data={"prompt_ids": "x"}, headers={"X-CSRF-Token": token})
     assert as_header.status_code == 400  # past CSRF; the body is not the JSON the endpoint wants
     as_field = delete(bare, data={"csrf_token": token})
@@ -96,8 +91,8 @@ def test_the_page_token_passes_as_header_or_form_field(bare):
 
 def test_a_token_from_another_session_does_not_pass(app, bare):
     other = app.test_client()
-    stolen = meta_token(other)
-    meta_token(bare)
+    stolen = page_token(other)
+    page_token(bare)
     response = delete(bare, data={"csrf_token": stolen})
     assert response.status_code == 403
 
@@ -220,7 +215,7 @@ def test_a_json_body_over_4_mib_gets_413_json(bare):
 
 
 def test_an_upload_over_32_mib_gets_413(bare):
-    token = meta_token(bare)
+    token = page_token(bare)
     builder = EnvironBuilder(
         path="/api/run/txt2img-example/execute",
         method="POST",
@@ -250,7 +245,7 @@ def test_an_image_bomb_upload_is_a_400_that_says_why(bare):
     Image.new("RGB", (8, 8)).save(out, "PNG")
     png = out.getvalue()
     bomb = png[:16] + (100000).to_bytes(4, "big") + (100000).to_bytes(4, "big") + png[24:]
-    token = meta_token(bare)
+    token = page_token(bare)
     response = bare.post(
         "/api/run/img2vid-example/execute",
         data={"params": "{}", "input_image": (io.BytesIO(bomb), "bomb.png"), "csrf_token": token},

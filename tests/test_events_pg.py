@@ -8,10 +8,6 @@ import pytest
 from history.events_pg import PostgresEventBus
 from tests.conftest import POSTGRES_URL
 
-pytestmark = pytest.mark.skipif(
-    not POSTGRES_URL, reason="needs PostgreSQL: set STUDIO_TEST_POSTGRES_URL (see README)"
-)
-
 
 @pytest.fixture
 def two_buses():

@@ -11,9 +11,10 @@ from PIL import Image
 from history.executors.comfyui import ComfyUIExecutor
 from history.models import Job
 from tests.comfyui_double import ComfyUIDouble
-from tests.test_execute_api import wait_for
+from tests.conftest import another_app
+from tests.conftest import same_origin_client
+from tests.conftest import wait_for
 from tests.test_execute_api import wait_until_ended
-from tests.test_runner import another_app
 
 
 @pytest.fixture
@@ -78,8 +79,7 @@ def _free_port() -> int:
 
 def test_comfyui_unreachable_is_503_with_the_reason_and_no_record(app_config, db):
     with another_app({**app_config, "STUDIO_COMFYUI_URL": f"http://127.0.0.1:{_free_port()}"}) as app:
-        client = app.test_client()
-        client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+        client = same_origin_client(app)
         response = client.post("/api/run/txt2img-example/execute", json={"params": {}})
         assert response.status_code == 503
         assert "127.0.0.1" in response.json["error"]

@@ -140,12 +140,6 @@ ROUTES = rule_ids()
 
 
 @pytest.fixture
-def app_config(app_config):
-    """Fuzz with the executor running (an execute that gets through runs for real)."""
-    return app_config
-
-
-@pytest.fixture
 def sentinel(tmp_path, settings):
     """Files that no request may touch, and symlinks inside the served folders leading to them."""
     outside = tmp_path / "outside"

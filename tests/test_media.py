@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -14,19 +12,10 @@ from PIL import Image
 
 from history import thumbnails
 from history.web import media
+from tests.conftest import png_header
 
 SECRET = "top secret: outside every served folder"
 IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height``."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 def write_png(path: Path, size=(640, 480), color=(255, 136, 0)) -> Path:
@@ -63,11 +52,6 @@ def client(app):
 def job(make_job):
     """A completed job with two real PNG outputs."""
     return make_job(files=2)
-
-
-@pytest.fixture
-def output_root(settings) -> Path:
-    return settings.output_dir
 
 
 @pytest.fixture

@@ -4,16 +4,12 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from bs4 import BeautifulSoup
 
 from history.models import Job
+from tests.conftest import soup
 
 HTMX = {"HX-Request": "true"}
 XSS = "<img src=x onerror=alert(1)>"
-
-
-def soup(response) -> BeautifulSoup:
-    return BeautifulSoup(response.get_data(as_text=True), "html.parser")
 
 
 def card_ids(document) -> list[str]:

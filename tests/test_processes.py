@@ -23,10 +23,6 @@ from tests.conftest import reset_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not POSTGRES_URL, reason="needs PostgreSQL: set STUDIO_TEST_POSTGRES_URL (see README)"
-)
-
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -1,7 +1,6 @@
 """The runner: what the store and the event bus say as jobs move; stalls; restart reconciliation; demo; queue page."""
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import threading
@@ -10,33 +9,13 @@ import time
 import pytest
 from bs4 import BeautifulSoup
 
-from history import create_app
-from history.db import database
-from history.db import release
 from history.executors.base import Executor
 from history.executors.builtin import RESTART_MESSAGE
 from history.models import Job
 from history.models import utcnow
+from tests.conftest import another_app
+from tests.conftest import same_origin_client
 from tests.conftest import wait_for
-
-
-@contextlib.contextmanager
-def another_app(config: dict):
-    """A second app on the same store (the next process, say); the test's own app is rebound after.
-
-    create_app binds the shared database proxy to a new Database: close this thread's connection to the
-    old one first, and the new one's after, so no connection is left for the garbage collector.
-    """
-    original = database.obj
-    if not database.is_closed():
-        database.close()
-    app = create_app(config)
-    try:
-        yield app
-    finally:
-        app.extensions["studio"].stop()
-        release()
-        database.initialize(original)
 
 
 def record(db, prompt_id):
@@ -202,8 +181,7 @@ def test_events_of_a_run_in_order_with_their_data(app, client):
 
 def test_without_the_runner_a_job_stays_queued(app_config, db):
     with another_app({**app_config, "START_RUNNER": False}) as app:
-        client = app.test_client()
-        client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+        client = same_origin_client(app)
         prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
         assert not app.extensions["studio"].started
         assert client.get(f"/api/admin/history/{prompt_id}").json["status"] == "queued"

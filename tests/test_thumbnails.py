@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,7 @@ from PIL import Image
 from PIL import JpegImagePlugin
 
 from history import thumbnails
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb when large)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+from tests.conftest import png_header
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:

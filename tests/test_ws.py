@@ -7,6 +7,7 @@ import urllib.request
 
 import websocket
 
+from tests.conftest import wait_for
 
 
 def post_json(base: str, path: str, body: dict) -> dict:
@@ -37,10 +38,7 @@ def receive_until(socket, prompt_id: str, last: str, timeout: float = 10.0) -> l
 
 
 def wait_for_subscribers(app, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while app.extensions["studio"].bus.subscriber_count < count:
-        assert time.monotonic() < deadline, "the websocket never subscribed"
-        time.sleep(0.01)
+    wait_for(lambda: app.extensions["studio"].bus.subscriber_count >= count, 5, "the websocket subscribing")
 
 
 def test_a_run_sends_queued_started_progress_completed(app, live_server):
@@ -79,7 +77,4 @@ def test_a_closed_client_is_unsubscribed(app, live_server):
     socket = websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10)
     wait_for_subscribers(app, 1)
     socket.close()
-    deadline = time.monotonic() + 5
-    while app.extensions["studio"].bus.subscriber_count:
-        assert time.monotonic() < deadline, "the handler kept its subscription after the client left"
-        time.sleep(0.02)
+    wait_for(lambda: not app.extensions["studio"].bus.subscriber_count, 5, "the handler dropping its subscription after the client left")

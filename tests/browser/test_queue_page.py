@@ -1,13 +1,12 @@
 """The Queue page in Chromium: a running job's progress moves and the job leaves the page when it ends."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from playwright.sync_api import Page
 from playwright.sync_api import expect
 
 from history.models import utcnow
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.sqlite_only]
 
@@ -21,10 +20,7 @@ document.addEventListener("htmx:after:swap", function () { window.__queueSwaps +
 
 
 def wait_for_websocket(app) -> None:
-    deadline = time.monotonic() + 5
-    while app.extensions["studio"].bus.subscriber_count < 1:
-        assert time.monotonic() < deadline, "the page never opened its websocket"
-        time.sleep(0.02)
+    wait_for(lambda: app.extensions["studio"].bus.subscriber_count >= 1, 5, "the page opening its websocket")
 
 
 def test_progress_updates_and_an_ended_job_leaves(page: Page, live_server, app, make_job):
