@@ -77,8 +77,3 @@ def init_app(host_app: Flask, url_prefix: str = "/studio", **settings_overrides)
     from history import embed
 
     return embed.mount(host_app, url_prefix, **settings_overrides)
-
-
-def settings_of(app: Flask):
-    """The Settings an app was built with."""
-    return app.config["STUDIO"]

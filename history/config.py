@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import asdict
 from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,21 +56,11 @@ class Settings:
     proxy_fix: int = 0
     embed_origins: tuple[str, ...] = ()
     embed_credentials: bool = False
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def studio_dir(self) -> Path:
-        """The folder under the output folder that holds one sub-folder per job."""
-        return self.output_dir / "comfyui-studio"
 
     @property
     def thumbnail_dir(self) -> Path:
         """The on-disk thumbnail cache."""
         return self.data_dir / "thumbnails"
-
-    def as_dict(self) -> dict:
-        """Settings as plain values, for app.config."""
-        return asdict(self)
 
 
 def _number(name: str, raw: str, kind=float, minimum: float = 0.0):

@@ -135,8 +135,3 @@ def mount(host_app: Flask, url_prefix: str = "/studio", **settings_overrides) ->
     host_app.url_build_error_handlers.append(_url_builder(studio_app, url_prefix))
     host_app.cli.add_command(StudioCommands(studio_app))
     return studio_app
-
-
-def studio_of(host_app: Flask) -> Flask:
-    """The studio app mounted in ``host_app``."""
-    return host_app.extensions[EXTENSION]

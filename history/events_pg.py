@@ -56,7 +56,7 @@ class PostgresEventBus(EventBus):
         return self._listening.wait(timeout)
 
     def stop(self) -> None:
-        """Stop the listener and close both connections."""
+        """Stop the listener, close both connections and end every subscription."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -65,6 +65,7 @@ class PostgresEventBus(EventBus):
             if self._publisher is not None:
                 self._publisher.close()
                 self._publisher = None
+        super().stop()
 
     def publish(self, event_type: str, data: dict) -> None:
         """Deliver locally at once, then tell the other processes."""

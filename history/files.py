@@ -191,19 +191,6 @@ def tombstones(output_root: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def sweep_tombstones(output_root: Path) -> int:
-    """Remove tombstones whose deletes were interrupted, files and all; return how many.
-
-    This knows nothing of records: the start-up sweep is jobs.finish_interrupted_deletes, which removes the
-    record of a job whose folder was already in its tombstone (so no record is left naming removed files).
-    """
-    removed = 0
-    for tombstone, name in tombstones(output_root):
-        shutil.rmtree(tombstone, ignore_errors=True)
-        removed += 1
-    return removed
-
-
 def job_files(folder: Path) -> list[Path]:
     """The regular files directly in a job folder, by name; hidden names and links leading out are left out."""
     found = []
@@ -250,6 +237,39 @@ def is_private(path: Path, root: Path, data_dir: Path) -> bool:
     return path == data_dir or data_dir in path.parents
 
 
+def locate_ref(ref, output_dir: Path, input_dir: Path, data_dir: Path) -> tuple[str, str, Path] | None:
+    """(kind, path relative to its folder, file) of an output or input reference that may be served.
+
+    None when the reference is malformed, unsafe, names the app's own data, or is a ComfyUI ``temp``
+    preview (those live outside both folders and are never served). The file may not exist.
+    """
+    if not isinstance(ref, dict):
+        return None
+    kind = ref.get("type") or "output"
+    if kind not in ("output", "input"):
+        return None
+    filename = ref.get("filename")
+    subfolder = ref.get("subfolder") or ""
+    if not isinstance(filename, str) or not isinstance(subfolder, str):
+        return None
+    pieces = [piece for piece in subfolder.split("/") if piece not in ("", ".")]
+    relative = "/".join(pieces + [filename])
+    try:
+        if kind == "output":
+            root = output_dir
+            source = output_file(root, ref)
+        else:
+            if "/" in filename:
+                return None
+            root = input_dir
+            source = input_file(root, relative)
+    except UnsafePath:
+        return None
+    if is_private(source, root, data_dir):
+        return None
+    return kind, relative, source
+
+
 # ---- running jobs (issue 4): ComfyUI's temp/ folder and uploaded input images -------------------
 INPUT_NAME_PATTERN = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -257,11 +277,6 @@ INPUT_NAME_PATTERN = re.compile(r"[^A-Za-z0-9_-]+")
 def temp_folder(output_root: Path) -> Path:
     """Where previews (type ``temp``) go: ComfyUI's ``temp/`` beside its ``output/``."""
     return Path(output_root).resolve().parent / "temp"
-
-
-def temp_file(output_root: Path, ref: dict) -> Path:
-    """Resolve a ``temp`` output reference to a file inside the temp folder."""
-    return _ref_file(temp_folder(output_root), ref, "temp file")
 
 
 def store_input_image(input_root: Path, original_name: str | None, extension: str, data: bytes) -> str:

@@ -10,6 +10,7 @@ from peewee import JSONField
 from peewee import TextField
 
 from history.db import BaseModel
+from history.thumbnails import can_thumbnail
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -24,7 +25,6 @@ RETRYABLE_STATUSES = (ERROR, STALLED)
 STATUS_ALIASES = {"failed": ERROR}
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def utcnow() -> datetime.datetime:
@@ -143,8 +143,7 @@ def is_video(ref: dict) -> bool:
 
 def is_image(ref: dict) -> bool:
     """Whether an output reference is a still image Pillow can thumbnail."""
-    name = str(ref.get("filename", "")).lower()
-    return name.endswith(IMAGE_EXTENSIONS) and not is_video(ref)
+    return can_thumbnail(str(ref.get("filename", ""))) and not is_video(ref)
 
 
 def card_images(outputs: list[dict]) -> list[dict]:

@@ -57,9 +57,9 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
 class Runner:
     """The Reporter every executor calls: writes the store, publishes events, keeps progress, finds stalls."""
 
-    def __init__(self, bus: EventBus, stall_seconds: float, settings=None):
+    def __init__(self, bus: EventBus, stall_seconds: float, settings):
         self.bus = bus
-        self.settings = settings  # where output files and thumbnails live (None: no thumbnails made)
+        self.settings = settings  # where output files and thumbnails live
         self.stall_seconds = float(stall_seconds)
         self.executor = None
         self._lock = threading.Lock()
@@ -72,12 +72,6 @@ class Runner:
         self._watcher: threading.Thread | None = None
 
     # ---- what the queue page and tests read ------------------------------------------------------
-
-    def progress_of(self, prompt_id: str) -> dict | None:
-        """The last progress of a job this process runs: {prompt_id, node, value, max}, or None."""
-        with self._lock:
-            progress = self._progress.get(prompt_id)
-            return dict(progress) if progress else None
 
     def progress_snapshot(self) -> dict[str, dict]:
         """Progress of every job this process follows, by prompt_id."""
@@ -140,20 +134,17 @@ class Runner:
         })
 
     def warm_thumbnail(self, outputs: list[dict]) -> None:
-        """Make the thumbnail a job's card shows (its first image), when the runner knows where files live."""
+        """Make the thumbnail a job's card shows (its first image)."""
         images = card_images(outputs)
-        if self.settings is None or not images:
+        if not images:
             return
-        ref = images[0]
-        try:
-            if ref.get("type") == "temp":
-                source = files.temp_file(self.settings.output_dir, ref)
-            else:
-                source = files.output_file(self.settings.output_dir, ref)
-        except files.UnsafePath:
-            return
+        settings = self.settings
+        located = files.locate_ref(images[0], settings.output_dir, settings.input_dir, settings.data_dir)
+        if located is None:
+            return  # a temp preview (its card shows a placeholder) or an unsafe reference
+        source = located[2]
         if thumbnails.can_thumbnail(source.name):
-            thumbnails.make_thumbnail(source, self.settings.thumbnail_dir)  # never raises; None when it cannot
+            thumbnails.make_thumbnail(source, settings.thumbnail_dir)  # never raises; None when it cannot
 
     def failed(self, prompt_id: str, error: str, at: datetime.datetime, status: str = ERROR) -> None:
         """Record a failed (``error``) or lost (``stalled``) job, and say so."""
@@ -200,9 +191,7 @@ class Runner:
                      if self._last_event.get(prompt_id, cutoff + 1) <= cutoff]
         stalled = []
         for prompt_id, since in quiet:
-            forget = getattr(self.executor, "forget", None)
-            if forget is not None:
-                forget(prompt_id)
+            self.executor.forget(prompt_id)
             message = (
                 f"no progress since {since.isoformat(timespec='seconds')} "
                 f"(STUDIO_STALL_SECONDS={self.stall_seconds:g}); the executor stopped reporting"
@@ -301,7 +290,6 @@ class Studio:
         if started:
             self.executor.stop()
         self.bus.stop()
-        self.bus.close_subscriptions()
 
     # ---- running a workflow ------------------------------------------------------------------------
 

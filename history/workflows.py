@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from history.files import STUDIO_FOLDER
+
 log = logging.getLogger(__name__)
 
 INPUT_TYPES = ("text", "int", "float", "seed", "select", "boolean", "image", "scenes")
@@ -34,7 +36,6 @@ TRANSFORMS = ("color", "frames")
 SEED_MAX = 2**53 - 1  # what a browser's JSON numbers hold exactly
 RANDOM_SEED_MAX = 2**32 - 1
 DEFAULT_TEXT_LENGTH = 10_000
-STUDIO_FOLDER = "comfyui-studio"
 
 # Uploaded input images: formats Pillow reads that ComfyUI's LoadImage reads too, and their limits.
 UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}

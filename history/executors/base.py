@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from dataclasses import field
 from typing import Protocol
 
 
@@ -38,15 +37,6 @@ class Submission:
     graph: dict
     output_dir: str
     input_image: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class Lost:
-    """A queued or running job the executor no longer knows, as found by reconcile()."""
-
-    prompt_id: str
-    reason: str
 
 
 class Reporter(Protocol):
@@ -67,8 +57,6 @@ class Reporter(Protocol):
 class Executor:
     """Runs jobs; subclasses: BuiltinExecutor, ComfyUIExecutor."""
 
-    name = "executor"
-
     def __init__(self, reporter: Reporter):
         self.reporter = reporter
 
@@ -81,6 +69,9 @@ class Executor:
 
     def stop(self) -> None:
         """Stop workers and connections; jobs still running stay as they are in the store."""
+
+    def forget(self, prompt_id: str) -> None:
+        """Stop following a job (the runner marked it stalled or deleted it); later news of it is ignored."""
 
 
 def utcnow() -> datetime.datetime:

@@ -493,7 +493,6 @@ def run_graph(graph: dict, context: NodeContext, on_progress=None, should_stop=N
 class BuiltinExecutor(Executor):
     """Runs jobs in a small pool of daemon worker threads."""
 
-    name = "builtin"
 
     def __init__(self, reporter: Reporter, output_root: Path, input_root: Path, temp_root: Path | None = None, workers: int = 2):
         super().__init__(reporter)

@@ -33,7 +33,6 @@ from wsproto import ConnectionType
 from history.executors.base import Executor
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
-from history.executors.base import Lost
 from history.executors.base import Reporter
 from history.executors.base import Submission
 from history.executors.base import utcnow
@@ -128,7 +127,6 @@ class _Connection(simple_websocket.Client):
 class ComfyUIExecutor(Executor):
     """Runs jobs on a ComfyUI server and follows them over one websocket."""
 
-    name = "comfyui"
     # How often jobs whose frames cannot reach us (found at start-up, posted by another client) are
     # looked up in /history; tests lower it.
     orphan_poll_seconds = 5.0
@@ -224,10 +222,7 @@ class ComfyUIExecutor(Executor):
 
     def forget(self, prompt_id: str) -> None:
         """Stop following a job (the runner marked it stalled or deleted it); later frames are ignored."""
-        with self._lock:
-            job = self._jobs.pop(prompt_id, None)
-            if job is not None and job.comfy_id:
-                self._aliases.pop(job.comfy_id, None)
+        self._settle(prompt_id)
 
     def cancel(self, prompt_id: str) -> None:
         """Take a job out of ComfyUI's queue, or interrupt it if it runs; a run then fails as interrupted."""
@@ -237,11 +232,11 @@ class ComfyUIExecutor(Executor):
         self._request("POST", "/queue", {"delete": [comfy_id]})
         self._request("POST", "/interrupt", {"prompt_id": comfy_id})
 
-    def reconcile(self) -> list[Lost]:
+    def reconcile(self) -> None:
         """Ask ComfyUI about every job followed now: report finished ones, fail lost ones as stalled."""
         with self._lock:
             prompt_ids = list(self._jobs)
-        return self._reconcile(prompt_ids)
+        self._reconcile(prompt_ids)
 
     @property
     def connected(self) -> bool:
@@ -424,10 +419,10 @@ class ComfyUIExecutor(Executor):
 
     # -- reconcile ----------------------------------------------------------------------------
 
-    def _reconcile(self, prompt_ids: list[str]) -> list[Lost]:
-        """Settle the given jobs from /queue and /history; answer the ones ComfyUI forgot."""
+    def _reconcile(self, prompt_ids: list[str]) -> None:
+        """Settle the given jobs from /queue and /history; the ones ComfyUI forgot become stalled."""
         if not prompt_ids:
-            return []
+            return
         # Only jobs whose POST /prompt had answered before /queue is read can be judged by it: one posted
         # meanwhile may be missing from that queue snapshot and not yet in the history, yet alive.
         with self._lock:
@@ -436,7 +431,6 @@ class ComfyUIExecutor(Executor):
         # so a job missing from the queue now is either in the history next or truly gone.
         _, queue = self._request("GET", "/queue")
         running, pending = _queue_entries(queue)
-        lost = []
         for prompt_id in prompt_ids:
             with self._lock:
                 job = self._jobs.get(prompt_id)
@@ -464,8 +458,6 @@ class ComfyUIExecutor(Executor):
                 self._settle_from_history(job, record)
             elif self._settle(prompt_id):
                 self._report_end(job, "failed", FORGOTTEN, utcnow(), status="stalled")
-                lost.append(Lost(prompt_id, FORGOTTEN))
-        return lost
 
     def _settle_from_history(self, job: _Job, record: dict) -> None:
         """Report a finished job's outcome as ComfyUI's history holds it."""
@@ -515,10 +507,9 @@ class ComfyUIExecutor(Executor):
     def _report_started(self, job: _Job, at: datetime.datetime) -> None:
         """Report a job's start once, whichever thread learns of it first."""
         with job.reporting:
-            with self._lock:
-                if job.started is True:
-                    return
-                job.started = True
+            if job.started is True:
+                return
+            job.started = True
             self._call("started", job.prompt_id, at)
 
     def _report_end(self, job: _Job, method: str, *args, **kwargs) -> None:

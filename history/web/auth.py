@@ -494,6 +494,5 @@ def init_app(app: Flask, blueprints: set[str] | None = None) -> None:
         csrf_token=csrf_token,
         csrf_field=csrf_field,
         current_login=current_login,
-        login_enabled=password_required,
     )
     app.cli.add_command(api_token_command)

@@ -159,33 +159,9 @@ def placeholder_response():
 # ---- Template globals: every media URL a page shows is built here --------------------------------
 
 def _locate(ref) -> tuple[str, str, Path] | None:
-    """(kind, path in the URL, file) for an output reference, or None when unsafe, temp or missing."""
-    if not isinstance(ref, dict):
-        return None
-    kind = ref.get("type") or "output"
-    if kind not in ("output", "input"):
-        return None  # ComfyUI "temp" previews live outside both folders
-    filename = ref.get("filename")
-    subfolder = ref.get("subfolder") or ""
-    if not isinstance(filename, str) or not isinstance(subfolder, str):
-        return None
-    pieces = [piece for piece in subfolder.split("/") if piece not in ("", ".")]
-    relative = "/".join(pieces + [filename])
+    """(kind, path in the URL, file) for an output reference, or None when unsafe or temp (files.locate_ref)."""
     settings = _settings()
-    try:
-        if kind == "output":
-            root = settings.output_dir
-            source = files.output_file(root, ref)
-        else:
-            if "/" in filename:
-                return None
-            root = settings.input_dir
-            source = files.input_file(root, relative)
-    except files.UnsafePath:
-        return None
-    if files.is_private(source, root, settings.data_dir):
-        return None
-    return kind, relative, source
+    return files.locate_ref(ref, settings.output_dir, settings.input_dir, settings.data_dir)
 
 
 @bp.app_template_global()
