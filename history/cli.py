@@ -11,19 +11,13 @@ from flask.cli import AppGroup
 from history import jobs
 from history import thumbnails
 from history.db import connection
-from history.db import migrate
+from history.db import init_db_command
 from history.models import STATUS_ALIASES
 from history.models import STATUSES
 
 history_cli = AppGroup("history", help="Manage the job store.")
 
-
-@history_cli.command("init-db")
-def init_db():
-    """Create or upgrade the tables."""
-    with connection():
-        version = migrate()
-    click.echo(f"Database ready at schema version {version}")
+history_cli.add_command(init_db_command)
 
 
 @history_cli.command("import")

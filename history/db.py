@@ -5,7 +5,6 @@ import contextlib
 import logging
 
 import click
-from flask import current_app
 from flask import request
 from peewee import DatabaseProxy
 from peewee import Model
@@ -162,4 +161,4 @@ def init_db_command():
     """Create or upgrade the tables."""
     with connection():
         version = migrate()
-    click.echo(f"Database ready at schema version {version}: {current_app.config['DATABASE_URL']}")
+    click.echo(f"Database ready at schema version {version}")

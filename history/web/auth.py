@@ -208,9 +208,16 @@ def websocket_allowed() -> bool:
     """
     if password_required() and current_login() is None:
         return False
+    return websocket_origin_allowed()
+
+
+def websocket_origin_allowed() -> bool:
+    """Whether a websocket's Origin is this site or one of STUDIO_EMBED_ORIGINS (no Origin: not a browser)."""
     origin = request.headers.get("Origin")
-    seen = security.origin_of(origin) if origin is not None else None
-    return origin is None or is_same_origin(seen) or seen in _settings().embed_origins
+    if origin is None:
+        return True
+    seen = security.origin_of(origin)
+    return is_same_origin(seen) or seen in _settings().embed_origins
 
 
 def _bearer_given() -> str | None:
@@ -345,12 +352,9 @@ def guard():
         )
 
     if _is_websocket():
-        origin = request.headers.get("Origin")
         # Browsers always send Origin on a websocket; a page on another site must not ride our cookie.
-        if origin is not None:
-            seen = security.origin_of(origin)
-            if not (is_same_origin(seen) or seen in settings.embed_origins):
-                return _plain(403, "websocket refused: its Origin is not this site nor one of STUDIO_EMBED_ORIGINS")
+        if not websocket_origin_allowed():
+            return _plain(403, "websocket refused: its Origin is not this site nor one of STUDIO_EMBED_ORIGINS")
         return None
 
     if request.method in UNSAFE_METHODS and current_login() != "bearer" and not csrf_valid():

@@ -19,11 +19,13 @@ from flask import request
 from flask.globals import request_ctx
 
 from history import security
+from history.web.auth import CSRF_HEADER
+from history.web.pages import LIST_ETAG_HEADER
 
 # The endpoints another origin may fetch (pages.py's History section).
 FRAGMENT_ENDPOINTS = frozenset({"pages.history_list", "pages.history_card", "pages.history_job"})
 # What htmx 4 sends on a request (HX-Boosted only on boosted links), the list poller's ETag header
-# (pages.LIST_ETAG_HEADER) and the CSRF header the page's <body> adds to every htmx request.
+# and the CSRF header the page's <body> adds to every htmx request.
 ALLOWED_REQUEST_HEADERS = (
     "HX-Request",
     "HX-Current-URL",
@@ -31,8 +33,8 @@ ALLOWED_REQUEST_HEADERS = (
     "HX-Target",
     "HX-Request-Type",
     "HX-Boosted",
-    "X-List-ETag",
-    "X-CSRF-Token",
+    LIST_ETAG_HEADER,
+    CSRF_HEADER,
 )
 ALLOWED_METHODS = ("GET", "HEAD")
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight (Chromium caps it at 7200)

@@ -187,6 +187,11 @@ def _history_filter() -> jobs.HistoryFilter:
     return jobs.HistoryFilter.parse(args.getlist("status"), args.get("workflow_id"), args.get("q"))
 
 
+def _list_url(history_filter: jobs.HistoryFilter, compact: bool, **extra) -> str:
+    """The list fragment's URL for a filter, keeping ``compact`` (and ``since`` or ``before`` when given)."""
+    return url_for("pages.history_list", **history_filter.query_args(), **({"compact": 1} if compact else {}), **extra)
+
+
 def _head_limit(since: str | None) -> int:
     """How many jobs the list head holds: a page, or (polling ``since``) every job at or above the cursor."""
     return jobs.MAX_LIMIT if since else current_app.config["STUDIO"].page_size
@@ -208,15 +213,14 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     settings = current_app.config["STUDIO"]
     page = jobs.history_page(history_filter, _head_limit(since), since=since)
     boundary = since or page.next_cursor
-    filter_args = {**history_filter.query_args(), **({"compact": 1} if compact else {})}
     return {
         "compact": compact,
         "page": page,
         "history_filter": history_filter,
         "boundary": boundary,
         "since": since,
-        "poll_url": url_for("pages.history_list", **filter_args, **({"since": since} if since else {})),
-        "more_url": url_for("pages.history_list", **filter_args, before=boundary) if boundary else None,
+        "poll_url": _list_url(history_filter, compact, **({"since": since} if since else {})),
+        "more_url": _list_url(history_filter, compact, before=boundary) if boundary else None,
         # Made from the rows rendered, so it names what the reader shows even if a job landed meanwhile.
         "list_etag": _poll_etag(page.etag),
         "poll_seconds": settings.poll_seconds,
@@ -288,11 +292,7 @@ def history_list():
         if before:
             settings = current_app.config["STUDIO"]
             page = jobs.history_page(history_filter, settings.page_size, before=before)
-            more_url = None
-            if page.next_cursor:
-                more_url = url_for(
-                    "pages.history_list", **history_filter.query_args(), **({"compact": 1} if compact else {}), before=page.next_cursor
-                )
+            more_url = _list_url(history_filter, compact, before=page.next_cursor) if page.next_cursor else None
             body = render_template("job_page.html", page=page, more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
         etag = _poll_etag(jobs.list_etag(history_filter, _head_limit(since), since=since))
@@ -410,7 +410,7 @@ def queue():
     progress = studio().runner.progress_snapshot()
     context = {"entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in jobs.active_jobs()]}
     # The list polls itself with hx-get on this URL; htmx says so with HX-Request.
-    template = "queue_list.html" if request.headers.get("HX-Request") == "true" else "queue.html"
+    template = "queue_list.html" if request.htmx else "queue.html"
     response = make_response(render_template(template, **context))
     response.headers["Vary"] = "HX-Request"
     response.headers["Cache-Control"] = "no-store"
