@@ -12,7 +12,7 @@ from history import jobs
 from history import thumbnails
 from history.db import connection
 from history.db import init_db_command
-from history.models import STATUS_ALIASES
+from history.models import known_status
 from history.models import STATUSES
 
 history_cli = AppGroup("history", help="Manage the job store.")
@@ -46,10 +46,10 @@ def import_command(source):
 def export_command(statuses, output):
     """Export records as a JSON array in the API's shape (import takes it back unchanged)."""
     chosen = []
-    for status in statuses:
-        status = STATUS_ALIASES.get(status, status)
-        if status not in STATUSES:
-            raise click.BadParameter(f"unknown status {status!r}; use one of {', '.join(STATUSES)}", param_hint="--status")
+    for given in statuses:
+        status = known_status(given)
+        if status is None:
+            raise click.BadParameter(f"unknown status {given!r}; use one of {', '.join(STATUSES)}", param_hint="--status")
         chosen.append(status)
     with connection():
         output.write("[")

@@ -19,7 +19,7 @@ from history.db import database
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import HISTORY_STATUSES
-from history.models import STATUS_ALIASES
+from history.models import known_status
 from history.models import STATUSES
 from history.models import Job
 from history.models import best_output
@@ -53,12 +53,13 @@ class HistoryFilter:
         """Validate raw query values (lists of strings) into a filter; raise InvalidQuery."""
         chosen = []
         for raw in statuses or []:
-            for status in str(raw).split(","):
-                status = STATUS_ALIASES.get(status.strip(), status.strip())
-                if not status:
+            for given in str(raw).split(","):
+                given = given.strip()
+                if not given:
                     continue
-                if status not in STATUSES:
-                    raise InvalidQuery(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+                status = known_status(given)
+                if status is None:
+                    raise InvalidQuery(f"unknown status {given!r}; use one of {', '.join(STATUSES)}")
                 if status not in chosen:
                     chosen.append(status)
         if workflow_id in ("", None):
@@ -417,8 +418,8 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     workflow_id = record.get("workflow_id")
     if not isinstance(workflow_id, str) or not WORKFLOW_ID_PATTERN.match(workflow_id):
         raise InvalidRecord("workflow_id must be a workflow id")
-    status = STATUS_ALIASES.get(record.get("status"), record.get("status"))
-    if status not in STATUSES:
+    status = known_status(record.get("status"))
+    if status is None:
         raise InvalidRecord(f"status must be one of {', '.join(STATUSES)}")
     values = {"prompt_id": prompt_id, "workflow_id": workflow_id, "status": status}
     name = record.get("workflow_name", "")

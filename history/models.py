@@ -24,6 +24,14 @@ RETRYABLE_STATUSES = (ERROR, STALLED)
 # Older exports and the original studio wrote "failed"; it means the same as "error".
 STATUS_ALIASES = {"failed": ERROR}
 
+
+def known_status(raw) -> str | None:
+    """A status as the store keeps it (an alias such as "failed" read as its status), or None if not one."""
+    if not isinstance(raw, str):
+        return None
+    status = STATUS_ALIASES.get(raw, raw)
+    return status if status in STATUSES else None
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 
 

@@ -87,6 +87,7 @@ def test_import_from_stdin(runner, db):
         ({"output": {"filename": "x.png", "subfolder": "/etc", "type": "output"}}, "output"),
         ({"input_image": "../secret.png"}, "input_image"),
         ({"status": "done"}, "status"),
+        ({"status": ["completed"]}, "status"),
         ({"prompt_id": ""}, "prompt_id"),
         ({"prompt_id": "a/b"}, "prompt_id"),
         ({"queued_at": "yesterday"}, "queued_at"),
