@@ -504,10 +504,12 @@ def import_records(records, output_root: Path | None = None) -> ImportReport:
     return report
 
 
-def export_records(statuses: tuple[str, ...] | None = None):
-    """Every record (optionally of some statuses), newest first, in the API's shape."""
+def export_records(statuses: tuple[str, ...] | None = None, prompt_ids: list[str] | None = None):
+    """Every record (optionally of some statuses, or of these ids), newest first, in the API's shape."""
     query = Job.select().order_by(Job.queued_at.desc(), Job.prompt_id.desc())
     if statuses:
         query = query.where(Job.status.in_(statuses))
+    if prompt_ids is not None:
+        query = query.where(Job.prompt_id.in_(prompt_ids))
     for job in query.iterator():
         yield job.to_dict()

@@ -308,17 +308,6 @@ def history_package(prompt_id: str):
     return response
 
 
-def export_selected(prompt_ids: list[str]) -> list[dict]:
-    """The records of these ids, newest first, in the API's shape (the CLI export's, so import takes them)."""
-    from history.models import Job
-
-    found = []
-    for start in range(0, len(prompt_ids), 500):
-        found += list(Job.select().where(Job.prompt_id.in_(prompt_ids[start:start + 500])))
-    found.sort(key=lambda job: (job.queued_at, job.prompt_id), reverse=True)
-    return [job.to_dict() for job in found]
-
-
 @bp.post("/api/admin/history/export")
 def history_export():
     """Export the chosen jobs as a JSON array download, the shape of `flask history export`; ids not found are left out."""
@@ -329,7 +318,7 @@ def history_export():
     else:
         payload = request.get_json(silent=True)
     prompt_ids = read_prompt_ids(payload)
-    records = export_selected(prompt_ids)
+    records = list(jobs.export_records(prompt_ids=prompt_ids))
     body = "[" + ",".join("\n" + json.dumps(record) for record in records) + "\n]\n"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
     response = current_app.response_class(body, mimetype="application/json")
