@@ -130,7 +130,7 @@ def _fit(image: Image.Image, width: int, height: int, method: str, crop: str) ->
     return image.resize((width, height), RESAMPLING[method])
 
 
-def _save_target(context: NodeContext, filename_prefix, root: Path) -> tuple[Path, str, str, int]:
+def _save_target(filename_prefix, root: Path) -> tuple[Path, str, str, int]:
     """Resolve a filename_prefix like folder_paths.get_save_image_path: (folder, subfolder, name, counter)."""
     if not isinstance(filename_prefix, str) or not filename_prefix.strip():
         raise NodeError("filename_prefix must be a non-empty string")
@@ -149,25 +149,29 @@ def _save_target(context: NodeContext, filename_prefix, root: Path) -> tuple[Pat
     return folder, subfolder, name, max(counters, default=0) + 1
 
 
-def _exclusive(path: Path):
-    """Open a new file for writing, never over an existing one (two workers may share a prefix)."""
-    return open(path, "xb")
+def _write_new(folder: Path, name: str, counter: int, extension: str, save) -> tuple[str, int]:
+    """Write ``name_<counter>_.extension`` with ``save(handle)``, at the first counter not taken yet,
+    never over an existing file (two workers may share a prefix); answer (filename, counter used)."""
+    while True:
+        filename = f"{name}_{counter:05}_.{extension}"
+        try:
+            with open(folder / filename, "xb") as handle:
+                save(handle)
+            return filename, counter
+        except FileExistsError:
+            counter += 1
 
 
 def _save_pngs(context: NodeContext, images, filename_prefix, root: Path, kind: str) -> list[dict]:
-    folder, subfolder, name, counter = _save_target(context, filename_prefix, root)
+    folder, subfolder, name, counter = _save_target(filename_prefix, root)
     metadata = PngInfo()
     metadata.add_text("prompt", json.dumps(context.graph))
     refs = []
     for image in _images(images, "images"):
-        while True:
-            filename = f"{name}_{counter:05}_.png"
-            try:
-                with _exclusive(folder / filename) as handle:
-                    image.save(handle, format="PNG", pnginfo=metadata, compress_level=4)
-                break
-            except FileExistsError:
-                counter += 1
+        filename, counter = _write_new(
+            folder, name, counter, "png",
+            lambda handle, image=image: image.save(handle, format="PNG", pnginfo=metadata, compress_level=4),
+        )
         refs.append({"filename": filename, "subfolder": subfolder, "type": kind})
         counter += 1
     return refs
@@ -343,18 +347,11 @@ def save_animated_webp(context, images=None, filename_prefix="ComfyUI", fps=6.0,
     method = _choice(method, "method", WEBP_METHODS)
     if not isinstance(lossless, bool):
         raise NodeError("lossless must be true or false")
-    folder, subfolder, name, counter = _save_target(context, filename_prefix, context.output_root)
-    while True:
-        filename = f"{name}_{counter:05}_.webp"
-        try:
-            with _exclusive(folder / filename) as handle:
-                frames[0].save(
-                    handle, format="WEBP", save_all=True, append_images=frames[1:],
-                    duration=round(1000.0 / fps), lossless=lossless, quality=quality, method=WEBP_METHODS[method],
-                )
-            break
-        except FileExistsError:
-            counter += 1
+    folder, subfolder, name, counter = _save_target(filename_prefix, context.output_root)
+    filename, _ = _write_new(folder, name, counter, "webp", lambda handle: frames[0].save(
+        handle, format="WEBP", save_all=True, append_images=frames[1:],
+        duration=round(1000.0 / fps), lossless=lossless, quality=quality, method=WEBP_METHODS[method],
+    ))
     return (), [{"filename": filename, "subfolder": subfolder, "type": "output", "animated": len(frames) > 1}]
 
 
@@ -363,16 +360,10 @@ def save_animated_png(context, images=None, filename_prefix="ComfyUI", fps=6.0, 
     frames = _images(images, "images")
     fps = _float(fps, "fps", 0.01, 1000.0)
     level = _int(compress_level, "compress_level", 0, 9)
-    folder, subfolder, name, counter = _save_target(context, filename_prefix, context.output_root)
-    while True:
-        filename = f"{name}_{counter:05}_.png"
-        try:
-            with _exclusive(folder / filename) as handle:
-                frames[0].save(handle, format="PNG", save_all=True, append_images=frames[1:],
-                               duration=round(1000.0 / fps), compress_level=level)
-            break
-        except FileExistsError:
-            counter += 1
+    folder, subfolder, name, counter = _save_target(filename_prefix, context.output_root)
+    filename, _ = _write_new(folder, name, counter, "png", lambda handle: frames[0].save(
+        handle, format="PNG", save_all=True, append_images=frames[1:], duration=round(1000.0 / fps), compress_level=level,
+    ))
     return (), [{"filename": filename, "subfolder": subfolder, "type": "output", "animated": len(frames) > 1}]
 
 
@@ -421,7 +412,7 @@ def plan(graph: dict) -> list[str]:
     order: list[str] = []
     state: dict[str, str] = {}
 
-    def visit(node_id: str, trail: tuple) -> None:
+    def visit(node_id: str) -> None:
         if state.get(node_id) == "done":
             return
         if state.get(node_id) == "visiting":
@@ -429,12 +420,12 @@ def plan(graph: dict) -> list[str]:
         state[node_id] = "visiting"
         for value in graph[node_id].get("inputs", {}).values():
             if _is_link(value):
-                visit(value[0], trail + (node_id,))
+                visit(value[0])
         state[node_id] = "done"
         order.append(node_id)
 
     for node_id in outputs:
-        visit(node_id, ())
+        visit(node_id)
     return order
 
 
