@@ -176,7 +176,7 @@ def _drop_tombstone(tombstone: Path) -> None:
         pass  # gone already, or something else was put in it: the start-up sweep looks again
 
 
-def tombstones(output_root: Path) -> list[tuple[Path, str]]:
+def _tombstones(output_root: Path) -> list[tuple[Path, str]]:
     """(tombstone, job folder name) for every delete in progress or interrupted under ``comfyui-studio/``."""
     studio = Path(output_root) / STUDIO_FOLDER
     try:
@@ -188,6 +188,22 @@ def tombstones(output_root: Path) -> list[tuple[Path, str]]:
         name = entry.name[len(TOMBSTONE_PREFIX):]
         if entry.name.startswith(TOMBSTONE_PREFIX) and entry.is_dir(follow_symlinks=False) and OUTPUT_DIR_PATTERN.match(name):
             found.append((studio / entry.name, name))
+    return found
+
+
+def interrupted_deletes(output_root: Path) -> list[tuple[Path, str]]:
+    """(job folder, its name) for every delete a killed process left half done under ``comfyui-studio/``.
+
+    A tombstone beside its job's whole folder never got the folder moved in: it is dropped here and the
+    job stays as it is. The caller finishes the others (files, then records, then the tombstone).
+    """
+    found = []
+    for tombstone, name in _tombstones(output_root):
+        folder = tombstone.parent / name
+        if folder.is_dir() and not (tombstone / name).exists():
+            _drop_tombstone(tombstone)
+        else:
+            found.append((folder, name))
     return found
 
 

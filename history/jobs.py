@@ -332,11 +332,7 @@ def finish_interrupted_deletes(output_root: Path) -> int:
     Otherwise the folder is (partly) removed already, so its records go and the tombstone after them.
     """
     finished = 0
-    for tombstone, name in files.tombstones(output_root):
-        folder = tombstone.parent / name
-        if folder.is_dir() and not (tombstone / name).exists():
-            _drop_empty(tombstone)
-            continue
+    for folder, name in files.interrupted_deletes(output_root):
 
         def remove_records(name=name):
             with database.atomic():
@@ -349,13 +345,6 @@ def finish_interrupted_deletes(output_root: Path) -> int:
             continue
         finished += 1
     return finished
-
-
-def _drop_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 def _folder_shared(job: Job) -> bool:
