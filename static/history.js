@@ -103,21 +103,18 @@
 
   document.addEventListener("htmx:config:request", function (event) {
     if (event.target.id !== "job-list") return;
-    var more = document.getElementById("job-list-more");
     var ctx = event.detail.ctx;
+    // Polling pauses while the tab is hidden. (A trigger filter like [!document.hidden] would need
+    // 'unsafe-eval', which the page's CSP refuses; cancelling the request here needs nothing.)
+    if (document.hidden && ctx.sourceEvent && ctx.sourceEvent.type === "every") {
+      event.preventDefault();
+      return;
+    }
+    var more = document.getElementById("job-list-more");
     if (more && more.hasAttribute("hx-morph-skip") && more.dataset.since && ctx.request.action.indexOf("since=") === -1) {
       var url = new URL(ctx.request.action, location.href);
       url.searchParams.set("since", more.dataset.since);
       ctx.request.action = url.pathname + url.search;
-    }
-  });
-
-  // Polling pauses while the tab is hidden. (A trigger filter like [!document.hidden] would need
-  // 'unsafe-eval', which the page's CSP refuses; cancelling the request here needs nothing.)
-  document.addEventListener("htmx:config:request", function (event) {
-    var ctx = event.detail.ctx;
-    if (document.hidden && event.target.id === "job-list" && ctx.sourceEvent && ctx.sourceEvent.type === "every") {
-      event.preventDefault();
     }
   });
 
@@ -169,6 +166,8 @@
     var fromFilters = !!(source && source.id === "history-filters");
     if (fromFilters) filtersToUrl(source);
     if (ctx.studioPage) keepLoadedPages();
+    // A 204 (the poll's "unchanged") or a swap:none status still ends here: nothing changed, so say nothing.
+    if (ctx.swap === "none") return;
     if (ctx.studioPage || fromFilters || (target && target.id === "job-list")) {
       emit("studio:list-updated", { source: source });
     }
