@@ -68,13 +68,12 @@
       move(key === "j" || key === "ArrowDown" ? 1 : -1);
       return;
     }
-    if (!card) {
-      if (key === "Delete" && api.actions && api.selection && api.selection.count() > 0) {
-        event.preventDefault();
-        api.actions.askDelete();
-      }
+    if (key === "Delete" && api.actions && api.selection && api.selection.count() > 0) {
+      event.preventDefault();
+      api.actions.askDelete();
       return;
     }
+    if (!card) return;
     var box = card.querySelector("input.job-select");
     var onControl = active.closest("button, a, input");
     if (key === "x" || (key === " " && !(onControl && (active.tagName === "BUTTON" || active === box)))) {
@@ -89,11 +88,6 @@
         event.preventDefault();
         link.click();
       }
-      return;
-    }
-    if (key === "Delete" && api.actions && api.selection && api.selection.count() > 0) {
-      event.preventDefault();
-      api.actions.askDelete();
     }
   });
 })();
