@@ -205,17 +205,5 @@
       setSelected(promptId, on);
       render();
     },
-    toggle: function (promptId) {
-      this.set(promptId, !selected.has(promptId));
-      anchorId = promptId;
-    },
-    clear: function () {
-      selected.clear();
-      render();
-    },
-    render: function () {
-      reconcile();
-      render();
-    },
   };
 })();
