@@ -51,27 +51,31 @@
     return meta ? meta.getAttribute("content") : "";
   }
 
-  // POST JSON with the CSRF header; resolve to {ok, status, data, response} (never reject on HTTP errors).
-  function postJson(url, body) {
-    return fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrfToken() },
-      body: JSON.stringify(body),
-    }).then(function (response) {
-      var type = response.headers.get("Content-Type") || "";
-      if (type.indexOf("json") === -1) {
-        return { ok: response.ok, status: response.status, data: null, response: response };
+  // POST JSON with the CSRF header (and Accept, when given); the fetch rejects only when nothing answers.
+  function post(url, body, accept) {
+    var headers = { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() };
+    if (accept) headers.Accept = accept;
+    return fetch(url, { method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body) });
+  }
+
+  // An answer as {ok, status, data, response}: data is its JSON body, or null (never rejects).
+  function readJson(response) {
+    var result = { ok: response.ok, status: response.status, data: null, response: response };
+    if ((response.headers.get("Content-Type") || "").indexOf("json") === -1) return Promise.resolve(result);
+    return response.json().then(
+      function (data) {
+        result.data = data;
+        return result;
+      },
+      function () {
+        return result;
       }
-      return response.json().then(
-        function (data) {
-          return { ok: response.ok, status: response.status, data: data, response: response };
-        },
-        function () {
-          return { ok: response.ok, status: response.status, data: null, response: response };
-        }
-      );
-    });
+    );
+  }
+
+  // POST JSON; resolve to {ok, status, data, response} (never reject on HTTP errors).
+  function postJson(url, body) {
+    return post(url, body, "application/json").then(readJson);
   }
 
   function reasonOf(result) {
@@ -460,22 +464,12 @@
     var ids = selection() ? selection().ids() : [];
     if (!ids.length || button.disabled) return;
     button.disabled = true;
-    fetch(urls.exportUrl, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
-      body: JSON.stringify({ prompt_ids: ids }),
-    })
+    post(urls.exportUrl, { prompt_ids: ids })
       .then(function (response) {
         if (!response.ok) {
-          return response.json().then(
-            function (data) {
-              throw new Error(data && data.error ? data.error : "HTTP " + response.status);
-            },
-            function () {
-              throw new Error("HTTP " + response.status);
-            }
-          );
+          return readJson(response).then(function (result) {
+            throw new Error(reasonOf(result));
+          });
         }
         var name = filenameOf(response, "studio-history-export.json");
         return response.blob().then(function (blob) {
