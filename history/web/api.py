@@ -54,6 +54,14 @@ def get_job_or_404(prompt_id: str):
     return job
 
 
+@bp.get("/api/openapi.json")
+def openapi_document():
+    """Describe every /api/ route as OpenAPI 3.1 (history/openapi.py)."""
+    from history import openapi
+
+    return jsonify(openapi.document(current_app.config["STUDIO"].url_prefix))
+
+
 @bp.get("/api/admin/history")
 def history_list():
     """List past jobs, newest first, with a Link header to the next page."""

@@ -1,0 +1,392 @@
+"""The JSON API's contract as an OpenAPI 3.1 document, served at /api/openapi.json.
+
+Every route under /api/ must be described here, and every path here must be a route:
+tests/test_openapi.py compares this document with the app's url_map (methods included), and
+tests/test_schemathesis.py fuzzes the live server from it. A new /api/ route lands together with its
+entry in PATHS (its request body, query parameters and every status it can answer).
+"""
+from __future__ import annotations
+
+import copy
+
+from history import jobs
+from history.models import STATUSES
+
+OPENAPI_VERSION = "3.1.0"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": _json(_ref("Error"))}
+
+
+def _answers(*statuses: int, **own: dict) -> dict:
+    """A responses object: the shared error answers named by status, then this operation's own."""
+    shared = {str(status): {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"} for status in statuses}
+    return {**own, **shared}
+
+
+# Every status an /api/ route can answer with {"error": ...}, by name (components.responses).
+ERROR_RESPONSES = {
+    400: ("BadRequest", "the query or the body is not valid; the message names what to fix"),
+    401: ("Unauthorized", "STUDIO_ADMIN_PASSWORD is set and the request has no login or bearer token"),
+    403: ("Forbidden", "refused: no CSRF token on a browser's write, or a loopback studio asked by another name"),
+    404: ("NotFound", "no such job or workflow"),
+    405: ("MethodNotAllowed", "the path exists but not with this method (the Allow header lists the methods)"),
+    409: ("Conflict", "the job was just retried, or is being retried"),
+    413: ("TooLarge", "the body is larger than the limit (4 MiB of JSON, 32 MiB of upload) or names too many ids"),
+    415: ("UnsupportedMediaType", "the body is neither JSON nor a form"),
+    429: ("TooManyRequests", "too many wrong bearer tokens from this address; Retry-After says when to try again"),
+    503: ("Unavailable", "the executor (ComfyUI) cannot take the job now; Retry-After says when to try again"),
+}
+GUARDED = (401, 403, 429)  # every route is behind the guard (history/web/auth.py)
+WRITE = (*GUARDED, 400, 413)  # a POST with a body
+
+PROMPT_ID = {
+    "name": "prompt_id",
+    "in": "path",
+    "required": True,
+    "description": "a job's prompt_id (ComfyUI's prompt id, or one the built-in executor minted)",
+    "schema": {"type": "string", "minLength": 1},
+}
+
+PROMPT_IDS_BODY = {
+    "type": "object",
+    "required": ["prompt_ids"],
+    "properties": {
+        "prompt_ids": {
+            "type": "array",
+            "maxItems": jobs.MAX_DELETE_IDS,
+            "items": {"type": "string", "maxLength": 256},
+            "description": "the jobs to act on; repeats count once, unknown ids are reported or left out",
+        },
+    },
+}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "what went wrong and how to fix it, in words"},
+            "field": {"type": ["string", "null"], "description": "the parameter at fault (execute's 400)"},
+            "node_errors": {"description": "ComfyUI's own report of the nodes it refused (execute's 400)"},
+            "prompt_id": {"type": "string", "description": "the job that retried it already (execute's 409)"},
+        },
+    },
+    "OutputRef": {
+        "type": "object",
+        "description": "ComfyUI's reference to a file: subfolder is relative to the output folder",
+        "required": ["filename"],
+        "properties": {
+            "filename": {"type": "string"},
+            "subfolder": {"type": "string"},
+            "type": {"type": "string", "examples": ["output"]},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": [
+            "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
+            "duration", "params", "seeds", "input_image", "output", "outputs", "output_dir", "error", "retry_of",
+        ],
+        "properties": {
+            "prompt_id": {"type": "string"},
+            "workflow_id": {"type": "string"},
+            "workflow_name": {"type": "string"},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "queued_at": {"type": ["string", "null"], "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "duration": {"type": ["number", "null"], "description": "seconds from start to finish"},
+            "params": {"type": "object", "description": "the submitted parameters"},
+            "seeds": {"type": "object", "description": "the seeds used (a -1 seed resolved)"},
+            "input_image": {"type": ["string", "null"]},
+            "output": {"anyOf": [_ref("OutputRef"), {"type": "null"}]},
+            "outputs": {"type": "array", "items": _ref("OutputRef")},
+            "output_dir": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]},
+            "retry_of": {"type": ["string", "null"]},
+        },
+    },
+    "DeleteReport": {
+        "type": "object",
+        "required": ["deleted", "not_found", "failed", "files_removed", "bytes_freed"],
+        "properties": {
+            "deleted": {"type": "array", "items": {"type": "string"}},
+            "not_found": {"type": "array", "items": {"type": "string"}},
+            "failed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["prompt_id", "error", "status"],
+                    "properties": {
+                        "prompt_id": {"type": "string"},
+                        "error": {"type": "string"},
+                        "status": {"type": "integer", "description": "409 still running, 400 refused, 500 files"},
+                    },
+                },
+            },
+            "files_removed": {"type": "integer", "minimum": 0},
+            "bytes_freed": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["jobs", "files", "bytes"],
+        "properties": {
+            "jobs": {"type": "integer", "minimum": 0},
+            "files": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Workflow": {
+        "type": "object",
+        "required": ["id", "name", "type", "description", "inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "type": {"type": "string", "enum": ["static", "dynamic"]},
+            "description": {"type": "string"},
+            "inputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "type"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "type": {
+                            "type": "string",
+                            "enum": ["text", "int", "float", "seed", "select", "boolean", "image", "scenes"],
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "ExecuteRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "params": {
+                "type": ["object", "null"],
+                "description": "values for the workflow's declared inputs; a missing one takes its default",
+            },
+            "input_image": {"type": ["string", "null"], "description": "a file name in the input folder"},
+            "retry_of": {"type": ["string", "null"], "description": "the prompt_id this job retries"},
+        },
+    },
+    "Queued": {
+        "type": "object",
+        "required": ["prompt_id", "status"],
+        "properties": {
+            "prompt_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued"]},
+            "retry_of": {"type": ["string", "null"]},
+        },
+    },
+}
+
+PATHS = {
+    "/api/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": _answers(*GUARDED, **{"200": {
+                "description": "the OpenAPI 3.1 description of every /api/ route",
+                "content": _json({"type": "object", "required": ["openapi", "paths"]}),
+            }}),
+        },
+    },
+    "/api/admin/history": {
+        "get": {
+            "operationId": "listHistory",
+            "summary": "Past jobs, newest first",
+            "description": "Ended jobs (completed, error, stalled) unless status says otherwise; the body stays an "
+            "array and the next page's URL is in the Link header (rel=next).",
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "description": "only these statuses (repeatable, or comma-separated); failed means error",
+                    "schema": {"type": "array", "items": {"type": "string", "enum": [*STATUSES, "failed"]}},
+                    "style": "form",
+                    "explode": True,
+                },
+                {
+                    "name": "workflow_id",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"},
+                },
+                {
+                    "name": "q",
+                    "in": "query",
+                    "description": "words of the prompt, workflow name or id",
+                    "schema": {"type": "string", "maxLength": jobs.MAX_QUERY_LENGTH},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": jobs.MAX_LIMIT, "default": jobs.DEFAULT_LIMIT},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "description": "the cursor of the previous page's Link header (opaque)",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": _answers(*GUARDED, 400, **{"200": {
+                "description": "the page of records",
+                "headers": {"Link": {"description": 'the next page: <url>; rel="next"', "schema": {"type": "string"}}},
+                "content": _json({"type": "array", "items": _ref("Job")}),
+            }}),
+        },
+    },
+    "/api/admin/history/{prompt_id}": {
+        "get": {
+            "operationId": "getJob",
+            "summary": "One job's record",
+            "parameters": [PROMPT_ID],
+            "responses": _answers(*GUARDED, 404, **{"200": {"description": "the record", "content": _json(_ref("Job"))}}),
+        },
+    },
+    "/api/admin/history/{prompt_id}/package": {
+        "get": {
+            "operationId": "getJobPackage",
+            "summary": "A zip of one job: job.json, its input image and every file of its folder",
+            "parameters": [PROMPT_ID],
+            "responses": _answers(*GUARDED, 404, **{"200": {
+                "description": "the zip, streamed",
+                "content": {"application/zip": {"schema": {"type": "string", "contentMediaType": "application/zip"}}},
+            }}),
+        },
+    },
+    "/api/admin/history/delete": {
+        "post": {
+            "operationId": "deleteJobs",
+            "summary": "Delete jobs and their output folders",
+            "description": "Queued and running jobs are refused (in failed, status 409); a job whose files "
+            "cannot be removed keeps its record.",
+            "requestBody": {"required": True, "content": _json(PROMPT_IDS_BODY)},
+            "responses": _answers(*WRITE, **{"200": {
+                "description": "what was deleted and what was not",
+                "content": _json(_ref("DeleteReport")),
+            }}),
+        },
+    },
+    "/api/admin/history/usage": {
+        "post": {
+            "operationId": "deleteUsage",
+            "summary": "Count the jobs, files and bytes a delete of these ids would free",
+            "requestBody": {"required": True, "content": _json(PROMPT_IDS_BODY)},
+            "responses": _answers(*WRITE, **{"200": {"description": "the counts", "content": _json(_ref("Usage"))}}),
+        },
+    },
+    "/api/admin/history/export": {
+        "post": {
+            "operationId": "exportJobs",
+            "summary": "Download the chosen jobs as a JSON array (the shape `studio-history import` reads)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    **_json(PROMPT_IDS_BODY),
+                    "application/x-www-form-urlencoded": {"schema": PROMPT_IDS_BODY},
+                },
+            },
+            "responses": _answers(*WRITE, **{"200": {
+                "description": "the records found, newest first, as an attachment",
+                "headers": {
+                    "X-Not-Found": {"description": "how many ids had no job", "schema": {"type": "string"}},
+                    "Content-Disposition": {"schema": {"type": "string"}},
+                },
+                "content": _json({"type": "array", "items": _ref("Job")}),
+            }}),
+        },
+    },
+    "/api/workflows": {
+        "get": {
+            "operationId": "listWorkflows",
+            "summary": "The workflows this studio can run, with their declared inputs",
+            "responses": _answers(*GUARDED, **{"200": {
+                "description": "every workflow, by id",
+                "content": _json({"type": "array", "items": _ref("Workflow")}),
+            }}),
+        },
+    },
+    "/api/run/{workflow_id}/execute": {
+        "post": {
+            "operationId": "executeWorkflow",
+            "summary": "Run a workflow: validate, record the job as queued, hand it to the executor",
+            "parameters": [{"name": "workflow_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    **_json(_ref("ExecuteRequest")),
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "params": {"type": "string", "description": "the params object as JSON text"},
+                                "input_image": {"type": "string", "contentMediaType": "application/octet-stream",
+                                                "description": "an image file (PNG, JPEG, WebP) or a file name"},
+                                "retry_of": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "responses": _answers(*WRITE, 404, 409, 415, 503, **{"202": {
+                "description": "queued; Location is the job's record",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": _json(_ref("Queued")),
+            }}),
+        },
+    },
+}
+
+
+def document(url_prefix: str = "") -> dict:
+    """The OpenAPI 3.1 document, with the server URL following STUDIO_URL_PREFIX."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "Studio History",
+            "version": _version(),
+            "description": "The JSON API of a ComfyUI studio's job history. Every error is JSON "
+            '{"error": "..."} with its status; a method a path does not take gets 405 with Allow. '
+            "With STUDIO_ADMIN_PASSWORD set every route needs a login or Authorization: Bearer <token>; "
+            "a browser's POST also needs the page's X-CSRF-Token or a JSON body from this site's Origin.",
+        },
+        "servers": [{"url": url_prefix or "/"}],
+        "paths": copy.deepcopy(PATHS),
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "responses": {
+                name: _error(description) for name, description in ERROR_RESPONSES.values()
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "`flask --app app api-token` prints it"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "studio_session"},
+            },
+        },
+        # Without a password nothing is asked for ({}); with one, a bearer token or a login session.
+        "security": [{}, {"bearer": []}, {"session": []}],
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version
+
+    try:
+        return version("studio-history")
+    except PackageNotFoundError:
+        return "0+checkout"
