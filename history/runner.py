@@ -38,6 +38,7 @@ from history.models import clean_ref
 from history.models import utcnow
 from history.workflows import ValidationError
 from history.workflows import load_workflows
+from history.workflows import plan_retry
 from history.workflows import build_graph
 from history.workflows import validate_params
 
@@ -297,8 +298,12 @@ class Studio:
         """The workflow with this id; raise UnknownWorkflow."""
         workflow = self.workflows.get(workflow_id)
         if workflow is None:
-            raise UnknownWorkflow(f"no workflow {workflow_id!r}")
+            raise UnknownWorkflow(f"no workflow {workflow_id!r}: it is not installed in this studio")
         return workflow
+
+    def retry_plan(self, job: Job):
+        """What a Retry of ``job`` would run now (workflows.plan_retry), or why it cannot run."""
+        return plan_retry(self.workflows.get(job.workflow_id), job.params, job.input_image)
 
     def execute(self, workflow_id: str, params=None, input_image: str | None = None, retry_of: str | None = None) -> Job:
         """Validate, record as queued, and hand a job to the executor; return the job.
@@ -311,6 +316,7 @@ class Studio:
 
         workflow = self.workflow(workflow_id)
         previous_seeds = None
+        notes: list[str] = []
         if retry_of is not None:
             original = jobs.get_job(retry_of) if isinstance(retry_of, str) else None
             if original is None:
@@ -318,8 +324,10 @@ class Studio:
             if original.workflow_id != workflow.id:
                 raise ValidationError("retry_of", f"job {retry_of} ran {original.workflow_id}, not {workflow.id}")
             if params is None:
-                params = original.params
-            if input_image is None:
+                # The recorded params, fitted to the workflow as installed now; the notes say what changed.
+                plan = plan_retry(workflow, original.params, input_image or original.input_image)
+                params, input_image, notes = plan.params, plan.input_image, plan.notes
+            elif input_image is None:
                 input_image = original.input_image
             previous_seeds = original.seeds
         if input_image is not None:
@@ -367,6 +375,7 @@ class Studio:
             raise
         if retry_of is not None:
             self.bus.publish("job.retried", record)
+        job.retry_notes = notes
         return job
 
 

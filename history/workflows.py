@@ -365,6 +365,109 @@ def validate_params(workflow: Workflow, params, input_image: str | None = None, 
     return clean, seeds
 
 
+# ---- retrying a recorded job --------------------------------------------------------------------
+
+@dataclass
+class RetryPlan:
+    """What a Retry of a recorded job would run: the parameters the workflow takes now, and what changed.
+
+    ``notes`` say, in the user's words, what was mapped or left out (an imported job's ``input_image``
+    inside its params, a field the workflow no longer declares, a value that no longer fits); ``reason``
+    is set when the job cannot be retried at all (its workflow is not installed).
+    """
+
+    params: dict = field(default_factory=dict)
+    input_image: str | None = None
+    notes: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether Retry can run this job."""
+        return self.reason is None
+
+
+WORKFLOW_NOT_INSTALLED = "workflow not installed"
+
+
+def _fit_value(spec: dict, value, name: str, notes: list[str]):
+    """A recorded value as the input takes it now: itself when it fits, else the default (noted), else raise."""
+    try:
+        return _coerce(spec, value, name)
+    except ValidationError as error:
+        if "default" not in spec:
+            raise
+        notes.append(f"{name}: used the default {spec['default']!r} ({error.message})")
+        return copy.deepcopy(spec["default"])
+
+
+def _fit_scenes(spec: dict, scenes, notes: list[str]):
+    """Recorded scenes with the fields a scene no longer has left out (noted once per field)."""
+    if not isinstance(scenes, list):
+        return scenes
+    known = {item["id"]: item for item in spec["fields"]}
+    dropped: list[str] = []
+    fitted = []
+    for index, scene in enumerate(scenes):
+        if not isinstance(scene, dict):
+            fitted.append(scene)
+            continue
+        kept = {}
+        for key, value in scene.items():
+            if key not in known:
+                if key not in dropped:
+                    dropped.append(key)
+                continue
+            kept[key] = _fit_value(known[key], value, f"{spec['id']}[{index}].{key}", notes) if value is not None else value
+        fitted.append(kept)
+    for key in dropped:
+        notes.append(f"ignored {spec['id']}[].{key} (not a field of a scene now)")
+    return fitted
+
+
+def plan_retry(workflow: Workflow | None, params, input_image: str | None) -> RetryPlan:
+    """Fit a recorded job's params and input image to its workflow as installed now; say what changed.
+
+    A job recorded elsewhere (imported, or run before the workflow changed) may carry its input image
+    inside ``params`` or fields the workflow no longer declares: the image is taken from there, unknown
+    fields are left out, and a value that no longer fits takes the input's default. Nothing here raises
+    for a recorded value that can be fitted; a required input with no value and no default still fails
+    validation when the retry runs.
+    """
+    if workflow is None:
+        return RetryPlan(reason=WORKFLOW_NOT_INSTALLED, input_image=input_image)
+    notes: list[str] = []
+    recorded = params if isinstance(params, dict) else {}
+    image_spec = workflow.image_input
+    image_keys = {"input_image"} | ({image_spec["id"]} if image_spec else set())
+    clean: dict = {}
+    for key, value in recorded.items():
+        if key in image_keys:
+            if image_spec is not None and input_image is None and isinstance(value, str) and value:
+                input_image = value
+                notes.append(f"input image {value} taken from the parameters")
+            elif image_spec is None:
+                notes.append(f"ignored {key} ({workflow.id} takes no input image now)")
+            continue
+        spec = workflow.input(key)
+        if spec is None:
+            notes.append(f"ignored {key} (not an input of {workflow.id} now)")
+            continue
+        if spec["type"] == "scenes":
+            clean[key] = _fit_scenes(spec, value, notes)
+        elif value is None and "default" in spec:
+            clean[key] = copy.deepcopy(spec["default"])
+        else:
+            try:
+                clean[key] = _fit_value(spec, value, key, notes)
+            except ValidationError:
+                clean[key] = value  # no default to fall back on: validation names the field
+    if input_image is not None and image_spec is None:
+        notes.append(f"ignored the input image {input_image} ({workflow.id} takes none now)")
+        input_image = None
+    return RetryPlan(params=clean, input_image=input_image, notes=notes)
+
+
 # ---- graph assembly -----------------------------------------------------------------------------
 
 def seed_color(value: int) -> int:

@@ -186,7 +186,7 @@ def execute(workflow_id: str):
 
     the_studio = studio()
     if workflow_id not in the_studio.workflows:
-        abort(404, f"no workflow {workflow_id!r}")
+        abort(404, f"no workflow {workflow_id!r}: it is not installed in this studio")
     params, input_image, retry_of = read_execute_request()
     try:
         job = the_studio.execute(workflow_id, params, input_image, retry_of)
@@ -200,7 +200,11 @@ def execute(workflow_id: str):
         response = json_error(str(error), 503)
         response.headers["Retry-After"] = "10"
         return response
-    response = jsonify(prompt_id=job.prompt_id, status=job.status, retry_of=job.retry_of)
+    answer = {"prompt_id": job.prompt_id, "status": job.status, "retry_of": job.retry_of}
+    if job.retry_of is not None:
+        # What the retry fitted to the workflow as installed now (a field left out, an image mapped).
+        answer["notes"] = getattr(job, "retry_notes", [])
+    response = jsonify(answer)
     response.status_code = 202
     response.headers["Location"] = url_for("api.history_detail", prompt_id=job.prompt_id)
     return response

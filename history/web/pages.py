@@ -175,6 +175,14 @@ def retry_url(job) -> str | None:
     return url_for(endpoint, workflow_id=job.workflow_id) if endpoint else None
 
 
+@bp.app_template_global()
+def retry_plan(job):
+    """What Retry would run for a failed job now, or why it cannot (its workflow is not installed)."""
+    from history.runner import studio
+
+    return studio().retry_plan(job)
+
+
 def _events_url() -> str | None:
     """The websocket's path, when the websocket blueprint is installed."""
     endpoint = _endpoint_for("/ws")
