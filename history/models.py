@@ -100,8 +100,8 @@ class Job(BaseModel):
 
     @property
     def prompt_excerpt(self) -> str:
-        """The first 80 characters of the positive prompt, or of the first scene's prompt."""
-        return prompt_text(self.params or {})[:80]
+        """The first 80 characters of the positive prompt (or of the first scene's), cut at a word."""
+        return excerpt(prompt_text(self.params or {}))
 
     def to_dict(self) -> dict:
         """The record in the API's shape."""
@@ -141,6 +141,21 @@ def prompt_text(params: dict) -> str:
         if isinstance(first, str):
             return first
     return ""
+
+
+EXCERPT_LENGTH = 80
+
+
+def excerpt(text: str, length: int = EXCERPT_LENGTH) -> str:
+    """``text`` on one line, cut to ``length`` characters at the last word that fits, with an ellipsis.
+
+    A text with no space in its second half (a long token, a URL) is cut at ``length`` itself.
+    """
+    line = " ".join(text.split())
+    if len(line) <= length:
+        return line
+    cut = line[:length + 1].rsplit(" ", 1)[0] if " " in line[length // 2:length + 1] else line[:length]
+    return cut.rstrip(" ,;:.-") + "\u2026"
 
 
 def is_video(ref: dict) -> bool:

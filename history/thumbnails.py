@@ -3,7 +3,8 @@
 A thumbnail is a 120x120 WebP (shown at 60 CSS px, so sharp on 2x screens) cut from the centre of the
 source's first frame, upright by its EXIF orientation. It is made once and kept under a key built from
 the source's resolved path, mtime_ns, size and RECIPE_VERSION, so a changed source (or a changed recipe)
-gets a new thumbnail and an unchanged one is never decoded again. Files that cannot be thumbnailed
+gets a new thumbnail and an unchanged one is never decoded again. The overlay's preview is the same
+recipe without the crop, within 720x720 (``recipe="preview"``). Files that cannot be thumbnailed
 (missing, unreadable, truncated, not an image, too many pixels) give None: the caller shows a placeholder.
 """
 from __future__ import annotations
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 # Bump when the output of render() changes: every cached thumbnail and every ?v= URL changes with it.
 RECIPE_VERSION = 1
 SIZE = (120, 120)
+# The overlay's preview: the whole picture (aspect kept, never cropped) within 720x720, drawn at up to
+# 360 CSS px, so sharp on 2x screens without shipping the full-size file. Its own key, so the card's
+# thumbnails (and their URLs) stay as they are.
+PREVIEW = "preview"
+PREVIEW_SIZE = (720, 720)
+RECIPES = ("card", PREVIEW)
 WEBP_QUALITY = 80
 # Our own ceiling, checked from the header before any pixel is decoded. Pillow's MAX_IMAGE_PIXELS
 # (89 MP) only warns below twice its value; 64 MP (8000x8000) already covers upscaled 8K outputs.
@@ -58,15 +65,18 @@ def file_version(path: Path) -> str | None:
     return source_version(st)
 
 
-def cache_path(cache_dir: Path, resolved: Path, st: os.stat_result) -> Path:
-    """Where the thumbnail of ``resolved`` at this version lives in the cache."""
+def cache_path(cache_dir: Path, resolved: Path, st: os.stat_result, recipe: str = "card") -> Path:
+    """Where the thumbnail (or preview) of ``resolved`` at this version lives in the cache."""
     key_text = f"{resolved}\x00{st.st_mtime_ns}\x00{st.st_size}\x00{RECIPE_VERSION}"
+    if recipe != "card":
+        key_text += f"\x00{recipe}"
     key = hashlib.sha256(key_text.encode("utf-8", "surrogateescape")).hexdigest()[:40]
     return Path(cache_dir) / key[:2] / f"{key}.webp"
 
 
-def make_thumbnail(source: Path, cache_dir: Path) -> Path | None:
-    """Return the cached thumbnail of ``source``, making it on first use; None when it cannot be made."""
+def make_thumbnail(source: Path, cache_dir: Path, recipe: str = "card") -> Path | None:
+    """Return the cached thumbnail (or, with ``recipe="preview"``, the preview) of ``source``, making it
+    on first use; None when it cannot be made."""
     try:
         resolved = Path(source).resolve(strict=True)
         with open(resolved, "rb") as handle:
@@ -75,13 +85,13 @@ def make_thumbnail(source: Path, cache_dir: Path) -> Path | None:
             st = os.fstat(handle.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return None
-            target = cache_path(cache_dir, resolved, st)
+            target = cache_path(cache_dir, resolved, st, recipe)
             if target.is_file():
                 return target
             with _DECODES:
                 if target.is_file():  # another thread made it while this one waited
                     return target
-                thumbnail = render(handle)
+                thumbnail = render(handle, recipe)
     except (OSError, ValueError, RuntimeError) as error:
         # Missing, unreadable, a directory, a bad name (NUL), a symlink loop.
         log.debug("no thumbnail for %s: %s", source, error)
@@ -97,8 +107,8 @@ def make_thumbnail(source: Path, cache_dir: Path) -> Path | None:
         thumbnail.close()
 
 
-def render(handle) -> Image.Image | None:
-    """Decode an open image file into the 120x120 thumbnail image; None when it is not a usable image."""
+def render(handle, recipe: str = "card") -> Image.Image | None:
+    """Decode an open image file into the 120x120 thumbnail (or the preview); None when it is not a usable image."""
     try:
         with Image.open(handle) as image:
             width, height = image.size
@@ -108,12 +118,12 @@ def render(handle) -> Image.Image | None:
                 return None
             if image.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for a 120 px result.
-                image.draft("RGB", SIZE)
+                image.draft("RGB", PREVIEW_SIZE if recipe == PREVIEW else SIZE)
             # An animated image opens on its first frame; load() decodes only that one.
             image.load()
             upright = ImageOps.exif_transpose(image)
             try:
-                return _fit(upright)
+                return _fit(upright, PREVIEW_SIZE if recipe == PREVIEW else SIZE, crop=recipe != PREVIEW)
             finally:
                 upright.close()
     except Image.DecompressionBombError as error:
@@ -133,18 +143,23 @@ def render(handle) -> Image.Image | None:
         return None
 
 
-def _fit(image: Image.Image) -> Image.Image:
-    """Crop and scale to SIZE in a mode WebP can hold, keeping transparency."""
+def _fit(image: Image.Image, size: tuple[int, int] = SIZE, crop: bool = True) -> Image.Image:
+    """Crop and scale to ``size`` (or, without ``crop``, scale within it, never up) in a mode WebP can hold,
+    keeping transparency."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     converted = image.convert("RGBA" if has_alpha else "RGB")
     try:
         # A box reduce first (cheap) to about twice the target, then Lanczos for the last step.
-        factor = min(converted.width // (SIZE[0] * 2), converted.height // (SIZE[1] * 2))
+        factor = min(converted.width // (size[0] * 2), converted.height // (size[1] * 2))
         if factor >= 2:
             reduced = converted.reduce(factor)
             converted.close()
             converted = reduced
-        return ImageOps.fit(converted, SIZE, method=Image.Resampling.LANCZOS)
+        if crop:
+            return ImageOps.fit(converted, size, method=Image.Resampling.LANCZOS)
+        if converted.width <= size[0] and converted.height <= size[1]:
+            return converted.copy()
+        return ImageOps.contain(converted, size, method=Image.Resampling.LANCZOS)
     finally:
         converted.close()
 

@@ -73,9 +73,9 @@ def reads(monkeypatch, settings) -> list:
         seen.append(Path(path))
         return send_file(path, *args, **kwargs)
 
-    def spy_thumbnail(source, cache_dir):
+    def spy_thumbnail(source, cache_dir, *recipe):
         seen.append(Path(source))
-        return make_thumbnail(source, cache_dir)
+        return make_thumbnail(source, cache_dir, *recipe)
 
     monkeypatch.setattr(media, "send_file", spy_send)
     monkeypatch.setattr(thumbnails, "make_thumbnail", spy_thumbnail)
@@ -176,7 +176,7 @@ ESCAPES = [
     "comfyui-studio/leak/secret.txt",  # a symlinked folder that leads out
     "comfyui-studio/job1/link.png",  # a symlinked file that leads out
 ]
-PREFIXES = ["/media/output/", "/media/input/", "/media/thumb/output/", "/media/thumb/input/"]
+PREFIXES = ["/media/output/", "/media/input/", "/media/thumb/output/", "/media/thumb/input/", "/media/preview/output/"]
 
 
 @pytest.fixture
@@ -242,6 +242,18 @@ def test_versioned_thumbnail_is_immutable(app, client, job):
     assert again.status_code == 304
 
 
+def test_the_overlays_preview_is_larger_keeps_the_aspect_and_is_immutable(app, client, settings, make_job):
+    job = make_job(files=0, outputs=[{"filename": "wide_00001_.png", "subfolder": "comfyui-studio/wide", "type": "output"}])
+    write_png(settings.output_dir / "comfyui-studio" / "wide" / "wide_00001_.png", size=(1280, 768))
+    with app.test_request_context():
+        url = media.preview_url(job.outputs[0])
+    assert url.startswith("/media/preview/output/comfyui-studio/wide/wide_00001_.png?v=")
+    response = client.get(url)
+    assert response.mimetype == "image/webp" and response.headers["Cache-Control"] == IMMUTABLE
+    with Image.open(BytesIO(response.data)) as preview:
+        assert preview.size == (720, 432)
+
+
 @pytest.mark.parametrize("query", ["", "?v=", "?v=1.0.0", "?v=stale"])
 def test_unversioned_or_stale_thumbnail_is_revalidated(client, job, query):
     response = client.get(f"/media/thumb/output/{ref_path(job.outputs[0])}{query}")
@@ -253,7 +265,7 @@ def test_unversioned_or_stale_thumbnail_is_revalidated(client, job, query):
 def test_thumbnail_made_once_and_remade_when_the_source_changes(app, client, settings, job, monkeypatch):
     renders = []
     render = thumbnails.render
-    monkeypatch.setattr(thumbnails, "render", lambda handle: renders.append(1) or render(handle))
+    monkeypatch.setattr(thumbnails, "render", lambda handle, *recipe: renders.append(1) or render(handle, *recipe))
     ref = job.outputs[0]
     with app.test_request_context():
         first_url = media.thumbnail_url(ref)
@@ -421,3 +433,23 @@ def test_input_globals_allow_subfolders(app, settings):
 ])
 def test_human_size(app, size, text):
     assert render(app, "{{ human_size(size) }}", size=size) == text
+
+
+def test_output_views_draw_each_kind_as_it_plays(app, settings, make_job):
+    folder = "comfyui-studio/mixed"
+    names = ["still_00001_.png", "clip_00001_.webp", "clip_00001_.mp4", "notes.txt", "gone.png"]
+    refs = [{"filename": name, "subfolder": folder, "type": "output"} for name in names]
+    refs[1]["animated"] = True
+    write_png(settings.output_dir / folder / names[0], size=(1440, 960))
+    frames = [Image.new("RGB", (320, 192), color) for color in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(settings.output_dir / folder / names[1], save_all=True, append_images=frames[1:], duration=100)
+    (settings.output_dir / folder / names[2]).write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    (settings.output_dir / folder / names[3]).write_text("x")
+    job = make_job(files=0, outputs=refs)
+    with app.test_request_context():
+        views = media.output_views(job)
+    assert [view.kind for view in views] == ["image", "animated", "video", "file", "missing"]
+    still, animated, video = views[:3]
+    assert still.src.startswith("/media/preview/output/") and (still.width, still.height) == (720, 480)
+    assert animated.src == animated.url == f"/media/output/{folder}/{names[1]}" and (animated.width, animated.height) == (320, 192)
+    assert video.src == video.url and video.media_type == "video/mp4"

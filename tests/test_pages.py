@@ -266,7 +266,7 @@ def test_card_parts(client, make_job):
     assert card.select_one(".thumb-count").get_text(strip=True) == "3"
     assert card.select_one(".job-workflow").get_text(strip=True) == "Text to image (example)"
     assert card.select_one(".job-id").get_text(strip=True) == job.prompt_id[:12]
-    assert card.select_one(".job-excerpt").get_text() == "x" * 80
+    assert card.select_one(".job-excerpt").get_text() == "x" * 80 + "\u2026"
     assert card.select_one(".status-badge").get_text(strip=True) == "completed"
     assert card.select_one(".retry-btn") is None
     times = card.select(".job-times time")
@@ -324,13 +324,25 @@ def test_active_jobs_get_a_placeholder_instead_of_a_checkbox(client, make_job, s
     assert card.select_one(".job-select-placeholder") is not None
 
 
+@pytest.mark.parametrize("prompt, shown", [
+    ("a lighthouse at dusk", "a lighthouse at dusk"),
+    ("a quiet harbour at dawn, fishing boats leaving one by one, gulls overhead, oil painting, warm light",
+     "a quiet harbour at dawn, fishing boats leaving one by one, gulls overhead, oil\u2026"),
+    ("two\nlines   and  spaces", "two lines and spaces"),
+])
+def test_the_excerpt_is_cut_at_a_word_with_an_ellipsis(client, make_job, prompt, shown):
+    job = make_job(params={"positive_prompt": prompt})
+    card = soup(client.get(f"/admin/history/jobs/{job.prompt_id}/card"))
+    assert card.select_one(".job-excerpt").get_text() == shown
+
+
 def test_scene_workflow_excerpt_is_the_first_scene(client, make_job):
     job = make_job(params={"scenes": [{"prompt": "first scene", "duration": 2, "seed": 1}, {"prompt": "second", "duration": 3, "seed": 2}]})
     card = soup(client.get(f"/admin/history/jobs/{job.prompt_id}/card"))
     assert card.select_one(".job-excerpt").get_text() == "first scene"
 
 
-@pytest.mark.parametrize("seconds, shown", [(42, "42s"), (192, "3m 12s"), (3840, "1h 4m"), (0.4, "0s")])
+@pytest.mark.parametrize("seconds, shown", [(42, "42s"), (192, "3m 12s"), (3840, "1h 4m"), (0.4, "400ms"), (0.0002, "<1ms"), (0.9999, "1s"), (1.4, "1s")])
 def test_duration_format(client, make_job, seconds, shown):
     job = make_job(duration=seconds)
     card = soup(client.get(f"/admin/history/jobs/{job.prompt_id}/card"))

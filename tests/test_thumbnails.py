@@ -64,9 +64,9 @@ def renders(monkeypatch) -> list:
     calls = []
     original = thumbnails.render
 
-    def counting(handle):
+    def counting(handle, *recipe):
         calls.append(handle.name)
-        return original(handle)
+        return original(handle, *recipe)
 
     monkeypatch.setattr(thumbnails, "render", counting)
     return calls
@@ -83,6 +83,15 @@ def test_thumbnail_is_a_120px_webp(tmp_path, cache_dir):
         red, green, blue = thumbnail.getpixel((60, 60))
         assert abs(red - 255) < 12 and abs(green - 136) < 12 and blue < 12
     assert made.stat().st_size < 2_000
+
+
+@pytest.mark.parametrize("size, shown", [((1024, 614), (720, 432)), ((320, 192), (320, 192)), ((600, 1800), (240, 720))])
+def test_the_preview_keeps_the_aspect_and_is_never_enlarged(tmp_path, cache_dir, size, shown):
+    source = real_png(tmp_path / "out" / "final_00001_.png", size=size)
+    made = thumbnails.make_thumbnail(source, cache_dir, thumbnails.PREVIEW)
+    with Image.open(made) as preview:
+        assert preview.format == "WEBP" and preview.size == shown
+    assert made != thumbnails.make_thumbnail(source, cache_dir)
 
 
 def test_made_once_then_served_from_cache(tmp_path, cache_dir, renders):

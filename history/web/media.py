@@ -126,9 +126,20 @@ def input(name: str):  # noqa: A001 - the endpoint is media.input, like its URL
 @bp.get("/media/thumb/<any(output, input):kind>/<path:path>")
 def thumbnail(kind: str, path: str):
     """The cached 120x120 WebP of a file, immutable when ``v`` names its current version; else the placeholder."""
+    return _send_rendition(kind, path, "card")
+
+
+@bp.get("/media/preview/<any(output, input):kind>/<path:path>")
+def preview(kind: str, path: str):
+    """The cached preview of a file (aspect kept, within 720x720) for the overlay; else the placeholder."""
+    return _send_rendition(kind, path, thumbnails.PREVIEW)
+
+
+def _send_rendition(kind: str, path: str, recipe: str):
+    """A cached WebP rendition of a file, immutable when ``v`` names its current version; else the placeholder."""
     source = _resolve(kind, path)
     settings = _settings()
-    made = thumbnails.make_thumbnail(source, settings.thumbnail_dir) if thumbnails.can_thumbnail(source.name) else None
+    made = thumbnails.make_thumbnail(source, settings.thumbnail_dir, recipe) if thumbnails.can_thumbnail(source.name) else None
     if made is None:
         return placeholder_response()
     current = thumbnails.file_version(source)
@@ -182,9 +193,8 @@ def input_url(name) -> str | None:
     return output_url(_input_ref(name))
 
 
-@bp.app_template_global()
-def thumbnail_url(ref) -> str | None:
-    """The versioned thumbnail URL of an output reference, or None (unsafe, missing, or not an image Pillow reads)."""
+def _rendition_url(ref, endpoint: str) -> str | None:
+    """The versioned URL of a cached rendition of an output reference, or None (unsafe, missing, not an image)."""
     located = _locate(ref)
     if located is None or not thumbnails.can_thumbnail(located[1]):
         return None
@@ -192,13 +202,83 @@ def thumbnail_url(ref) -> str | None:
     version = thumbnails.file_version(source)
     if version is None:
         return None
-    return url_for("media.thumbnail", kind=kind, path=relative, v=version)
+    return url_for(endpoint, kind=kind, path=relative, v=version)
+
+
+@bp.app_template_global()
+def thumbnail_url(ref) -> str | None:
+    """The versioned thumbnail URL of an output reference, or None (unsafe, missing, or not an image Pillow reads)."""
+    return _rendition_url(ref, "media.thumbnail")
+
+
+@bp.app_template_global()
+def preview_url(ref) -> str | None:
+    """The versioned preview URL of an output reference (the thumbnail's larger, uncropped sibling), or None."""
+    return _rendition_url(ref, "media.preview")
 
 
 @bp.app_template_global()
 def input_thumbnail_url(name) -> str | None:
     """The versioned thumbnail URL of an input image, or None when it is unsafe, missing or not an image."""
     return thumbnail_url(_input_ref(name))
+
+
+# Files a <video> element plays; an animated WebP, PNG or GIF plays in an <img> of its own.
+PLAYABLE_VIDEO = (".mp4", ".webm", ".mov", ".m4v", ".mkv")
+ANIMATED_IMAGE = (".webp", ".png", ".apng", ".gif")
+
+
+@dataclass
+class OutputView:
+    """One output file as the overlay and its viewer show it."""
+
+    index: int
+    filename: str
+    kind: str  # video, animated, image, file or missing
+    url: str | None  # the file itself
+    src: str | None  # what the overlay draws: the preview of a still, the file itself otherwise
+    media_type: str | None = None
+    width: int | None = None  # of what is drawn, so the box keeps the aspect before it loads
+    height: int | None = None
+
+
+def _drawn_size(source: Path, kind: str) -> tuple[int | None, int | None]:
+    """The pixel size the overlay draws a file at: a still's preview is scaled within PREVIEW_SIZE."""
+    size = thumbnails.image_size(source) if kind in ("image", "animated") else None
+    if size is None:
+        return None, None
+    width, height = size
+    if kind == "image":
+        scale = min(1.0, thumbnails.PREVIEW_SIZE[0] / width, thumbnails.PREVIEW_SIZE[1] / height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return width, height
+
+
+@bp.app_template_global()
+def output_views(job) -> list[OutputView]:
+    """A job's saved output files (temp previews only when nothing was saved), in node order, ready to draw."""
+    refs = [ref for ref in (job.outputs or []) if isinstance(ref, dict)]
+    saved = [ref for ref in refs if ref.get("type", "output") == "output"]
+    views = []
+    for index, ref in enumerate(saved or refs):
+        filename = str(ref.get("filename", ""))
+        located = _locate(ref)
+        url = output_url(ref)
+        if located is None or url is None:
+            views.append(OutputView(index, filename, "missing", None, None))
+            continue
+        name = filename.lower()
+        if name.endswith(PLAYABLE_VIDEO):
+            kind, src = "video", url
+        elif name.endswith(".gif") or (ref.get("animated") and name.endswith(ANIMATED_IMAGE)):
+            kind, src = "animated", url
+        elif thumbnails.can_thumbnail(name):
+            kind, src = "image", preview_url(ref) or url
+        else:
+            kind, src = "file", None
+        width, height = _drawn_size(located[2], kind)
+        views.append(OutputView(index, filename, kind, url, src, _media_type(filename), width, height))
+    return views
 
 
 def _input_ref(name) -> dict | None:

@@ -104,9 +104,12 @@ def same_local_day(first, second) -> bool:
 
 @bp.app_template_filter("duration")
 def format_duration(seconds) -> str:
-    """Seconds as a person reads them: 42s, 3m 12s, 1h 4m."""
+    """Seconds as a person reads them: 350ms, 42s, 3m 12s, 1h 4m (never "0s" for a job that ran)."""
     if seconds is None:
         return ""
+    if float(seconds) < 0.9995:
+        milliseconds = int(round(float(seconds) * 1000))
+        return f"{milliseconds}ms" if milliseconds >= 1 else "<1ms"
     total = int(round(float(seconds)))
     if total < 60:
         return f"{total}s"
