@@ -38,16 +38,11 @@ def free_port() -> int:
 
 def seed_store(data_dir: Path, jobs: int) -> None:
     """Fill a fresh store with ``jobs`` finished jobs (with real files for the first page)."""
-    from bench.poll import make_rows
+    from bench.fill import fill_jobs
     from history import create_app
-    from history.db import database
-    from history.models import Job
 
     app = create_app({"START_RUNNER": False, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0"})
-    database.connect(reuse_if_open=True)
-    with database.atomic():
-        Job.insert_many(make_rows(jobs, 0, app.config["STUDIO"].output_dir)).execute()
-    database.close()
+    fill_jobs(jobs, output_root=app.config["STUDIO"].output_dir, files_for=jobs)
     app.extensions["studio"].stop()
 
 

@@ -10,9 +10,7 @@ status line and headers as they crossed the socket. It prints tables; it is a be
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
-import json
 import logging
 import shutil
 import statistics
@@ -20,75 +18,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from PIL import Image
+from bench.fill import fill_jobs
+from bench.fill import make_rows  # noqa: F401 - other benches import it from here
 
 HTMX = {"HX-Request": "true"}
-STATUSES = ("completed", "completed", "completed", "error", "stalled")
-WORKFLOWS = (
-    ("txt2img-example", "Text to image (example)"),
-    ("img2vid-example", "Image to video (example)"),
-    ("scenes-example", "Scenes (example)"),
-)
-BASE_TIME = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.timezone.utc)
-
-
-def make_rows(count: int, start: int = 0, with_files: Path | None = None) -> list[dict]:
-    """Job rows shaped like real ones (prompts, seeds, one output image each), newest first by index."""
-    rows = []
-    for index in range(start, start + count):
-        workflow_id, workflow_name = WORKFLOWS[index % len(WORKFLOWS)]
-        status = STATUSES[index % len(STATUSES)]
-        queued_at = BASE_TIME - datetime.timedelta(seconds=30 * index)
-        output_dir = f"{queued_at:%Y%m%d_%H%M%S}_{index:06x}"
-        ref = {"filename": "final_00001_.png", "subfolder": f"comfyui-studio/{output_dir}", "type": "output"}
-        if with_files is not None:
-            path = with_files / ref["subfolder"] / ref["filename"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (64, 64), (index * 7 % 256, 120, 200)).save(path)
-        rows.append({
-            "prompt_id": str(uuid.UUID(int=index + 1)),
-            "workflow_id": workflow_id,
-            "workflow_name": workflow_name,
-            "status": status,
-            "queued_at": queued_at,
-            "started_at": queued_at + datetime.timedelta(seconds=2),
-            "finished_at": queued_at + datetime.timedelta(seconds=44),
-            "duration": 42.0,
-            "params": {
-                "positive_prompt": f"a lighthouse on a cliff at dusk, volumetric light, film grain, number {index}",
-                "negative_prompt": "blurry, low quality",
-                "seed": -1,
-                "steps": 20,
-            },
-            "seeds": {"seed": 1000 + index},
-            "output": ref,
-            "outputs": [ref],
-            "output_dir": output_dir,
-            "error": "node KSampler (#3): RuntimeError: out of memory" if status != "completed" else None,
-        })
-    return rows
-
-
-def sqlite_converter(field):
-    """How the app stores one field's values on SQLite: JSON as text, timestamps as naive UTC text."""
-    from peewee import DateTimeField
-    from peewee import JSONField
-
-    if isinstance(field, JSONField):
-        return lambda value: None if value is None else json.dumps(value)
-    if isinstance(field, DateTimeField):
-        return lambda value: None if value is None else str(field.db_value(value))
-    return lambda value: value
-
-
 def build_store(job_count: int, files_for: int = 0):
-    """A fresh app on a temporary data folder holding ``job_count`` jobs (bulk inserted)."""
+    """A fresh app on a temporary data folder holding ``job_count`` jobs (bench.fill's bulk insert)."""
     from history import create_app
-    from history.db import database
-    from history.models import Job
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-poll-"))
     app = create_app({
@@ -97,24 +35,8 @@ def build_store(job_count: int, files_for: int = 0):
         "STUDIO_DATA_DIR": str(data_dir),
         "STUDIO_DEMO": "0",
     })
-    output_dir = app.config["STUDIO"].output_dir
-    started = time.perf_counter()
-    database.connect(reuse_if_open=True)
-    # DB-API executemany of values the model's own fields convert (JSON, UTC timestamps): several times
-    # faster than building peewee INSERTs, and the rows read back exactly like the app's own.
-    columns = list(make_rows(1)[0])
-    converters = [sqlite_converter(Job._meta.fields[name]) for name in columns]
-    placeholders = ", ".join([database.param] * len(columns))
-    sql = f"INSERT INTO job ({', '.join(columns)}) VALUES ({placeholders})"
-    batch = 5_000
-    with database.atomic():
-        cursor = database.cursor()
-        for start in range(0, job_count, batch):
-            size = min(batch, job_count - start)
-            rows = make_rows(size, start, output_dir if start < files_for else None)
-            cursor.executemany(sql, [[convert(row[name]) for convert, name in zip(converters, columns)] for row in rows])
-    database.close()
-    return app, data_dir, time.perf_counter() - started
+    seconds = fill_jobs(job_count, output_root=app.config["STUDIO"].output_dir, files_for=files_for)
+    return app, data_dir, seconds
 
 
 class LoopbackClient:

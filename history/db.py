@@ -95,7 +95,14 @@ def _v1(migrator):
     database.create_tables([Job])
 
 
-MIGRATIONS = [_v1]
+def _v2(migrator):
+    """Index workflow names, prompt ids, prompts and scene prompts for the list's search."""
+    from history import search
+
+    search.install(database)
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 def _migrator():

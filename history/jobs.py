@@ -14,8 +14,13 @@ from dataclasses import field
 from pathlib import Path
 
 
+from peewee import SQL
+from peewee import fn
+
 from history import files
+from history import search
 from history.db import database
+from history.db import is_sqlite
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import HISTORY_STATUSES
@@ -108,8 +113,8 @@ def decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
     return queued_at, prompt_id
 
 
-def filtered(history_filter: HistoryFilter):
-    """Jobs matching a filter, newest first (ties broken by prompt_id), as a chainable query."""
+def filtered(history_filter: HistoryFilter, search_text: bool = True):
+    """Jobs matching a filter (its search too, unless ``search_text`` is false), newest first (ties broken by prompt_id), as a chainable query."""
     status = Job.status
     if len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses:
         # With several statuses, completed among them, an index on status would find most of the store and
@@ -120,17 +125,86 @@ def filtered(history_filter: HistoryFilter):
     query = Job.select().where(status.in_(history_filter.statuses))
     if history_filter.workflow_id:
         query = query.where(Job.workflow_id == history_filter.workflow_id)
-    if history_filter.q:
-        needle = history_filter.q
-        # contains() is a case-insensitive LIKE that escapes % and _ itself.
-        query = query.where(
-            Job.workflow_name.contains(needle)
-            | Job.prompt_id.contains(needle)
-            | Job.params["positive_prompt"].as_text().contains(needle)
-            | Job.params["negative_prompt"].as_text().contains(needle)
-            | Job.params["scenes"].as_text().contains(needle)
-        )
+    if history_filter.q and search_text:
+        query = query.where(text_matches(history_filter.q))
     return query.order_by(Job.queued_at.desc(), Job.prompt_id.desc())
+
+
+# A search first reads the newest jobs of its filter one by one: a common word fills the page from them
+# without asking the index for its every match (100,000s at a million jobs); a rare one then takes the index.
+SEARCH_PROBE_ROWS = 2000
+
+
+def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, since: str | None, *columns) -> list:
+    """The first ``limit + 1`` jobs (or ``columns`` tuples) of a filter's window, newest first."""
+    query = window(filtered(history_filter, search_text=False), before, since)
+    if columns:
+        query = query.select(*columns).tuples()
+    needle = history_filter.q
+    if not needle:
+        return list(query.limit(limit + 1))
+    recent = _recent_matches(needle)
+    if recent is not None:
+        cutoff = query.select(Job.queued_at).tuples().limit(1).offset(SEARCH_PROBE_ROWS).scalar()
+        probe = query.where(recent)
+        if cutoff is not None:
+            probe = probe.where(Job.queued_at >= cutoff)
+        rows = list(probe.limit(limit + 1))
+        # Every job older than the cutoff is older than each of these, so they are the window's newest matches.
+        if cutoff is None or len(rows) > limit:
+            return rows
+    return list(query.where(text_matches(needle)).limit(limit + 1))
+
+
+def text_matches(needle: str):
+    """Jobs whose workflow name, prompt id, prompts or scene prompts contain ``needle`` (any case), by the search index."""
+    if not search.uses_index(needle):
+        return _document_like(needle)
+    if is_sqlite():
+        return SQL("rowid IN (SELECT rowid FROM job_search WHERE job_search MATCH ?)", [search.fts_phrase(needle)])
+    # contains() is ILIKE with % and _ escaped; the pg_trgm index is on exactly this expression.
+    return _search_text().contains(needle)
+
+
+def _search_text():
+    """The text the PostgreSQL search index holds, for the row a query reads."""
+    return fn.job_search_text(Job.workflow_name, Job.prompt_id, Job.params)
+
+
+def _recent_matches(needle: str):
+    """The same match as text_matches, read row by row (cheap over the newest rows only), or None if it could differ."""
+    if is_sqlite() and not search.sqlite_like_agrees(needle):
+        return None
+    return _document_like(needle)
+
+
+def _document_like(needle: str):
+    """A case-insensitive LIKE over the text the index holds, row by row (and for needles the index cannot serve)."""
+    if search.SEPARATOR in needle:
+        return _text_like(needle)
+    if not is_sqlite():
+        return _search_text().contains(needle)
+    pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    like = "LIKE ? ESCAPE '\\'"
+    prompts = f"({search.SQLITE_PROMPTS}) {like}"
+    if '"' not in needle and "\\" not in needle and needle.isprintable():
+        # Such a needle appears verbatim in the params' JSON text wherever it is in a prompt: a cheap
+        # LIKE on that text spares the JSON parse of every other row.
+        prompts = f"(params {like} AND {prompts})"
+        return SQL(f"(workflow_name {like} OR prompt_id {like} OR {prompts})", [pattern] * 4)
+    return SQL(f"(workflow_name {like} OR prompt_id {like} OR {prompts})", [pattern] * 3)
+
+
+def _text_like(needle: str):
+    """A case-insensitive LIKE over each stored field (scenes as their JSON text), for a needle holding the separator."""
+    # contains() is a case-insensitive LIKE that escapes % and _ itself.
+    return (
+        Job.workflow_name.contains(needle)
+        | Job.prompt_id.contains(needle)
+        | Job.params["positive_prompt"].as_text().contains(needle)
+        | Job.params["negative_prompt"].as_text().contains(needle)
+        | Job.params["scenes"].as_text().contains(needle)
+    )
 
 
 @dataclass
@@ -165,8 +239,7 @@ def history_page(
     history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None, since: str | None = None
 ) -> Page:
     """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
-    query = window(filtered(history_filter), before, since)
-    jobs = list(query.limit(limit + 1))
+    jobs = page_rows(history_filter, limit, before, since)
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     etag = _etag((history_filter, limit, before, since), ((job.prompt_id, job.status) for job in jobs))
     return Page(jobs[:limit], next_cursor, history_filter, etag)
@@ -178,8 +251,8 @@ def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = No
     One narrow query over the index that serves the list, and no template rendering; a status change of
     a listed job changes it as surely as a new job does. Equal to the ``etag`` of the same history_page.
     """
-    query = window(filtered(history_filter).select(Job.prompt_id, Job.status), before, since)
-    return _etag((history_filter, limit, before, since), query.limit(limit + 1).tuples())
+    pairs = page_rows(history_filter, limit, before, since, Job.prompt_id, Job.status)
+    return _etag((history_filter, limit, before, since), pairs)
 
 
 def _etag(request: tuple, pairs) -> str:
