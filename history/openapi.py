@@ -33,6 +33,20 @@ def _answers(*statuses: int, **own: dict) -> dict:
     return {**own, **shared}
 
 
+def _job_links(prompt_id: str, workflow_id: str) -> dict:
+    """Links from an answer naming a job (runtime expressions for its ids) to what can be done with it."""
+    return {
+        "GetJob": {"operationId": "getJob", "parameters": {"prompt_id": prompt_id}},
+        "GetJobPackage": {"operationId": "getJobPackage", "parameters": {"prompt_id": prompt_id}},
+        "DeleteJob": {"operationId": "deleteJobs", "requestBody": {"prompt_ids": [prompt_id]}},
+        "RetryJob": {
+            "operationId": "executeWorkflow",
+            "parameters": {"workflow_id": workflow_id},
+            "requestBody": {"retry_of": prompt_id},
+        },
+    }
+
+
 # Every status an /api/ route can answer with {"error": ...}, by name (components.responses).
 ERROR_RESPONSES = {
     400: ("BadRequest", "the query or the body is not valid; the message names what to fix"),
@@ -49,6 +63,9 @@ ERROR_RESPONSES = {
 GUARDED = (401, 403, 429)  # every route is behind the guard (history/web/auth.py)
 WRITE = (*GUARDED, 400, 413)  # a POST with a body
 
+_STATUS_WORD = r"\s*(" + "|".join((*STATUSES, "failed")) + r")?\s*"
+STATUS_LIST_PATTERN = f"^{_STATUS_WORD}(,{_STATUS_WORD})*$"
+
 PROMPT_ID = {
     "name": "prompt_id",
     "in": "path",
@@ -64,8 +81,21 @@ PROMPT_IDS_BODY = {
         "prompt_ids": {
             "type": "array",
             "maxItems": jobs.MAX_DELETE_IDS,
-            "items": {"type": "string", "maxLength": 256},
+            # PostgreSQL text cannot hold a NUL, so no prompt id has one (api.read_prompt_ids).
+            "items": {"type": "string", "maxLength": 256, "pattern": "^[^\\u0000]*$"},
             "description": "the jobs to act on; repeats count once, unknown ids are reported or left out",
+        },
+    },
+}
+
+PROMPT_IDS_FORM = {
+    "type": "object",
+    "properties": {
+        "prompt_ids": {
+            "anyOf": [
+                PROMPT_IDS_BODY["properties"]["prompt_ids"]["items"],
+                PROMPT_IDS_BODY["properties"]["prompt_ids"],
+            ],
         },
     },
 }
@@ -215,15 +245,17 @@ PATHS = {
                 {
                     "name": "status",
                     "in": "query",
-                    "description": "only these statuses (repeatable, or comma-separated); failed means error",
-                    "schema": {"type": "array", "items": {"type": "string", "enum": [*STATUSES, "failed"]}},
+                    "description": f"only these statuses: {', '.join(STATUSES)} (failed means error); repeatable "
+                    "or comma-separated, blanks ignored; none means the ended ones (completed, error, stalled)",
+                    "schema": {"type": "array", "items": {"type": "string", "pattern": STATUS_LIST_PATTERN}},
                     "style": "form",
                     "explode": True,
                 },
                 {
                     "name": "workflow_id",
                     "in": "query",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"},
+                    "description": "only this workflow's jobs (empty: every workflow)",
+                    "schema": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$"},
                 },
                 {
                     "name": "q",
@@ -239,14 +271,16 @@ PATHS = {
                 {
                     "name": "before",
                     "in": "query",
-                    "description": "the cursor of the previous page's Link header (opaque)",
-                    "schema": {"type": "string"},
+                    "description": "the cursor of the previous page's Link header: the last job's queued_at "
+                    "(UTC) and prompt_id, as 20261128T153012.000000Z~<prompt_id>",
+                    "schema": {"type": "string", "format": "history-cursor"},
                 },
             ],
             "responses": _answers(*GUARDED, 400, **{"200": {
                 "description": "the page of records",
                 "headers": {"Link": {"description": 'the next page: <url>; rel="next"', "schema": {"type": "string"}}},
                 "content": _json({"type": "array", "items": _ref("Job")}),
+                "links": _job_links("$response.body#/0/prompt_id", "$response.body#/0/workflow_id"),
             }}),
         },
     },
@@ -298,7 +332,8 @@ PATHS = {
                 "required": True,
                 "content": {
                     **_json(PROMPT_IDS_BODY),
-                    "application/x-www-form-urlencoded": {"schema": PROMPT_IDS_BODY},
+                    # The page's form: one prompt_ids field per checked card (none checked: none exported).
+                    "application/x-www-form-urlencoded": {"schema": PROMPT_IDS_FORM},
                 },
             },
             "responses": _answers(*WRITE, **{"200": {
@@ -318,6 +353,12 @@ PATHS = {
             "responses": _answers(*GUARDED, **{"200": {
                 "description": "every workflow, by id",
                 "content": _json({"type": "array", "items": _ref("Workflow")}),
+                "links": {
+                    "RunFirstWorkflow": {
+                        "operationId": "executeWorkflow",
+                        "parameters": {"workflow_id": "$response.body#/0/id"},
+                    },
+                },
             }}),
         },
     },
@@ -325,7 +366,14 @@ PATHS = {
         "post": {
             "operationId": "executeWorkflow",
             "summary": "Run a workflow: validate, record the job as queued, hand it to the executor",
-            "parameters": [{"name": "workflow_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{
+                "name": "workflow_id",
+                "in": "path",
+                "required": True,
+                "description": "a workflow's id, as GET /api/workflows lists them",
+                "schema": {"type": "string"},
+                "examples": {"example": {"value": "txt2img-example"}},
+            }],
             "requestBody": {
                 "required": False,
                 "content": {
@@ -347,14 +395,15 @@ PATHS = {
                 "description": "queued; Location is the job's record",
                 "headers": {"Location": {"schema": {"type": "string"}}},
                 "content": _json(_ref("Queued")),
+                "links": _job_links("$response.body#/prompt_id", "$request.path.workflow_id"),
             }}),
         },
     },
 }
 
 
-def document(url_prefix: str = "") -> dict:
-    """The OpenAPI 3.1 document, with the server URL following STUDIO_URL_PREFIX."""
+def document(url_prefix: str = "", login_required: bool = False) -> dict:
+    """The OpenAPI 3.1 document of a studio under ``url_prefix``, with or without STUDIO_ADMIN_PASSWORD."""
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -377,8 +426,8 @@ def document(url_prefix: str = "") -> dict:
                 "session": {"type": "apiKey", "in": "cookie", "name": "studio_session"},
             },
         },
-        # Without a password nothing is asked for ({}); with one, a bearer token or a login session.
-        "security": [{}, {"bearer": []}, {"session": []}],
+        # With a password, a bearer token or a login session; without one, nothing is asked for.
+        "security": [{"bearer": []}, {"session": []}] if login_required else [],
     }
 
 

@@ -59,7 +59,8 @@ def openapi_document():
     """Describe every /api/ route as OpenAPI 3.1 (history/openapi.py)."""
     from history import openapi
 
-    return jsonify(openapi.document(current_app.config["STUDIO"].url_prefix))
+    settings = current_app.config["STUDIO"]
+    return jsonify(openapi.document(settings.url_prefix, login_required=bool(settings.admin_password)))
 
 
 @bp.get("/api/admin/history")
