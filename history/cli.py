@@ -8,6 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from history import arrivals
 from history import jobs
 from history import thumbnails
 from history.db import connection
@@ -36,6 +37,12 @@ def import_command(source):
     for refused in report.refused:
         click.echo(f"refused record {refused['index']} ({refused['prompt_id']}): {refused['error']}", err=True)
     click.echo(report.summary())
+    # Their card thumbnails now, so the first page that lists them does not wait for Pillow.
+    refused_at = {refused["index"] for refused in report.refused}
+    made = arrivals.make_for([record for index, record in enumerate(records) if index not in refused_at],
+                             current_app.config["STUDIO"])
+    if made:
+        click.echo(f"made {made} thumbnails")
     if report.refused:
         sys.exit(1)
 

@@ -22,6 +22,7 @@ import uuid
 from history import db
 from history import files
 from history import thumbnails
+from history.arrivals import ThumbnailMaker
 from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
@@ -235,6 +236,7 @@ class Studio:
         self.runner = Runner(bus, settings.stall_seconds, settings)
         self.executor = make_executor(settings, self.runner)
         self.runner.executor = self.executor
+        self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks
         self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation
         self.demo_wanted = False
         self.demo_thread: threading.Thread | None = None
@@ -272,6 +274,7 @@ class Studio:
             # the built-in one marks them stalled now, ComfyUI's asks the server what became of them.
             self.runner.follow(prompt_id)
         self.bus.start()
+        self.thumbnails.start(self.bus)
         self.executor.start([prompt_id for prompt_id, _status in self.leftovers])
         self.runner.start()
         if self.demo_wanted:
@@ -291,6 +294,7 @@ class Studio:
         if started:
             self.executor.stop()
         self.bus.stop()
+        self.thumbnails.stop()
 
     # ---- running a workflow ------------------------------------------------------------------------
 
