@@ -102,7 +102,26 @@ def _v2(migrator):
     search.install(database)
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(migrator):
+    """Add job.starred and job.bytes (the size of a job's files), and the index the starred filter pages by."""
+    from peewee import BigIntegerField
+    from peewee import BooleanField
+    from playhouse.migrate import migrate as run
+
+    # A store created by _v1 from today's model has these already; one from before them gets them here.
+    columns = {column.name for column in database.get_columns("job")}
+    steps = []
+    if "starred" not in columns:
+        steps.append(migrator.add_column("job", "starred", BooleanField(default=False)))
+    if "bytes" not in columns:
+        steps.append(migrator.add_column("job", "bytes", BigIntegerField(null=True)))
+    indexes = {index.name for index in database.get_indexes("job")}
+    if "job_starred_queued_at_prompt_id" not in indexes:
+        steps.append(migrator.add_index("job", ("starred", "queued_at", "prompt_id"), False))
+    run(*steps)
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 def _migrator():

@@ -110,6 +110,23 @@ def folder_usage(folder: Path) -> tuple[int, int]:
     return files, size
 
 
+def job_bytes(output_root: Path, output_dir: str | None, outputs: list | None) -> int:
+    """The bytes of a job's files: its folder when it has one, else its output references (ComfyUI's own jobs)."""
+    if output_dir:
+        try:
+            return folder_usage(job_folder(output_root, output_dir))[1]
+        except UnsafePath:
+            return 0
+    size = 0
+    for ref in outputs or []:
+        if isinstance(ref, dict) and ref.get("type", "output") == "output":
+            try:
+                size += output_file(output_root, ref).stat().st_size
+            except (UnsafePath, OSError):
+                continue
+    return size
+
+
 TOMBSTONE_PREFIX = ".deleting-"
 
 
@@ -128,6 +145,35 @@ def remove_folder(folder: Path, then=None) -> tuple[int, int]:
     next delete of the job or the start-up sweep (jobs.finish_interrupted_deletes) carries on from, or an
     empty tombstone and no record (5). A removal that fails (permissions) puts back what is left and raises.
     """
+    removed = _clear_folder(folder)
+    if then is not None:
+        then()
+    _drop_tombstone(tombstone_of(folder))
+    return removed
+
+
+def remove_folders(folders: list[Path], then) -> dict[Path, tuple[int, int] | Exception]:
+    """Delete many job folders as remove_folder deletes one, with one ``then(removed)`` for all that went.
+
+    Steps 1-3 run for each folder, then ``then`` gets the folders whose files are gone (the caller removes
+    their records in one transaction), then their tombstones go: a crash leaves each job as remove_folder
+    would. Answers (files, bytes) per folder, or the error that kept it (it is then whole, as before).
+    """
+    results: dict[Path, tuple[int, int] | Exception] = {}
+    for folder in folders:
+        try:
+            results[folder] = _clear_folder(folder)
+        except (OSError, UnsafePath) as error:
+            results[folder] = error
+    cleared = [folder for folder, result in results.items() if not isinstance(result, Exception)]
+    then(cleared)
+    for folder in cleared:
+        _drop_tombstone(tombstone_of(folder))
+    return results
+
+
+def _clear_folder(folder: Path) -> tuple[int, int]:
+    """Steps 1-3 of remove_folder: the folder moved into its tombstone and removed there; (files, bytes)."""
     tombstone = tombstone_of(folder)
     moved = tombstone / folder.name
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -151,9 +197,6 @@ def remove_folder(folder: Path, then=None) -> tuple[int, int]:
                 os.replace(moved, folder)
                 _drop_tombstone(tombstone)
             raise
-    if then is not None:
-        then()
-    _drop_tombstone(tombstone)
     return files, size
 
 

@@ -5,6 +5,8 @@ two renderings of one result. No Flask import.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -24,6 +26,8 @@ from history.db import is_sqlite
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import HISTORY_STATUSES
+from history.models import RETRYABLE_STATUSES
+from history.models import iso
 from history.models import known_status
 from history.models import STATUSES
 from history.models import Job
@@ -47,18 +51,31 @@ class InvalidQuery(ValueError):
 
 @dataclass(frozen=True)
 class HistoryFilter:
-    """What narrows the history list: statuses, a workflow, a text search."""
+    """What narrows the history list: statuses, a workflow, a text search, stars, a time window, a failure cause."""
 
     statuses: tuple[str, ...] = HISTORY_STATUSES
     workflow_id: str | None = None
     q: str | None = None
+    starred: bool | None = None
+    # A half-open window [queued_after, queued_before): a selection's moment, or one day of the Storage panel.
+    queued_before: datetime.datetime | None = None
+    queued_after: datetime.datetime | None = None
+    cause: str | None = None
 
     @classmethod
-    def parse(cls, statuses=None, workflow_id=None, q=None) -> "HistoryFilter":
+    def parse(
+        cls, statuses=None, workflow_id=None, q=None, starred=None, queued_before=None, queued_after=None, cause=None
+    ) -> "HistoryFilter":
         """Validate raw query values (lists of strings) into a filter; raise InvalidQuery."""
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        if statuses is not None and not isinstance(statuses, (list, tuple)):
+            raise InvalidQuery("status must be a status or a list of statuses")
         chosen = []
         for raw in statuses or []:
-            for given in str(raw).split(","):
+            if not isinstance(raw, str):
+                raise InvalidQuery("status must be a status or a list of statuses")
+            for given in raw.split(","):
                 given = given.strip()
                 if not given:
                     continue
@@ -69,14 +86,46 @@ class HistoryFilter:
                     chosen.append(status)
         if workflow_id in ("", None):
             workflow_id = None
-        elif not WORKFLOW_ID_PATTERN.match(workflow_id):
+        elif not isinstance(workflow_id, str) or not WORKFLOW_ID_PATTERN.match(workflow_id):
             raise InvalidQuery(f"workflow_id {workflow_id!r} is not a workflow id")
+        if q is not None and not isinstance(q, str):
+            raise InvalidQuery("q must be a string")
         q = (q or "").strip() or None
         if q is not None and len(q) > MAX_QUERY_LENGTH:
             raise InvalidQuery(f"q is longer than {MAX_QUERY_LENGTH} characters")
         if q is not None and "\x00" in q:
             raise InvalidQuery("q contains a NUL byte")
-        return cls(tuple(sorted(chosen, key=STATUSES.index)) or HISTORY_STATUSES, workflow_id, q)
+        if cause in ("", None):
+            cause = None
+        elif not isinstance(cause, str) or not CAUSE_PATTERN.match(cause):
+            raise InvalidQuery("cause must be a cause id from the Failures view")
+        return cls(
+            tuple(sorted(chosen, key=STATUSES.index)) or HISTORY_STATUSES,
+            workflow_id,
+            q,
+            parse_starred(starred),
+            parse_instant(queued_before, "queued_before"),
+            parse_instant(queued_after, "queued_after"),
+            cause,
+        )
+
+    @classmethod
+    def from_args(cls, args) -> "HistoryFilter":
+        """The filter of a query string (a MultiDict); raise InvalidQuery."""
+        return cls.parse(
+            args.getlist("status"), args.get("workflow_id"), args.get("q"), args.get("starred"),
+            args.get("queued_before"), args.get("queued_after"), args.get("cause"),
+        )
+
+    @classmethod
+    def from_json(cls, payload) -> "HistoryFilter":
+        """The ``filter`` object of a bulk request; raise InvalidQuery naming the field."""
+        if not isinstance(payload, dict):
+            raise InvalidQuery("filter must be an object like {\"status\": [\"error\"], \"queued_before\": \"...\"}")
+        unknown = sorted(set(payload) - set(FILTER_FIELDS))
+        if unknown:
+            raise InvalidQuery(f"filter: unknown field {unknown[0]!r}; use {', '.join(FILTER_FIELDS)}")
+        return cls.parse(*(payload.get(name) for name in FILTER_FIELDS))
 
     def query_args(self) -> dict:
         """The filter as query-string arguments (defaults left out)."""
@@ -87,12 +136,68 @@ class HistoryFilter:
             args["workflow_id"] = self.workflow_id
         if self.q:
             args["q"] = self.q
+        if self.starred is not None:
+            args["starred"] = "1" if self.starred else "0"
+        if self.queued_before is not None:
+            args["queued_before"] = iso_z(self.queued_before)
+        if self.queued_after is not None:
+            args["queued_after"] = iso_z(self.queued_after)
+        if self.cause:
+            args["cause"] = self.cause
         return args
+
+    def to_json(self) -> dict:
+        """The filter in the shape of a bulk request's ``filter``."""
+        args = self.query_args()
+        args["status"] = list(self.statuses)
+        if "starred" in args:
+            args["starred"] = self.starred
+        return args
+
+    def replace(self, **changes) -> "HistoryFilter":
+        """The same filter with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def is_default(self) -> bool:
         """Whether nothing narrows the list."""
         return not self.query_args()
+
+
+# The fields of a bulk request's filter, in HistoryFilter.parse's order.
+FILTER_FIELDS = ("status", "workflow_id", "q", "starred", "queued_before", "queued_after", "cause")
+CAUSE_PATTERN = re.compile(r"^[0-9a-f]{12}$")
+
+
+def parse_starred(raw) -> bool | None:
+    """``starred`` of a filter: true, false or absent (1/0, true/false, on in a form); raise InvalidQuery."""
+    if raw is None or raw == "" or isinstance(raw, bool):
+        return None if raw == "" else raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if isinstance(raw, str) and raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise InvalidQuery("starred must be 1 or 0 (true or false)")
+
+
+def parse_instant(raw, name: str) -> datetime.datetime | None:
+    """An ISO 8601 time of a filter (naive means UTC) as aware UTC, or None; raise InvalidQuery."""
+    if raw in (None, ""):
+        return None
+    if not isinstance(raw, str) or len(raw) > 40:
+        raise InvalidQuery(f"{name} must be an ISO 8601 time such as 2026-11-28T12:00:00Z")
+    try:
+        parsed = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise InvalidQuery(f"{name} must be an ISO 8601 time such as 2026-11-28T12:00:00Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+def iso_z(value: datetime.datetime) -> str:
+    """A UTC time as ISO 8601 with a Z (short in a URL)."""
+    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def encode_cursor(job: Job) -> str:
@@ -127,6 +232,14 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True):
         query = query.where(Job.workflow_id == history_filter.workflow_id)
     if history_filter.q and search_text:
         query = query.where(text_matches(history_filter.q))
+    if history_filter.starred is not None:
+        query = query.where(Job.starred == history_filter.starred)
+    if history_filter.queued_before is not None:
+        query = query.where(Job.queued_at < history_filter.queued_before)
+    if history_filter.queued_after is not None:
+        query = query.where(Job.queued_at >= history_filter.queued_after)
+    if history_filter.cause:
+        query = query.where(Job.error.in_(cause_messages(history_filter.cause)))
     return query.order_by(Job.queued_at.desc(), Job.prompt_id.desc())
 
 
@@ -241,26 +354,26 @@ def history_page(
     """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
     jobs = page_rows(history_filter, limit, before, since)
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    etag = _etag((history_filter, limit, before, since), ((job.prompt_id, job.status) for job in jobs))
+    etag = _etag((history_filter, limit, before, since), ((job.prompt_id, job.status, job.starred) for job in jobs))
     return Page(jobs[:limit], next_cursor, history_filter, etag)
 
 
 def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = None, since: str | None = None) -> str:
-    """The ETag of a shown page: its ordered (prompt_id, status) pairs, whether more follow, and the filter.
+    """The ETag of a shown page: its ordered (prompt_id, status, starred) rows, whether more follow, and the filter.
 
-    One narrow query over the index that serves the list, and no template rendering; a status change of
-    a listed job changes it as surely as a new job does. Equal to the ``etag`` of the same history_page.
+    One narrow query over the index that serves the list, and no template rendering; a status change (or
+    a star) of a listed job changes it as surely as a new job does. Equal to the ``etag`` of the same history_page.
     """
-    pairs = page_rows(history_filter, limit, before, since, Job.prompt_id, Job.status)
+    pairs = page_rows(history_filter, limit, before, since, Job.prompt_id, Job.status, Job.starred)
     return _etag((history_filter, limit, before, since), pairs)
 
 
-def _etag(request: tuple, pairs) -> str:
-    """A digest of what a list request asked for and the (prompt_id, status) rows it found."""
+def _etag(request: tuple, rows) -> str:
+    """A digest of what a list request asked for and the (prompt_id, status, starred) rows it found."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr(request).encode())
-    for prompt_id, status in pairs:
-        digest.update(f"{prompt_id}\x1f{status}\x1e".encode())
+    for prompt_id, status, starred in rows:
+        digest.update(f"{prompt_id}\x1f{status}\x1f{int(bool(starred))}\x1e".encode())
     return digest.hexdigest()
 
 
@@ -356,46 +469,87 @@ def delete_usage(prompt_ids: list[str], output_root: Path) -> dict:
     return usage
 
 
-def delete_jobs(prompt_ids: list[str], output_root: Path) -> DeleteReport:
+DELETE_BATCH = 500
+
+
+def delete_jobs(
+    prompt_ids: list[str], output_root: Path, keep_starred: bool = False, batch: int = DELETE_BATCH
+) -> DeleteReport:
     """Delete jobs and their output folders: the files first, the record only once they are gone.
 
     A job whose folder cannot be removed keeps its record and is reported in ``failed`` with the reason;
-    queued and running jobs are refused. Another job's record that names the same folder keeps it.
-    A process killed mid-way leaves each job whole or in its tombstone (files.remove_folder), and a later
+    queued and running jobs are refused (and starred ones, with ``keep_starred``). A folder that another
+    job's record names too stays until its last record goes. Work goes ``batch`` jobs at a time (one
+    query to read them, one transaction to remove their records), so 100,000 jobs take one request.
+    A process killed mid-way leaves each job whole or in its tombstone (files.remove_folders), and a later
     delete of the same id, or finish_interrupted_deletes at start-up, completes it.
     """
     report = DeleteReport()
-    for prompt_id in fold_ids(prompt_ids):
-        job = get_job(prompt_id)
+    ids = fold_ids(prompt_ids)
+    for start in range(0, len(ids), batch):
+        _delete_batch(ids[start:start + batch], output_root, keep_starred, report)
+    return report
+
+
+def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, report: DeleteReport) -> None:
+    """Delete one batch of jobs (see delete_jobs), adding to ``report`` in the order of the ids."""
+    found = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(prompt_ids))}
+    doomed = []
+    for prompt_id in prompt_ids:
+        job = found.get(prompt_id)
         if job is None:
             report.not_found.append(prompt_id)
-            continue
-        if job.status in ACTIVE_STATUSES:
+        elif job.status in ACTIVE_STATUSES:
             report.failed.append({"prompt_id": prompt_id, "error": f"job is {job.status}; wait until it ends", "status": 409})
+        elif keep_starred and job.starred:
+            report.failed.append({"prompt_id": prompt_id, "error": "job is starred; unstar it or include starred jobs", "status": 409})
+        else:
+            doomed.append(job)
+    # A folder goes with its last record: imports can make two records name one folder.
+    holders = dict(
+        Job.select(Job.output_dir, fn.COUNT(SQL("*")))
+        .where(Job.output_dir.in_(list({job.output_dir for job in doomed if job.output_dir})))
+        .group_by(Job.output_dir)
+        .tuples()
+    )
+    going = collections.Counter(job.output_dir for job in doomed if job.output_dir)
+    folder_of: dict[str, Path] = {}
+    outcome: dict[str, object] = {}  # prompt_id -> the job's folder, None (record only) or an error entry
+    for job in doomed:
+        if not job.output_dir or holders.get(job.output_dir, 0) > going[job.output_dir]:
+            outcome[job.prompt_id] = None
             continue
-
-        def remove_record(prompt_id=prompt_id):
-            with database.atomic():
-                Job.delete().where(Job.prompt_id == prompt_id).execute()
-
         try:
-            if job.output_dir and not _folder_shared(job):
-                folder = files.job_folder(output_root, job.output_dir)
-                count, size = files.remove_folder(folder, then=remove_record)
-                report.files_removed += count
-                report.bytes_freed += size
-            else:
-                remove_record()
+            outcome[job.prompt_id] = folder_of.setdefault(job.output_dir, files.job_folder(output_root, job.output_dir))
         except files.UnsafePath as error:
-            report.failed.append({"prompt_id": prompt_id, "error": f"refused: {error}", "status": 400})
-            continue
-        except OSError as error:
-            log.warning("could not delete files of %s: %s", prompt_id, error)
-            report.failed.append({"prompt_id": prompt_id, "error": f"could not delete its files: {error.strerror or error}", "status": 500})
-            continue
-        report.deleted.append(prompt_id)
-        report.deleted_jobs.append(job.to_dict())
-    return report
+            outcome[job.prompt_id] = {"prompt_id": job.prompt_id, "error": f"refused: {error}", "status": 400}
+
+    def remove_records(cleared: list[Path]) -> None:
+        cleared = set(cleared)
+        gone = [prompt_id for prompt_id, where in outcome.items() if where is None or (isinstance(where, Path) and where in cleared)]
+        with database.atomic():
+            Job.delete().where(Job.prompt_id.in_(gone) & Job.status.not_in(ACTIVE_STATUSES)).execute()
+
+    results = files.remove_folders(list(dict.fromkeys(folder_of.values())), then=remove_records)
+    for folder, result in results.items():
+        if not isinstance(result, Exception):
+            report.files_removed += result[0]
+            report.bytes_freed += result[1]
+    for job in doomed:
+        where = outcome[job.prompt_id]
+        result = results.get(where) if isinstance(where, Path) else None
+        if isinstance(where, dict):
+            report.failed.append(where)
+        elif isinstance(result, files.UnsafePath):
+            report.failed.append({"prompt_id": job.prompt_id, "error": f"refused: {result}", "status": 400})
+        elif isinstance(result, OSError):
+            log.warning("could not delete files of %s: %s", job.prompt_id, result)
+            report.failed.append({
+                "prompt_id": job.prompt_id, "error": f"could not delete its files: {result.strerror or result}", "status": 500,
+            })
+        else:
+            report.deleted.append(job.prompt_id)
+            report.deleted_jobs.append(job.to_dict())
 
 
 def finish_interrupted_deletes(output_root: Path) -> int:
@@ -433,7 +587,8 @@ def _folder_shared(job: Job) -> bool:
 
 RECORD_FIELDS = (
     "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
-    "duration", "params", "seeds", "input_image", "output", "outputs", "output_dir", "error", "retry_of",
+    "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir", "error",
+    "retry_of",
 )
 
 
@@ -527,6 +682,17 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     values["outputs"] = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(outputs)]
     output = record.get("output")
     values["output"] = _check_ref(output, "output", output_root) if output is not None else best_output(values["outputs"])
+    starred = record.get("starred", False)
+    if not isinstance(starred, bool):
+        raise InvalidRecord("starred must be true or false")
+    values["starred"] = starred
+    size = record.get("bytes")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise InvalidRecord("bytes must be a whole number of bytes or null")
+    if output_root is not None and status not in ACTIVE_STATUSES:
+        # Measured here, on this disk; a record whose files are not (yet) here keeps the size it came with.
+        size = files.job_bytes(output_root, output_dir, values["outputs"]) or size or 0
+    values["bytes"] = size
     return values
 
 
@@ -566,12 +732,252 @@ def import_records(records, output_root: Path | None = None) -> ImportReport:
     return report
 
 
-def export_records(statuses: tuple[str, ...] | None = None, prompt_ids: list[str] | None = None):
-    """Every record (optionally of some statuses, or of these ids), newest first, in the API's shape."""
-    query = Job.select().order_by(Job.queued_at.desc(), Job.prompt_id.desc())
+def export_records(
+    statuses: tuple[str, ...] | None = None, prompt_ids: list[str] | None = None, history_filter: HistoryFilter | None = None
+):
+    """Every record (optionally of some statuses, these ids, or a filter), newest first, in the API's shape."""
+    query = filtered(history_filter) if history_filter is not None else Job.select()
+    query = query.order_by(Job.queued_at.desc(), Job.prompt_id.desc())
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if prompt_ids is not None:
         query = query.where(Job.prompt_id.in_(prompt_ids))
     for job in query.iterator():
         yield job.to_dict()
+
+
+# ---- stars and bulk actions over a filter ---------------------------------------------------------
+
+def star_jobs(prompt_ids: list[str], starred: bool) -> tuple[list[str], list[str]]:
+    """Star or unstar jobs; return (updated, not_found) in the order of the ids."""
+    ids = fold_ids(prompt_ids)
+    found: set[str] = set()
+    with database.atomic():
+        for start in range(0, len(ids), DELETE_BATCH):
+            chunk = ids[start:start + DELETE_BATCH]
+            found.update(row[0] for row in Job.select(Job.prompt_id).where(Job.prompt_id.in_(chunk)).tuples())
+            Job.update(starred=bool(starred)).where(Job.prompt_id.in_(chunk)).execute()
+    return [prompt_id for prompt_id in ids if prompt_id in found], [prompt_id for prompt_id in ids if prompt_id not in found]
+
+
+class CountChanged(Exception):
+    """A bulk action's filter no longer matches the number of jobs the person confirmed."""
+
+    def __init__(self, count: int, expect: int):
+        super().__init__(f"the filter now matches {count} jobs, not {expect}; nothing was changed")
+        self.count = count
+        self.expect = expect
+
+
+def removable(history_filter: HistoryFilter, include_starred: bool = False):
+    """The jobs a delete over a filter takes: ended ones, starred ones only when asked."""
+    query = filtered(history_filter).where(Job.status.not_in(ACTIVE_STATUSES))
+    if not include_starred:
+        query = query.where(Job.starred == False)  # noqa: E712 (a SQL comparison, not a Python one)
+    return query
+
+
+def retryable(history_filter: HistoryFilter):
+    """The jobs a retry over a filter takes: its error and stalled ones."""
+    statuses = tuple(status for status in history_filter.statuses if status in RETRYABLE_STATUSES)
+    return filtered(history_filter.replace(statuses=statuses))  # none of them: matches nothing
+
+
+def matching_ids(query, expect: int | None) -> list[str]:
+    """The ids a bulk query matches now, newest first; raise CountChanged when they are not ``expect``."""
+    ids = [row[0] for row in query.select(Job.prompt_id).tuples()]
+    if expect is not None and len(ids) != expect:
+        raise CountChanged(len(ids), expect)
+    return ids
+
+
+def removal_usage(history_filter: HistoryFilter, include_starred: bool = False) -> dict:
+    """What a delete over a filter would take, from the store (no disk walk): jobs, bytes, and its stars."""
+    jobs_count, size = (
+        removable(history_filter, include_starred).select(fn.COUNT(SQL("*")), fn.SUM(Job.bytes)).order_by().tuples().get()
+    )
+    starred = (
+        filtered(history_filter.replace(starred=True))
+        .where(Job.status.not_in(ACTIVE_STATUSES))
+        .select(fn.COUNT(SQL("*")))
+        .order_by()
+        .scalar()
+    )
+    if history_filter.starred is False:
+        starred = 0
+    return {"jobs": jobs_count, "bytes": int(size or 0), "starred": starred, "include_starred": include_starred}
+
+
+def delete_matching(
+    history_filter: HistoryFilter, output_root: Path, expect: int | None = None, include_starred: bool = False
+) -> DeleteReport:
+    """Delete what a filter matches now, if that is ``expect`` jobs (else CountChanged and nothing changes)."""
+    ids = matching_ids(removable(history_filter, include_starred), expect)
+    return delete_jobs(ids, output_root, keep_starred=not include_starred)
+
+
+# ---- failures grouped by cause --------------------------------------------------------------------
+
+# What varies between two reports of one failure: ids, paths, numbers. Replaced in this order.
+CAUSE_NOISE = (
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "<id>"),
+    (re.compile(r"\b(?=[0-9a-fA-F]*[0-9])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<id>"),
+    (re.compile(r"(?:[A-Za-z]:)?[\w.~-]*(?:[\\/][\w.~-]+)+[\\/]?"), "<path>"),
+    (re.compile(r"\d+(?:[.,]\d+)*"), "N"),
+    (re.compile(r"\s+"), " "),
+)
+NODE_PATTERN = re.compile(r"^node (?P<node>.+?) \(#[^)]*\): (?:(?P<exception>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning|Fault)):)?")
+NO_MESSAGE = "(no message)"
+
+
+def failure_cause(message: str | None) -> str:
+    """The cause of a failure: its message with numbers, paths and ids normalised away."""
+    text = (message or "").strip() or NO_MESSAGE
+    for pattern, replacement in CAUSE_NOISE:
+        text = pattern.sub(replacement, text)
+    return text.strip()[:500]
+
+
+def cause_id(cause: str) -> str:
+    """A short stable id for a cause, for URLs and forms."""
+    return hashlib.blake2b(cause.encode(), digest_size=6).hexdigest()
+
+
+def cause_messages(cause: str) -> list[str]:
+    """Every stored error message of failed and stalled jobs that has this cause id."""
+    rows = (
+        Job.select(Job.error)
+        .where(Job.status.in_(RETRYABLE_STATUSES))
+        .distinct()
+        .tuples()
+    )
+    return [message for (message,) in rows if message is not None and cause_id(failure_cause(message)) == cause]
+
+
+@dataclass
+class FailureGroup:
+    """Failed and stalled jobs of one cause: how many, when, which workflows."""
+
+    cause: str
+    text: str
+    node: str | None
+    exception: str | None
+    example: str
+    count: int = 0
+    newest: datetime.datetime | None = None
+    oldest: datetime.datetime | None = None
+    workflows: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def history_filter(self) -> HistoryFilter:
+        """The filter that lists this group's jobs."""
+        return HistoryFilter(statuses=RETRYABLE_STATUSES, cause=self.cause)
+
+    def to_dict(self) -> dict:
+        """The group in the API's shape."""
+        return {
+            "cause": self.cause, "text": self.text, "node": self.node, "exception": self.exception,
+            "example": self.example, "count": self.count, "newest": iso(self.newest), "oldest": iso(self.oldest),
+            "workflows": self.workflows, "statuses": self.statuses,
+        }
+
+
+def failure_groups() -> list[FailureGroup]:
+    """Failed and stalled jobs grouped by cause, the largest group first.
+
+    One grouped query by exact message (the store does the counting); messages that differ only in
+    numbers, paths or ids then fold into one cause here.
+    """
+    rows = (
+        Job.select(
+            Job.error, Job.workflow_id, Job.status, fn.COUNT(SQL("*")),
+            fn.MIN(Job.queued_at), fn.MAX(Job.queued_at),
+        )
+        .where(Job.status.in_(RETRYABLE_STATUSES))
+        .group_by(Job.error, Job.workflow_id, Job.status)
+        .tuples()
+    )
+    groups: dict[str, FailureGroup] = {}
+    for message, workflow_id, status, count, oldest, newest in rows:
+        oldest, newest = Job.queued_at.python_value(oldest), Job.queued_at.python_value(newest)
+        text = failure_cause(message)
+        key = cause_id(text)
+        group = groups.get(key)
+        if group is None:
+            parsed = NODE_PATTERN.match(message or "")
+            group = groups[key] = FailureGroup(
+                key, text, parsed and parsed["node"], parsed and parsed["exception"], message or NO_MESSAGE,
+            )
+        group.count += count
+        group.workflows[workflow_id] = group.workflows.get(workflow_id, 0) + count
+        group.statuses[status] = group.statuses.get(status, 0) + count
+        if group.newest is None or newest > group.newest:
+            group.newest, group.example = newest, message or NO_MESSAGE
+        if group.oldest is None or oldest < group.oldest:
+            group.oldest = oldest
+    return sorted(groups.values(), key=lambda group: (-group.count, -group.newest.timestamp()))
+
+
+# ---- storage at a glance --------------------------------------------------------------------------
+
+STATS_DAYS = 30
+
+
+def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) -> dict:
+    """Counts and bytes by status, by workflow and by day (the last ``days`` UTC days), and the oldest job.
+
+    Bytes are the ones each record keeps (measured when it ended or was imported): sums over the store,
+    never a walk of the disk. Two grouped queries and one probe of the queued_at index.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    by_status: dict[str, dict] = {}
+    by_workflow: dict[str, dict] = {}
+    total = {"jobs": 0, "bytes": 0}
+    rows = (
+        Job.select(Job.status, Job.workflow_id, fn.COUNT(SQL("*")), fn.SUM(Job.bytes), fn.COUNT(Job.bytes))
+        .group_by(Job.status, Job.workflow_id)
+        .tuples()
+    )
+    unmeasured = 0
+    for status, workflow_id, count, size, measured in rows:
+        size = int(size or 0)
+        if status not in ACTIVE_STATUSES:
+            unmeasured += count - int(measured)
+        for bucket, key, label in ((by_status, status, "status"), (by_workflow, workflow_id, "workflow_id")):
+            entry = bucket.setdefault(key, {label: key, "jobs": 0, "bytes": 0})
+            entry["jobs"] += count
+            entry["bytes"] += size
+        total["jobs"] += count
+        total["bytes"] += size
+    names = dict(workflow_choices()) if by_workflow else {}
+    for workflow_id, entry in by_workflow.items():
+        entry["workflow_name"] = names.get(workflow_id, workflow_id)
+    first_day = (now.astimezone(datetime.timezone.utc) - datetime.timedelta(days=days - 1)).date()
+    start = datetime.datetime.combine(first_day, datetime.time(), tzinfo=datetime.timezone.utc)
+    day = fn.date(Job.queued_at).coerce(False)
+    by_day = {
+        (first_day + datetime.timedelta(days=offset)).isoformat(): {
+            "day": (first_day + datetime.timedelta(days=offset)).isoformat(), "jobs": {}, "bytes": 0,
+        }
+        for offset in range(days)
+    }
+    rows = (
+        Job.select(day, Job.status, fn.COUNT(SQL("*")), fn.SUM(Job.bytes))
+        .where(Job.queued_at >= start)
+        .group_by(day, Job.status)
+        .tuples()
+    )
+    for stamp, status, count, size in rows:
+        entry = by_day.get(str(stamp)[:10])
+        if entry is not None:
+            entry["jobs"][status] = entry["jobs"].get(status, 0) + count
+            entry["bytes"] += int(size or 0)
+    oldest = Job.select(Job.prompt_id, Job.queued_at).order_by(Job.queued_at, Job.prompt_id).first()
+    return {
+        "total": {**total, "unmeasured": unmeasured},
+        "by_status": sorted(by_status.values(), key=lambda entry: STATUSES.index(entry["status"]) if entry["status"] in STATUSES else 99),
+        "by_workflow": sorted(by_workflow.values(), key=lambda entry: (-entry["bytes"], -entry["jobs"], entry["workflow_id"])),
+        "by_day": list(by_day.values()),
+        "oldest": {"prompt_id": oldest.prompt_id, "queued_at": iso(oldest.queued_at)} if oldest else None,
+    }

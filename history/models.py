@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import datetime
 
+from peewee import BigIntegerField
+from peewee import BooleanField
 from peewee import CharField
 from peewee import DateTimeField
 from peewee import FloatField
@@ -78,6 +80,10 @@ class Job(BaseModel):
     output_dir = CharField(max_length=128, null=True, index=True)
     error = TextField(null=True)
     retry_of = CharField(max_length=64, null=True, index=True)
+    starred = BooleanField(default=False)
+    # The size of the job's files, measured when it ends or is imported (None until then), so totals
+    # are a sum over the store and never a walk of the disk.
+    bytes = BigIntegerField(null=True)
 
     class Meta:
         table_name = "job"
@@ -86,6 +92,7 @@ class Job(BaseModel):
             (("queued_at", "prompt_id"), False),
             (("status", "queued_at", "prompt_id"), False),
             (("workflow_id", "queued_at", "prompt_id"), False),
+            (("starred", "queued_at", "prompt_id"), False),
         )
 
     @property
@@ -119,6 +126,8 @@ class Job(BaseModel):
             "input_image": self.input_image,
             "output": self.output,
             "outputs": self.outputs or [],
+            "starred": bool(self.starred),
+            "bytes": self.bytes,
             "output_dir": self.output_dir,
             "error": self.error,
             "retry_of": self.retry_of,

@@ -158,7 +158,9 @@ class Runner:
             started_at = job.started_at
             # Duration is the run, never the queue wait; a job that never started has none.
             duration = max(0.0, (at - started_at).total_seconds()) if started_at else None
-            return {"status": status, "finished_at": at, "duration": duration, **values}
+            # Measured once, as the job ends, so storage totals are sums over the store.
+            size = files.job_bytes(self.settings.output_dir, job.output_dir, values.get("outputs", job.outputs))
+            return {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
 
         job = self._update(prompt_id, change)
         self.unfollow(prompt_id)

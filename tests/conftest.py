@@ -25,6 +25,7 @@ from werkzeug.serving import make_server
 from history import create_app
 from history.db import database
 from history.db import release
+from history.files import job_bytes
 from history.models import Job
 
 POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
@@ -257,6 +258,9 @@ def make_job(app, db):
             "output_dir": output_dir,
             "error": "node KSampler (#3): RuntimeError: out of memory" if status in ("error", "stalled") else None,
         }
+        if status in ("completed", "error", "stalled"):
+            # Measured as the runner does when a job ends.
+            values["bytes"] = job_bytes(settings.output_dir, output_dir, outputs)
         values.update(fields)
         Job.insert(**values).execute()
         return Job.get_by_id(prompt_id)

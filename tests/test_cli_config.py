@@ -11,6 +11,7 @@ import pytest
 
 from history.config import ConfigError
 from history.config import load_settings
+from history.db import MIGRATIONS
 from history.models import STATUSES
 from history.models import Job
 
@@ -34,6 +35,8 @@ def record(number: int, status: str) -> dict:
         "input_image": f"input_{number}.png" if number % 5 == 0 else None,
         "output": {"filename": f"f_{number}.png", "subfolder": f"comfyui-studio/d{number}", "type": "output"} if status == "completed" else None,
         "outputs": [{"filename": f"f_{number}.png", "subfolder": f"comfyui-studio/d{number}", "type": "output"}] if status == "completed" else [],
+        "starred": number % 11 == 0,
+        "bytes": 2048 + number if ended else None,  # its files are not on this disk: the size it came with stays
         "output_dir": f"d{number}",
         "error": "boom" if status in ("error", "stalled") else None,
         "retry_of": f"job-{number - 1:04d}" if number % 7 == 0 and number else None,
@@ -137,8 +140,6 @@ def test_prune_thumbnails_trims_the_cache_to_a_size(runner, make_job, settings):
 def test_init_db_reports_schema_version(runner):
     result = runner.invoke(args=["history", "init-db"])
     assert result.exit_code == 0
-    from history.db import MIGRATIONS
-
     assert f"schema version {len(MIGRATIONS)}" in result.output
 
 

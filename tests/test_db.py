@@ -53,6 +53,26 @@ def test_a_new_schema_version_keeps_existing_jobs(app_config, make_job, monkeypa
         second.extensions["studio"].stop()
 
 
+def test_a_store_from_before_stars_gets_starred_and_bytes_and_keeps_its_jobs(app_config, make_job, db):
+    job = make_job(files=0)
+    # The store as the first schema left it: no starred, no bytes, no index on them.
+    database.execute_sql("DROP INDEX job_starred_queued_at_prompt_id")
+    for column in ("starred", "bytes"):
+        database.execute_sql(f"ALTER TABLE job DROP COLUMN {column}")
+    before_stars = history_db.MIGRATIONS.index(history_db._v3)
+    database.execute_sql("DELETE FROM schema_version WHERE version > %d" % before_stars)
+    database.close()
+    second = create_app(app_config)
+    try:
+        with history_db.connection():
+            assert history_db.schema_version() == len(history_db.MIGRATIONS)
+            record = Job.get_by_id(job.prompt_id).to_dict()
+            assert record["starred"] is False and record["bytes"] is None
+            assert record["workflow_name"] == job.workflow_name
+    finally:
+        second.extensions["studio"].stop()
+
+
 def test_processes_starting_together_on_an_empty_store_create_its_schema_once(db):
     # Several gunicorn workers (or servers) booting at once on a new database all migrate it.
     database.execute_sql("DROP TABLE job")
