@@ -8,6 +8,7 @@ import click
 from flask import request
 from peewee import DatabaseProxy
 from peewee import Model
+from peewee import SQL
 from peewee import SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.migrate import PostgresqlMigrator
@@ -112,7 +113,9 @@ def _v3(migrator):
     columns = {column.name for column in database.get_columns("job")}
     steps = []
     if "starred" not in columns:
-        steps.append(migrator.add_column("job", "starred", BooleanField(default=False)))
+        # One ALTER TABLE with a default in the column itself: add_column's add_not_null would rebuild the
+        # table on SQLite (dropping the search triggers), and bulk writers that name no starred get false.
+        steps.append(migrator.alter_add_column("job", "starred", BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])))
     if "bytes" not in columns:
         steps.append(migrator.add_column("job", "bytes", BigIntegerField(null=True)))
     indexes = {index.name for index in database.get_indexes("job")}

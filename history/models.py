@@ -9,6 +9,7 @@ from peewee import CharField
 from peewee import DateTimeField
 from peewee import FloatField
 from peewee import JSONField
+from peewee import SQL
 from peewee import TextField
 
 from history.db import BaseModel
@@ -80,7 +81,7 @@ class Job(BaseModel):
     output_dir = CharField(max_length=128, null=True, index=True)
     error = TextField(null=True)
     retry_of = CharField(max_length=64, null=True, index=True)
-    starred = BooleanField(default=False)
+    starred = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # bulk writers (bench/fill) name no starred
     # The size of the job's files, measured when it ends or is imported (None until then), so totals
     # are a sum over the store and never a walk of the disk.
     bytes = BigIntegerField(null=True)
