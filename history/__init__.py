@@ -7,6 +7,12 @@ from flask import Flask
 from jinja2 import ChoiceLoader
 from jinja2 import FileSystemLoader
 
+from history import cli
+from history import db
+from history import embed
+from history import jobs
+from history import studio
+from history import web
 from history.config import ConfigError
 from history.config import load_settings
 
@@ -39,33 +45,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update({k: v for k, v in test_config.items() if not k.startswith("STUDIO_")})
     app.json.sort_keys = False  # records keep the field order of DESIGN.md
 
-    from history import db
-
     db.init_app(app)
-
-    from history import cli
-
     cli.init_app(app)
-
-    from history import runner
-
-    runner.init_app(app)
-
-    from history.web import register_blueprints
-
-    register_blueprints(app, settings.url_prefix)
-
-    from history.web import auth
-
-    auth.init_app(app)  # login, the guard before every view, CSRF, security headers, body limits
-
-    from history import embed
-    from history.web import cors
-
-    cors.init_app(app)  # the fragments answer STUDIO_EMBED_ORIGINS (issue 8)
+    studio.init_app(app)
+    web.init_app(app, settings.url_prefix)
     embed.trust_proxies(app, settings)  # X-Forwarded-* when STUDIO_PROXY_FIX is set
-
-    from history import jobs
 
     with db.connection():
         jobs.finish_interrupted_deletes(settings.output_dir)  # a process killed mid-delete left tombstones
@@ -74,6 +58,4 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def init_app(host_app: Flask, url_prefix: str = "/studio", **settings_overrides) -> Flask:
     """Mount the whole studio in ``host_app`` under ``url_prefix``; return the studio app (history/embed.py)."""
-    from history import embed
-
     return embed.mount(host_app, url_prefix, **settings_overrides)

@@ -5,7 +5,7 @@ import contextlib
 import logging
 
 import click
-from flask import request
+from flask import current_app
 from peewee import DatabaseProxy
 from peewee import Model
 from peewee import SQL
@@ -164,23 +164,24 @@ def migrate() -> int:
     return current
 
 
+def connect_for_request() -> None:
+    """Open this request's connection (history.web.guard calls it); teardown closes it."""
+    if current_app.config.get("DATABASE_URL") is not None:  # a host app's own routes have no studio store
+        database.connect(reuse_if_open=True)
+
+
+def close_after_request(exc) -> None:
+    """Close this request's connection: teardown runs after exceptions too (after_request does not)."""
+    if not database.is_closed():
+        database.close()
+
+
 def init_app(app):
-    """Bind the database, migrate it, and open/close a connection around each request."""
+    """Bind the database, migrate it, and close the request's connection in teardown."""
     bind(app.config["DATABASE_URL"])
     with connection():
         migrate()
-
-    @app.before_request
-    def _connect():
-        # Static files never touch the store, so they skip the connect.
-        if request.endpoint != "static":
-            database.connect(reuse_if_open=True)
-
-    @app.teardown_request
-    def _close(exc):
-        # teardown runs after exceptions too (after_request does not).
-        if not database.is_closed():
-            database.close()
+    app.teardown_request(close_after_request)
 
     app.cli.add_command(init_db_command)
 

@@ -10,7 +10,7 @@ brings a ``base.html`` and an app-wide error handler that must not shadow the ho
 - every URL under the prefix is the studio's (SCRIPT_NAME carries the prefix, so every ``url_for`` of the
   studio, media, static and websocket URLs included, follows it);
 - ``host_app.extensions["studio_history"]``: the studio app;
-- ``url_for("studio.pages.history")`` (any studio endpoint, prefixed ``studio.``) in the host's own views
+- ``url_for("studio.history.history")`` (any studio endpoint, prefixed ``studio.``) in the host's own views
   and templates;
 - ``flask --app host studio ...``: the studio's commands (``studio history export``, ``studio init-db``).
 
@@ -118,7 +118,7 @@ def _url_builder(studio_app: Flask, url_prefix: str):
 
 def mount(host_app: Flask, url_prefix: str = "/studio", **settings_overrides) -> Flask:
     """Build the studio and serve it under ``url_prefix`` of ``host_app``; return the studio app."""
-    from history import create_app
+    from history import create_app  # here, not at the top: history/__init__.py imports this module
 
     url_prefix = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
     if not url_prefix:

@@ -1,11 +1,6 @@
 """Hands jobs to the executor, records their lifecycle, publishes events, watches for stalls.
 
-``Studio`` is what one app runs beside its requests: the event bus, the workflows, the executor and the
-``Runner`` (the executor's Reporter). Background work starts lazily, on the app's first request (or when
-``python app.py`` starts serving), never at import or in a CLI command: a ``flask history export`` must
-not reconcile the jobs of a running server. Which jobs count as "left by a previous process" is decided
-when the app is created, so jobs made after that are never mistaken for leftovers.
-
+The ``Runner`` is the Reporter every executor calls (history/studio.py builds one per app).
 Every write runs in its own ``database.atomic()`` on a connection held only for that write
 (``db.connection()``); updates are ``UPDATE ... WHERE status IN (queued, running)``, so a job that ended
 or was deleted meanwhile is never brought back.
@@ -17,19 +12,14 @@ import logging
 import secrets
 import threading
 import time
-import uuid
 
 from history import db
 from history import files
 from history import thumbnails
-from history.arrivals import ThumbnailMaker
 from history.events import EventBus
-from history.executors import make_executor
-from history.executors.base import Submission
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import ERROR
-from history.models import QUEUED
 from history.models import RUNNING
 from history.models import STALLED
 from history.models import Job
@@ -37,17 +27,8 @@ from history.models import best_output
 from history.models import card_images
 from history.models import clean_ref
 from history.models import utcnow
-from history.workflows import ValidationError
-from history.workflows import load_workflows
-from history.workflows import plan_retry
-from history.workflows import build_graph
-from history.workflows import validate_params
 
 log = logging.getLogger(__name__)
-
-
-class UnknownWorkflow(LookupError):
-    """No workflow has this id (the API answers 404)."""
 
 
 def new_output_dir(now: datetime.datetime | None = None) -> str:
@@ -225,199 +206,3 @@ class Runner:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
-
-
-class Studio:
-    """What one app runs beside its requests: the event bus, workflows, runner and executor."""
-
-    def __init__(self, settings, bus: EventBus, start_runner: bool = True):
-        self.settings = settings
-        self.bus = bus
-        self.start_runner = start_runner
-        self.workflows, self.workflow_errors = load_workflows(settings.workflows_dir)
-        self.runner = Runner(bus, settings.stall_seconds, settings)
-        self.executor = make_executor(settings, self.runner)
-        self.runner.executor = self.executor
-        self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks
-        self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation
-        self.demo_wanted = False
-        self.demo_thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._started = False
-        self._stopped = False
-
-    @property
-    def started(self) -> bool:
-        """Whether background work runs."""
-        return self._started
-
-    def snapshot_leftovers(self) -> None:
-        """Note the jobs a previous process left queued or running (they are reconciled at start)."""
-        with db.connection():
-            self.leftovers = list(
-                Job.select(Job.prompt_id, Job.status)
-                .where(Job.status.in_(ACTIVE_STATUSES))
-                .order_by(Job.queued_at)
-                .tuples()
-            )
-            # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
-            if self.settings.demo and not self.settings.comfyui_url:
-                self.demo_wanted = not Job.select().exists()
-
-    def start(self) -> None:
-        """Start the executor, reconcile leftovers, watch for stalls, and queue the demo (once)."""
-        with self._lock:
-            if self._started or self._stopped or not self.start_runner:
-                return
-            self._started = True
-        for prompt_id, _status in self.leftovers:
-            # Followed, but not watched for stalls until this process hears from them: another live process
-            # may be running them (several workers on PostgreSQL), and the executor settles them itself:
-            # the built-in one marks them stalled now, ComfyUI's asks the server what became of them.
-            self.runner.follow(prompt_id)
-        self.bus.start()
-        self.thumbnails.start(self.bus)
-        self.executor.start([prompt_id for prompt_id, _status in self.leftovers])
-        self.runner.start()
-        if self.demo_wanted:
-            from history import demo
-
-            self.demo_thread = threading.Thread(target=demo.run, args=(self,), name="studio-demo", daemon=True)
-            self.demo_thread.start()
-
-    def stop(self) -> None:
-        """Stop background work promptly (threads are daemons; this joins them)."""
-        with self._lock:
-            self._stopped = True
-            started, self._started = self._started, False
-        if self.demo_thread is not None:
-            self.demo_thread.join(timeout=10)
-        self.runner.stop()
-        if started:
-            self.executor.stop()
-        self.bus.stop()
-        self.thumbnails.stop()
-
-    # ---- running a workflow ------------------------------------------------------------------------
-
-    def workflow(self, workflow_id: str):
-        """The workflow with this id; raise UnknownWorkflow."""
-        workflow = self.workflows.get(workflow_id)
-        if workflow is None:
-            raise UnknownWorkflow(f"no workflow {workflow_id!r}: it is not installed in this studio")
-        return workflow
-
-    def retry_plan(self, job: Job):
-        """What a Retry of ``job`` would run now (workflows.plan_retry), or why it cannot run."""
-        return plan_retry(self.workflows.get(job.workflow_id), job.params, job.input_image)
-
-    def execute(self, workflow_id: str, params=None, input_image: str | None = None, retry_of: str | None = None) -> Job:
-        """Validate, record as queued, and hand a job to the executor; return the job.
-
-        Raises UnknownWorkflow, ValidationError (naming the field), or the executor's ExecutorUnavailable
-        / ExecutorRejected, in which case no record is left behind. A retry (``retry_of``) reuses the
-        original's resolved seeds, input image and (when none are given) parameters.
-        """
-        from history import jobs
-
-        workflow = self.workflow(workflow_id)
-        previous_seeds = None
-        notes: list[str] = []
-        if retry_of is not None:
-            original = jobs.get_job(retry_of) if isinstance(retry_of, str) else None
-            if original is None:
-                raise ValidationError("retry_of", f"no job with prompt_id {retry_of!r}")
-            if original.workflow_id != workflow.id:
-                raise ValidationError("retry_of", f"job {retry_of} ran {original.workflow_id}, not {workflow.id}")
-            if params is None:
-                # The recorded params, fitted to the workflow as installed now; the notes say what changed.
-                plan = plan_retry(workflow, original.params, input_image or original.input_image)
-                params, input_image, notes = plan.params, plan.input_image, plan.notes
-            elif input_image is None:
-                input_image = original.input_image
-            previous_seeds = original.seeds
-        if input_image is not None:
-            if not isinstance(input_image, str):
-                raise ValidationError("input_image", "must be a file name in the input folder")
-            try:
-                path = files.input_file(self.settings.input_dir, input_image)
-            except files.UnsafePath as error:
-                raise ValidationError("input_image", str(error)) from None
-            if "/" in input_image or not path.is_file():
-                raise ValidationError("input_image", f"no file {input_image!r} in the input folder")
-        clean, seeds = validate_params(workflow, params, input_image, previous_seeds)
-        prompt_id = str(uuid.uuid4())
-        now = utcnow()
-        output_dir = new_output_dir(now)
-        graph = build_graph(workflow, clean, seeds, output_dir, input_image)
-        with db.connection() as database:
-            with database.atomic():
-                Job.insert(
-                    prompt_id=prompt_id,
-                    workflow_id=workflow.id,
-                    workflow_name=workflow.name,
-                    status=QUEUED,
-                    queued_at=now,
-                    params=clean,
-                    seeds=seeds,
-                    input_image=input_image,
-                    outputs=[],
-                    output_dir=output_dir,
-                    retry_of=retry_of,
-                ).execute()
-            job = Job.get_by_id(prompt_id)
-        record = job.to_dict()
-        self.runner.follow(prompt_id)
-        self.bus.publish("job.queued", record)
-        try:
-            self.executor.submit(Submission(prompt_id, workflow.id, graph, output_dir, input_image))
-        except Exception:
-            # The executor never took it: no record is left behind.
-            self.runner.unfollow(prompt_id)
-            with db.connection() as database:
-                with database.atomic():
-                    Job.delete().where((Job.prompt_id == prompt_id) & (Job.status == QUEUED)).execute()
-            self.bus.publish("job.deleted", record)
-            raise
-        if retry_of is not None:
-            self.bus.publish("job.retried", record)
-        job.retry_notes = notes
-        return job
-
-
-def load_job_dict(prompt_id: str) -> dict | None:
-    """A job's API dict read from the store (for events that reach this process by id), or None."""
-    with db.connection():
-        job = Job.get_or_none(Job.prompt_id == prompt_id)
-        return job.to_dict() if job is not None else None
-
-
-def make_bus(settings) -> EventBus:
-    """The event bus: in-process for SQLite; with PostgreSQL, LISTEN/NOTIFY reaches every process."""
-    if db.is_sqlite():
-        return EventBus()
-    from history.events_pg import PostgresEventBus
-
-    return PostgresEventBus(settings.database_url, load_job=load_job_dict)
-
-
-def init_app(app) -> None:
-    """Attach the Studio to the app; its background work starts on the first request."""
-    settings = app.config["STUDIO"]
-    instance = Studio(settings, make_bus(settings), start_runner=bool(app.config.get("START_RUNNER", True)))
-    for error in instance.workflow_errors:
-        app.logger.warning("workflow skipped: %s", error)
-    instance.snapshot_leftovers()
-    app.extensions["studio"] = instance
-
-    @app.before_request
-    def _start_studio():
-        if not instance.started:
-            instance.start()
-
-
-def studio(app=None) -> Studio:
-    """The Studio of the current (or given) app."""
-    from flask import current_app
-
-    return (app or current_app).extensions["studio"]

@@ -93,7 +93,7 @@
   }
 
   // Once further pages are loaded, keep them: the morph skips their container, and the poll asks for
-  // everything above the cursor they start below (pages.list_context), so nothing falls into a gap.
+  // everything above the cursor they start below (history.list_context), so nothing falls into a gap.
   function keepLoadedPages() {
     var more = document.getElementById("job-list-more");
     if (more && more.querySelector(".job-card") && !more.hasAttribute("hx-morph-skip")) {

@@ -90,7 +90,7 @@ def app(app_config):
 
 
 def same_origin_client(app):
-    """A Flask test client that posts like the app's own page: same-origin JSON passes CSRF (history/web/auth.py)."""
+    """A Flask test client that posts like the app's own page: same-origin JSON passes CSRF (history/web/guard.py)."""
     client = app.test_client()
     client.environ_base["HTTP_ORIGIN"] = "http://localhost"
     return client

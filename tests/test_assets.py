@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from history.web import media
+from history.web import templating
 from tests.conftest import soup
 
 
@@ -35,7 +36,7 @@ def test_lists_a_job_folder_with_previews_sizes_and_links(client, settings, make
         path = folder / item["data-name"]
         size = path.stat().st_size
         assert item.select_one(".asset-size")["data-bytes"] == str(size)
-        assert item.select_one(".asset-size").get_text() == media.human_size(size)
+        assert item.select_one(".asset-size").get_text() == templating.human_size(size)
         assert item.select_one("a.asset-name")["href"] == f"/media/output/comfyui-studio/{job.output_dir}/{path.name}"
 
     image = items[1]
@@ -52,7 +53,7 @@ def test_lists_a_job_folder_with_previews_sizes_and_links(client, settings, make
 
     total = sum(path.stat().st_size for path in folder.iterdir())
     assert html.select_one(".assets-count").get_text() == "4 files"
-    assert html.select_one(".assets-total").get_text() == media.human_size(total)
+    assert html.select_one(".assets-total").get_text() == templating.human_size(total)
 
     # The links on the page lead to the files and their thumbnails (buffered: send_file's file is closed).
     assert client.get(thumb["src"], buffered=True).mimetype == "image/webp"

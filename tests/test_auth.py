@@ -14,14 +14,15 @@ from bs4 import BeautifulSoup
 
 import app as app_module
 from history import security
-from history.web import auth
+from history.web import guard
+from history.web import login
 from tests.conftest import page_token
 from tests.conftest import same_origin_client
 
 PASSWORD = "correct horse battery staple"
 ROOT = Path(__file__).resolve().parent.parent
 # The only views open to anonymous visitors. A new public view must be added here on purpose.
-PUBLIC_ENDPOINTS = {"static", "auth.login", "auth.logout"}
+PUBLIC_ENDPOINTS = {"static", "login.login", "login.logout"}
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -190,7 +191,7 @@ def test_a_wrong_password_is_refused_and_keeps_the_form(anonymous):
 def test_login_is_rate_limited_per_address(app):
     guesser = same_origin_client(app)
     guesser.environ_base["REMOTE_ADDR"] = "203.0.113.7"
-    for _ in range(auth.LOGIN_FAILURES_PER_MINUTE):
+    for _ in range(guard.LOGIN_FAILURES_PER_MINUTE):
         assert log_in(guesser, password="guess").status_code == 401
     blocked = log_in(guesser)  # even the right password waits now
     assert blocked.status_code == 429
@@ -218,7 +219,7 @@ def test_rate_limiter_forgets_after_its_window():
 
 def test_a_login_lasts_a_fixed_time_that_polling_does_not_extend(app, anonymous, monkeypatch):
     clock = [1_000_000.0]
-    monkeypatch.setattr(auth.time, "time", lambda: clock[0])
+    monkeypatch.setattr(guard.time, "time", lambda: clock[0])
     assert log_in(anonymous).status_code == 303
     lifetime = app.config["LOGIN_LIFETIME"]
     for _ in range(10):  # a poll every so often, right up to the end
@@ -296,7 +297,7 @@ def test_wrong_credentials_are_refused(app, header):
 def test_wrong_bearer_tokens_are_rate_limited_too(app):
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = "198.51.100.9"
-    for _ in range(auth.LOGIN_FAILURES_PER_MINUTE):
+    for _ in range(guard.LOGIN_FAILURES_PER_MINUTE):
         assert client.get("/api/admin/history", headers={"Authorization": "Bearer no"}).status_code == 401
     blocked = client.get("/api/admin/history", headers={"Authorization": "Bearer no"})
     assert blocked.status_code == 429
@@ -430,7 +431,8 @@ def test_inside_a_host_app_only_the_studio_is_guarded(app_config):
     host.register_blueprint(studio_bp)
     host.add_url_rule("/", "home", lambda: "host home")
     host.add_url_rule("/form", "form", lambda: "posted", methods=["POST"])
-    auth.init_app(host, blueprints={"studio_pages"})
+    login.init_app(host)
+    guard.init_app(host, blueprints={"studio_pages"})
     client = host.test_client()
     assert client.get("/").data == b"host home"
     assert "Content-Security-Policy" not in client.get("/").headers

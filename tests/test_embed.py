@@ -20,7 +20,7 @@ from history.config import ConfigError
 from history.db import database
 from history.models import Job
 from history.web import cors
-from history.web.pages import LIST_ETAG_HEADER
+from history.web.history import LIST_ETAG_HEADER
 
 ALLOWED = "http://dashboard.example:8000"
 REFUSED = "http://evil.example"
@@ -350,7 +350,7 @@ def host(app_config, tmp_path):
         with own_db.connection_context():
             notes = [note.text for note in HostNote.select()]
         return render_template_string(
-            "{{ notes|tojson }} <a href=\"{{ url_for('studio.pages.history', status='error') }}\">jobs</a>", notes=notes
+            "{{ notes|tojson }} <a href=\"{{ url_for('studio.history.history', status='error') }}\">jobs</a>", notes=notes
         )
 
     @host.post("/notes")
@@ -402,7 +402,7 @@ def test_mount_leaves_the_host_alone(host):
 def test_mount_url_for_outside_a_request(host):
     host.config["SERVER_NAME"] = "host.example"
     with host.app_context():
-        assert url_for("studio.pages.history_job", prompt_id="abc") == "http://host.example/studio/admin/history/jobs/abc"
+        assert url_for("studio.history.history_job", prompt_id="abc") == "http://host.example/studio/admin/history/jobs/abc"
 
 
 def test_mount_login_redirect_and_cli(app_config):

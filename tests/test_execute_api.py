@@ -11,7 +11,7 @@ from PIL import Image
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.models import Job
-from history.web import auth
+from history.web import guard
 from tests.conftest import wait_for
 
 OUTPUT_DIR = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{6}$")
@@ -28,8 +28,8 @@ def wait_until_ended(client, prompt_id: str) -> dict:
 def csrf_headers(client) -> dict:
     """Headers that let a multipart POST through the CSRF check, as the page's own form would send."""
     with client.session_transaction() as session:
-        session[auth.CSRF_KEY] = "test-token"
-    return {auth.CSRF_HEADER: "test-token"}
+        session[guard.CSRF_KEY] = "test-token"
+    return {guard.CSRF_HEADER: "test-token"}
 
 
 def png_bytes(size=(120, 80), color=(30, 160, 90), image_format="PNG") -> bytes:

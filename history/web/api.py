@@ -11,7 +11,8 @@ from flask import request
 from flask import url_for
 
 from history import jobs
-from history.runner import studio
+from history.studio import UnknownWorkflow
+from history.studio import studio
 
 bp = Blueprint("api", __name__)
 
@@ -182,7 +183,6 @@ def execute(workflow_id: str):
     """Run a workflow: validate, record as queued, hand to the executor; answer 202 with the prompt id."""
     from history.executors.base import ExecutorRejected
     from history.executors.base import ExecutorUnavailable
-    from history.runner import UnknownWorkflow
     from history.workflows import ValidationError
 
     the_studio = studio()

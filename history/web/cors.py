@@ -4,7 +4,7 @@ Only the origins in STUDIO_EMBED_ORIGINS get ``Access-Control-Allow-Origin`` (th
 ``*``), and ``Access-Control-Allow-Credentials`` only with STUDIO_EMBED_CREDENTIALS. Every answer of these
 endpoints says ``Vary: Origin`` (a shared cache must not hand one origin's answer to another). A preflight
 from an allowed origin for GET gets the headers htmx sends; any other preflight gets 403. No other
-endpoint answers cross-origin requests: actions still need the page's CSRF token (history/web/auth.py).
+endpoint answers cross-origin requests: actions still need the page's CSRF token (history/web/guard.py).
 
 Fragments fetched by another origin carry absolute URLs (``http://studio.example/media/...``): a relative
 one would resolve against the embedding page's own site.
@@ -19,11 +19,10 @@ from flask import request
 from flask.globals import request_ctx
 
 from history import security
-from history.web.auth import CSRF_HEADER
-from history.web.pages import LIST_ETAG_HEADER
+from history.web.history import LIST_ETAG_HEADER
 
-# The endpoints another origin may fetch (pages.py's History section).
-FRAGMENT_ENDPOINTS = frozenset({"pages.history_list", "pages.history_card", "pages.history_job"})
+# The endpoints another origin may fetch (history.py's fragments).
+FRAGMENT_ENDPOINTS = frozenset({"history.history_list", "history.history_card", "history.history_job"})
 # What htmx 4 sends on a request (HX-Boosted only on boosted links), the list poller's ETag header
 # and the CSRF header the page's <body> adds to every htmx request.
 ALLOWED_REQUEST_HEADERS = (
@@ -34,7 +33,7 @@ ALLOWED_REQUEST_HEADERS = (
     "HX-Request-Type",
     "HX-Boosted",
     LIST_ETAG_HEADER,
-    CSRF_HEADER,
+    "X-CSRF-Token",
 )
 ALLOWED_METHODS = ("GET", "HEAD")
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight (Chromium caps it at 7200)
@@ -68,8 +67,8 @@ class _ExternalURLs:
         return getattr(self._adapter, name)
 
 
-def _before_request():
-    """Answer preflights of the fragment endpoints; make a cross-origin fragment's URLs absolute."""
+def answer_preflight():
+    """Before a request (history.web.guard runs it first): answer preflights of the fragment endpoints; make a cross-origin fragment's URLs absolute."""
     if request.endpoint not in FRAGMENT_ENDPOINTS:
         return None
     origin = embedding_origin()
@@ -93,8 +92,8 @@ def _before_request():
     return None
 
 
-def _after_request(response):
-    """Add the CORS headers of an allowed origin, and Vary: Origin to every fragment answer."""
+def add_headers(response):
+    """After a request: add the CORS headers of an allowed origin, and Vary: Origin to every fragment answer."""
     if request.endpoint not in FRAGMENT_ENDPOINTS:
         return response
     response.vary.add("Origin")
@@ -104,10 +103,3 @@ def _after_request(response):
         if _settings().embed_credentials:
             response.headers["Access-Control-Allow-Credentials"] = "true"
     return response
-
-
-def init_app(app: Flask) -> None:
-    """Answer cross-origin requests for the fragments from STUDIO_EMBED_ORIGINS (and no other origin)."""
-    # First in line: a preflight is answered before the login guard or a database connection.
-    app.before_request_funcs.setdefault(None, []).insert(0, _before_request)
-    app.after_request(_after_request)

@@ -1,13 +1,11 @@
-"""Pages and their fragments: one view serves a page and, for htmx, the partial alone."""
+"""The history page and its fragments (list, card, overlay): one view serves a page and, for htmx, the partial alone."""
 from __future__ import annotations
 
 import collections
 import datetime
 import hashlib
-import json
 import logging
 import threading
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint
 from flask import abort
@@ -18,27 +16,24 @@ from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
-from htmx_flask import Htmx
 from peewee import DatabaseError
+from zoneinfo import ZoneInfo
 
 from history import jobs
-from history import models
 from history.events import LIST_EVENTS
-from history.models import is_video
 
-bp = Blueprint("pages", __name__)
+bp = Blueprint("history", __name__)
 log = logging.getLogger(__name__)
 
 
 @bp.get("/")
 def index():
     """Send visitors to the history page."""
-    return redirect(url_for("pages.history"))
+    return redirect(url_for("history.history"))
 
 
-# ---- History (issue 3: the page helper owns this section) -----------------------------------------
-# The page, its list fragment (the poller), one card, and a job's overlay. One data function,
-# list_context(), feeds the page and the fragment; the JSON API reads the same jobs.history_page().
+# One data function, list_context(), feeds the page and the fragment; the JSON API reads the same
+# jobs.history_page().
 
 
 # Bump when the markup of a card or the list changes, so an open page re-renders on its next poll.
@@ -48,17 +43,9 @@ LIST_MARKUP_VERSION = "1"
 LIST_ETAG_HEADER = "X-List-ETag"
 TZ_COOKIE = "studio_tz"
 STORE_ERROR = "The job store cannot be read right now. Reload the page in a moment; nothing has been lost."
-PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
 
 
-@bp.record_once
-def _init_htmx(state):
-    # request.htmx reads HX-Request; the extension swaps in its request class once per app.
-    if "htmx" not in state.app.extensions:
-        Htmx(state.app)
-
-
-def _timezone():
+def reader_timezone():
     """The reader's time zone (the cookie history.js sets from the browser), UTC until it is known."""
     if "history_tz" not in g:
         name = request.cookies.get(TZ_COOKIE, "")
@@ -72,98 +59,12 @@ def _timezone():
     return g.history_tz
 
 
-def _tz_name() -> str:
-    zone = _timezone()
-    return getattr(zone, "key", "UTC")
+def tz_name() -> str:
+    """The name of the reader's time zone (``UTC`` until the browser has said)."""
+    return getattr(reader_timezone(), "key", "UTC")
 
 
-@bp.app_template_filter("local_time")
-def local_time(value, style: str = "time") -> str:
-    """A UTC timestamp in the reader's zone: ``time`` (14:03:12), ``date`` (Nov 28) or ``full``."""
-    if value is None:
-        return ""
-    local = value.astimezone(_timezone())
-    if style == "date":
-        return f"{local:%b} {local.day}"
-    if style == "full":
-        offset = local.strftime("%z")
-        if offset == "+0000" and local.tzname() in ("UTC", "GMT"):
-            return f"{local:%Y-%m-%d %H:%M:%S} UTC"
-        return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
-    return f"{local:%H:%M:%S}"
-
-
-@bp.app_template_filter("same_local_day")
-def same_local_day(first, second) -> bool:
-    """Whether two timestamps fall on the same day in the reader's zone."""
-    if first is None or second is None:
-        return True
-    zone = _timezone()
-    return first.astimezone(zone).date() == second.astimezone(zone).date()
-
-
-@bp.app_template_filter("duration")
-def format_duration(seconds) -> str:
-    """Seconds as a person reads them: 350ms, 42s, 3m 12s, 1h 4m (never "0s" for a job that ran)."""
-    if seconds is None:
-        return ""
-    if float(seconds) < 0.9995:
-        milliseconds = int(round(float(seconds) * 1000))
-        return f"{milliseconds}ms" if milliseconds >= 1 else "<1ms"
-    total = int(round(float(seconds)))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m {total % 60}s"
-    return f"{total // 3600}h {total % 3600 // 60}m"
-
-
-@bp.app_template_filter("pretty_json")
-def pretty_json(value) -> str:
-    """Arrays and objects as indented JSON (plain text: the template escapes it)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
-
-
-@bp.app_template_global()
-def card_images(job) -> list[dict]:
-    """A job's output images for its thumbnail: saved files first, temp previews only when nothing is saved."""
-    return models.card_images(job.outputs)
-
-
-@bp.app_template_global()
-def output_videos(job) -> list[dict]:
-    """A job's output videos, in node order."""
-    return [ref for ref in (job.outputs or []) if isinstance(ref, dict) and is_video(ref)]
-
-
-@bp.app_template_global()
-def param_kind(job, key: str, value) -> str:
-    """How the overlay shows a parameter: prompt, scenes, image, seed, json or text."""
-    if key in PROMPT_KEYS and isinstance(value, str):
-        return "prompt"
-    if key == "scenes" and isinstance(value, list) and all(isinstance(scene, dict) for scene in value):
-        return "scenes"
-    if isinstance(value, str) and value and value == job.input_image:
-        return "image"
-    if isinstance(value, (dict, list)):
-        return "json"
-    if key in (job.seeds or {}) and not isinstance(value, bool):
-        return "seed"
-    return "text"
-
-
-@bp.app_template_global()
-def used_seed(job, key: str, value, scene_index: int | None = None):
-    """The seed a job actually used for a parameter when it differs from the submitted one (a -1), else None."""
-    used = (job.seeds or {}).get(key)
-    if scene_index is not None:
-        used = used[scene_index] if isinstance(used, list) and scene_index < len(used) else None
-    if used is None or isinstance(used, (dict, list)) or used == value:
-        return None
-    return used
-
-
-def _endpoint_for(rule_suffix: str) -> str | None:
+def endpoint_for(rule_suffix: str) -> str | None:
     """The endpoint registered for a URL rule ending in ``rule_suffix`` (another blueprint's), or None."""
     for rule in current_app.url_map.iter_rules():
         if rule.rule.endswith(rule_suffix):
@@ -171,24 +72,9 @@ def _endpoint_for(rule_suffix: str) -> str | None:
     return None
 
 
-@bp.app_template_global()
-def retry_url(job) -> str | None:
-    """The execute endpoint a Retry posts to, when the executor's API is installed."""
-    endpoint = _endpoint_for("/api/run/<workflow_id>/execute")
-    return url_for(endpoint, workflow_id=job.workflow_id) if endpoint else None
-
-
-@bp.app_template_global()
-def retry_plan(job):
-    """What Retry would run for a failed job now, or why it cannot (its workflow is not installed)."""
-    from history.runner import studio
-
-    return studio().retry_plan(job)
-
-
 def _events_url() -> str | None:
     """The websocket's path, when the websocket blueprint is installed."""
-    endpoint = _endpoint_for("/ws")
+    endpoint = endpoint_for("/ws")
     return url_for(endpoint) if endpoint else None
 
 
@@ -200,7 +86,7 @@ def _history_filter() -> jobs.HistoryFilter:
 
 def _list_url(history_filter: jobs.HistoryFilter, compact: bool, **extra) -> str:
     """The list fragment's URL for a filter, keeping ``compact`` (and ``since`` or ``before`` when given)."""
-    return url_for("pages.history_list", **history_filter.query_args(), **({"compact": 1} if compact else {}), **extra)
+    return url_for("history.history_list", **history_filter.query_args(), **({"compact": 1} if compact else {}), **extra)
 
 
 def _head_limit(since: str | None) -> int:
@@ -210,7 +96,7 @@ def _head_limit(since: str | None) -> int:
 
 def _poll_etag(raw: str) -> str:
     """The ETag of the list head a poll guards: its jobs.list_etag, the reader's zone and the markup version."""
-    return hashlib.blake2b(f"{raw}|{_tz_name()}|{LIST_MARKUP_VERSION}".encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(f"{raw}|{tz_name()}|{LIST_MARKUP_VERSION}".encode(), digest_size=12).hexdigest()
 
 
 def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, compact: bool = False) -> dict:
@@ -219,7 +105,7 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     The head is the newest page; once the reader has scrolled further pages in, history.js polls with
     ``since`` (the cursor those pages start below) and the head is every job at or above it: it grows with
     new jobs instead of pushing one into the gap above the loaded pages. The poll guards the head only.
-    ``compact`` (thumbnail, name, status: for a sidebar or another site, issue 8) stays in its URLs.
+    ``compact`` (thumbnail, name, status: for a sidebar or another site) stays in its URLs.
     """
     settings = current_app.config["STUDIO"]
     page = jobs.history_page(history_filter, _head_limit(since), since=since)
@@ -254,7 +140,7 @@ def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None =
         "all_statuses": jobs.HISTORY_STATUSES,
         "events_url": _events_url(),
         "refresh_events": " ".join(LIST_EVENTS),
-        "tz_name": _tz_name(),
+        "tz_name": tz_name(),
         "poll_seconds": current_app.config["STUDIO"].poll_seconds,
         "list_error": error,
         "history_filter": history_filter or jobs.HistoryFilter(),
@@ -315,7 +201,7 @@ def history_list():
     if request.if_none_match.contains(etag):
         return _fragment_headers(make_response("", 304), etag)
     # Every open page asks for the same list after a change: render it once per process, not once per reader.
-    key = (request.host, request.full_path, request.headers.get("Origin"), _tz_name())
+    key = (request.host, request.full_path, request.headers.get("Origin"), tz_name())
 
     def render() -> tuple[str, str]:
         context = list_context(history_filter, since, compact)
@@ -409,42 +295,3 @@ def history_card(prompt_id: str):
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
     compact = request.args.get("compact") == "1"
     return _fragment_headers(make_response(render_template("job_card.html", job=job, compact=compact)))
-
-
-# ---- Queue (issue 4: the executor helper owns this section) ---------------------------------------
-
-@bp.get("/admin/queue")
-def queue():
-    """Queued and running jobs with their progress, live: the page, or (for htmx) its list alone."""
-    from history.runner import studio
-
-    progress = studio().runner.progress_snapshot()
-    context = {"entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in jobs.active_jobs()]}
-    # The list polls itself with hx-get on this URL; htmx says so with HX-Request.
-    template = "queue_list.html" if request.htmx else "queue.html"
-    response = make_response(render_template(template, **context))
-    response.headers["Vary"] = "HX-Request"
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-# ---- Assets (issue 3: the media helper owns this section) -----------------------------------------
-
-@bp.get("/admin/assets")
-def assets():
-    """The files of one job's folder, with previews and sizes; without ``dir``, the newest job folders."""
-    # Imported here so this section stays self-contained beside the others in this module.
-    from flask import render_template
-    from flask import request
-
-    from history import files
-    from history.web import media
-
-    output_dir = request.args.get("dir")
-    if not output_dir:
-        return render_template("assets.html", folders=media.recent_folders())
-    try:
-        listing = media.folder_listing(output_dir)
-    except files.UnsafePath as error:
-        return render_template("assets.html", output_dir=output_dir, error=str(error)), 400
-    return render_template("assets.html", output_dir=output_dir, listing=listing), 200 if listing.exists else 404

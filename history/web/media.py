@@ -167,7 +167,7 @@ def placeholder_response():
     return _harden(response)
 
 
-# ---- Template globals: every media URL a page shows is built here --------------------------------
+# ---- Media URLs: every media URL a page shows is built here (history.web.templating registers them) --------------------------------
 
 def _locate(ref) -> tuple[str, str, Path] | None:
     """(kind, path in the URL, file) for an output reference, or None when unsafe or temp (files.locate_ref)."""
@@ -175,7 +175,6 @@ def _locate(ref) -> tuple[str, str, Path] | None:
     return files.locate_ref(ref, settings.output_dir, settings.input_dir, settings.data_dir)
 
 
-@bp.app_template_global()
 def output_url(ref) -> str | None:
     """The URL of an output reference's file, or None when it is unsafe or missing."""
     located = _locate(ref)
@@ -187,7 +186,6 @@ def output_url(ref) -> str | None:
     return url_for("media.output", path=relative)
 
 
-@bp.app_template_global()
 def input_url(name) -> str | None:
     """The URL of a file in the input folder, or None when it is unsafe or missing."""
     return output_url(_input_ref(name))
@@ -205,19 +203,16 @@ def _rendition_url(ref, endpoint: str) -> str | None:
     return url_for(endpoint, kind=kind, path=relative, v=version)
 
 
-@bp.app_template_global()
 def thumbnail_url(ref) -> str | None:
     """The versioned thumbnail URL of an output reference, or None (unsafe, missing, or not an image Pillow reads)."""
     return _rendition_url(ref, "media.thumbnail")
 
 
-@bp.app_template_global()
 def preview_url(ref) -> str | None:
     """The versioned preview URL of an output reference (the thumbnail's larger, uncropped sibling), or None."""
     return _rendition_url(ref, "media.preview")
 
 
-@bp.app_template_global()
 def input_thumbnail_url(name) -> str | None:
     """The versioned thumbnail URL of an input image, or None when it is unsafe, missing or not an image."""
     return thumbnail_url(_input_ref(name))
@@ -254,7 +249,6 @@ def _drawn_size(source: Path, kind: str) -> tuple[int | None, int | None]:
     return width, height
 
 
-@bp.app_template_global()
 def output_views(job) -> list[OutputView]:
     """A job's saved output files (temp previews only when nothing was saved), in node order, ready to draw."""
     refs = [ref for ref in (job.outputs or []) if isinstance(ref, dict)]
@@ -287,21 +281,6 @@ def _input_ref(name) -> dict | None:
         return None
     subfolder, _, filename = name.rpartition("/")
     return {"filename": filename, "subfolder": subfolder, "type": "input"}
-
-
-@bp.app_template_global()
-def human_size(size) -> str:
-    """A byte count as a person reads it: 512 B, 1.5 KB, 12 MB, 3.1 GB."""
-    if size is None:
-        return ""
-    size = float(size)
-    if size < 1024:
-        return f"{int(size)} B"
-    for unit in ("KB", "MB", "GB", "TB"):
-        size /= 1024
-        if size < 1024 or unit == "TB":
-            return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
-    return ""  # unreachable
 
 
 # ---- Listings for the assets page ----------------------------------------------------------------

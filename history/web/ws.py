@@ -13,7 +13,8 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from history.db import database
-from history.runner import studio
+from history.studio import studio
+from history.web import guard
 
 bp = Blueprint("ws", __name__)
 sock = Sock()
@@ -23,19 +24,17 @@ IDLE_CHECK_SECONDS = 1.0
 
 
 def authorize_websocket() -> tuple[bool, float | None]:
-    """Whether this websocket request may listen (history.web.auth checks the login and the Origin),
+    """Whether this websocket request may listen (history.web.guard checks the login and the Origin),
     and when its login runs out (None: never)."""
-    from history.web import auth
-
-    if not auth.websocket_allowed():
+    if not guard.websocket_allowed():
         return False, None
-    return True, auth.login_ends_at()
+    return True, guard.login_ends_at()
 
 
 @sock.route("/ws", bp=bp)
 def events(ws):
     """Send every job event of this studio to the client until it goes away."""
-    # db.py's before_request opened a connection for this request; a websocket must not hold one.
+    # The request pipeline opened a connection for this request; a websocket must not hold one.
     if not database.is_closed():
         database.close()
     allowed, login_ends_at = authorize_websocket()

@@ -88,7 +88,7 @@ def host_server(app_config):
 
     @host.get("/")
     def home():
-        return f'<a id="to-studio" href="{url_for("studio.pages.history")}">Studio</a>'
+        return f'<a id="to-studio" href="{url_for("studio.history.history")}">Studio</a>'
 
     studio_app = history.init_app(host, "/studio", **app_config)
     server = LiveServer(host).start()

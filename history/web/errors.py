@@ -1,0 +1,75 @@
+"""One place that decides how an error is answered: JSON for the JSON API's blueprint, HTML or text elsewhere."""
+from __future__ import annotations
+
+from flask import Flask
+from flask import current_app
+from flask import jsonify
+from flask import make_response
+from flask import request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import RequestEntityTooLarge
+
+# Blueprints whose every answer is JSON, errors included.
+JSON_BLUEPRINTS = frozenset({"api"})
+# The headers an HTTP error carries that a client acts on; they survive the change to JSON.
+KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def _api_root() -> str:
+    return current_app.config["STUDIO"].url_prefix + "/api/"
+
+
+def wants_json() -> bool:
+    """Whether this request is the JSON API's: decided by its blueprint.
+
+    A URL that matched no route (a 404, or a 405 of a known URL) has no blueprint in Flask; under the
+    API's root it still gets JSON, so that a script's typo is answered in the API's own terms.
+    """
+    if request.url_rule is not None:
+        return request.blueprint in JSON_BLUEPRINTS
+    return request.path.startswith(_api_root())
+
+
+def plain(status: int, message: str, **headers):
+    """A plain-text answer (the websocket and the guard's refusals outside the API)."""
+    response = make_response(message + "\n", status)
+    response.mimetype = "text/plain"
+    response.headers.update(headers)
+    return response
+
+
+def refusal(status: int, message: str, **headers):
+    """A 4xx that says what to do: JSON ``{"error"}`` for the API, plain text elsewhere."""
+    if wants_json():
+        response = jsonify(error=message)
+        response.status_code = status
+        response.headers.update(headers)
+        return response
+    return plain(status, message, **headers)
+
+
+def http_error(error: HTTPException):
+    """Every HTTP error of the API as JSON ``{"error"}`` (its 404 and 405 of unknown URLs too); others as they are."""
+    if not wants_json():
+        return error
+    response = jsonify(error=error.description if isinstance(error.description, str) else error.name)
+    response.status_code = error.code or 500
+    original = error.get_response()
+    for header in KEPT_HEADERS:
+        if original.headers.get(header):
+            response.headers[header] = original.headers[header]
+    return response
+
+
+def too_large(error: RequestEntityTooLarge):
+    """413 with the limit in words (a view's own 413, such as too many ids, keeps its message)."""
+    if error.description != type(error).description:
+        return refusal(413, error.description)
+    limit = request.max_content_length or current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    return refusal(413, f"the request body is larger than {limit // (1024 * 1024) or 1} MiB; send a smaller one")
+
+
+def init_app(app: Flask) -> None:
+    """Install the error handlers."""
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(413, too_large)

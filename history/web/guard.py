@@ -1,0 +1,469 @@
+"""The request pipeline: one ordered list of small named steps run before every request, and the headers after.
+
+``STEPS`` is the whole of what happens before a view runs, in order; each step returns None to go on or
+a response that answers the request. With STUDIO_ADMIN_PASSWORD set, every view but the login page and
+static files needs either a session from /login (history.web.login) or ``Authorization: Bearer <token>``
+(history.security explains the token). Every view is guarded unless it is marked with ``@public``, so a
+new route is protected by default.
+
+Every state-changing request (POST, PUT, PATCH, DELETE) must carry the session's CSRF token (header
+``X-CSRF-Token`` or form field ``csrf_token``), or be JSON from this site's own origin, or come from a
+bearer client (no cookie, so nothing ambient to forge). Pages put the token in ``<meta name="csrf-token">``
+and on ``<body hx-headers:inherited=...>`` so htmx sends it on every request.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from dataclasses import field
+
+from flask import Flask
+from flask import current_app
+from flask import g
+from flask import jsonify
+from flask import redirect
+from flask import request
+from flask import session
+from flask import url_for
+from markupsafe import Markup
+from markupsafe import escape
+
+from history import db
+from history import security
+from history import studio
+from history.web import cors
+from history.web import errors
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+CSRF_KEY = "csrf"
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+MAX_BODY_BYTES = 32 * 1024 * 1024  # uploads (an input image) through multipart
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a JSON body: 10,000 prompt ids fit with room to spare
+LOGIN_LIFETIME_SECONDS = 12 * 3600
+LOGIN_FAILURES_PER_MINUTE = 5
+EXTENSION = "studio_auth"
+
+
+def public(view):
+    """Mark a view as open to anonymous visitors (the guard protects every other view)."""
+    view._studio_public = True
+    return view
+
+
+@dataclass
+class AuthState:
+    """Per-app state: the login rate limiter and the accepted bearer tokens (derived once, on first use)."""
+
+    limiter: security.RateLimiter
+    scope: frozenset[str] | None = None
+    _tokens: dict = field(default_factory=dict)
+
+    def tokens(self, settings) -> list[str]:
+        """Bearer tokens this app accepts: the password-derived one and STUDIO_API_TOKEN."""
+        key = (settings.admin_password, settings.api_token)
+        if key not in self._tokens:
+            tokens = []
+            if settings.admin_password:
+                tokens.append(security.derive_api_token(settings.admin_password))
+            if settings.api_token:
+                tokens.append(settings.api_token)
+            self._tokens = {key: tokens}  # PBKDF2 once per password, not once per request
+        return self._tokens[key]
+
+
+def _settings():
+    return current_app.config["STUDIO"]
+
+
+def state() -> AuthState:
+    """This app's login rate limiter and bearer tokens."""
+    return current_app.extensions[EXTENSION]
+
+
+def client_address() -> str:
+    """The address a request came from (after STUDIO_PROXY_FIX), for rate limits."""
+    return request.remote_addr or "unknown"
+
+
+def _is_websocket() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def password_required() -> bool:
+    """Whether this app asks for a login (STUDIO_ADMIN_PASSWORD is set)."""
+    return bool(_settings().admin_password)
+
+
+# ---- CSRF ----------------------------------------------------------------------------------------
+
+def csrf_token() -> str:
+    """This session's CSRF token (made on first use); pages put it in a meta tag and htmx sends it."""
+    token = session.get(CSRF_KEY)
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        session[CSRF_KEY] = token
+    return token
+
+
+def csrf_field() -> Markup:
+    """A hidden form field carrying the CSRF token, for plain (non-htmx) forms."""
+    return Markup(f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf_token())}">')
+
+
+def request_origin() -> str | None:
+    """The origin the request says it came from: Origin, or Referer's origin when Origin is absent."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return security.origin_of(origin)
+    return security.origin_of(request.headers.get("Referer"))
+
+
+def _host_origin() -> str | None:
+    return security.origin_of(request.host_url)
+
+
+def is_same_origin(origin: str | None) -> bool:
+    """Whether ``origin`` is this site: same host and port, same scheme (or https seen as http behind a proxy)."""
+    own = _host_origin()
+    if origin is None or own is None:
+        return False
+    if origin == own:
+        return True
+    # A TLS-terminating proxy without STUDIO_PROXY_FIX shows us http while the browser says https.
+    return own.startswith("http://") and origin == "https://" + own[len("http://"):]
+
+
+def csrf_valid() -> bool:
+    """Whether a state-changing request carries this session's token, or is JSON from this very origin."""
+    expected = session.get(CSRF_KEY)
+    given = request.headers.get(CSRF_HEADER)
+    if given is None and request.mimetype in FORM_TYPES:
+        given = request.form.get(CSRF_FIELD)
+    if isinstance(expected, str) and security.equals(given, expected):
+        return True
+    return request.mimetype == "application/json" and is_same_origin(request_origin())
+
+
+# ---- who is asking ---------------------------------------------------------------------------------
+
+def session_login_valid() -> bool:
+    """Whether the session holds a login for the current password that has not outlived its lifetime."""
+    settings = _settings()
+    if not settings.admin_password or "login_at" not in session:
+        return False
+    fingerprint = security.password_fingerprint(current_app.secret_key, settings.admin_password)
+    login_at = session.get("login_at")
+    lifetime = current_app.config["LOGIN_LIFETIME"]
+    if (
+        not security.equals(session.get("login"), fingerprint)
+        or not isinstance(login_at, (int, float))
+        or not 0 <= time.time() - login_at < lifetime
+    ):
+        session.pop("login", None)
+        session.pop("login_at", None)
+        return False
+    return True
+
+
+def current_login() -> str | None:
+    """How the current request is authenticated: "bearer", "session", or None."""
+    return g.get("studio_login")
+
+
+def login_ends_at() -> float | None:
+    """When the current request's session login runs out (a Unix time), or None for a login that does not."""
+    if current_login() != "session":
+        return None
+    return session["login_at"] + current_app.config["LOGIN_LIFETIME"]
+
+
+def websocket_allowed() -> bool:
+    """Whether this websocket request may listen: logged in (or no password), from an allowed Origin.
+
+    The pipeline has refused anything else before the view ran; the websocket view asks again, so that
+    the answer holds even where the pipeline was not installed.
+    """
+    if password_required() and current_login() is None:
+        return False
+    return websocket_origin_allowed()
+
+
+def websocket_origin_allowed() -> bool:
+    """Whether a websocket's Origin is this site or one of STUDIO_EMBED_ORIGINS (no Origin: not a browser)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    seen = security.origin_of(origin)
+    return is_same_origin(seen) or seen in _settings().embed_origins
+
+
+def _bearer_given() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip()
+
+
+# ---- refusals ----------------------------------------------------------------------------------------
+
+def login_url(next_path: str | None = None) -> str:
+    """The login page, coming back to ``next_path`` (a local path) afterwards."""
+    next_path = security.local_path(next_path)
+    return url_for("login.login", next=next_path) if next_path else url_for("login.login")
+
+
+def _current_path() -> str:
+    path = request.script_root + request.path
+    query = request.query_string.decode("latin-1")
+    return path + ("?" + query if query else "")
+
+
+def _htmx_login_url() -> str:
+    """The login page, coming back to the page an htmx request came from (when it is on this site)."""
+    current = request.headers.get("HX-Current-URL")
+    back = None
+    if current and is_same_origin(security.origin_of(current)):
+        back = "/" + current.split("://", 1)[-1].partition("/")[2]
+    return login_url(back)
+
+
+def _refuse_anonymous():
+    """401 JSON for the API, an HX-Redirect for htmx, a plain 401 for the websocket, else a redirect to login."""
+    if errors.wants_json():
+        response = jsonify(error="log in first: sign in at the login page, or send Authorization: Bearer <token>")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="studio-history"'
+        if _is_htmx():
+            response.headers["HX-Redirect"] = _htmx_login_url()  # a Retry button's POST, say
+        return response
+    if _is_websocket():
+        return errors.plain(401, "log in first: the websocket needs a session or a bearer token")
+    if _is_htmx():
+        response = errors.plain(401, "your login has expired: log in again")
+        response.headers["HX-Redirect"] = _htmx_login_url()
+        return response
+    return redirect(login_url(_current_path() if request.method in ("GET", "HEAD") else None))
+
+
+def too_many(wait: int):
+    """429 for an address that failed too many logins, saying when to try again."""
+    return errors.refusal(
+        429, f"too many failed logins from your address: try again in {wait} s", **{"Retry-After": str(wait)}
+    )
+
+
+# ---- the steps ----------------------------------------------------------------------------------------
+
+def _is_public_endpoint(endpoint: str | None) -> bool:
+    if endpoint is None:
+        return True  # no route matched: the 404/405 handlers answer, nothing is served
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return True
+    view = current_app.view_functions.get(endpoint)
+    return bool(getattr(view, "_studio_public", False))
+
+
+def _ours() -> bool:
+    """Whether the request is for this studio (all of the app, or only its blueprints inside a host app)."""
+    scope = state().scope
+    return scope is None or request.blueprint in scope
+
+
+def _served() -> bool:
+    """Whether a view will serve this request.
+
+    Preflights carry no credentials (Flask or the CORS layer answers them); an unrouted request gets its
+    404/405 from the error handlers, and nothing is served or changed.
+    """
+    return request.method != "OPTIONS" and request.endpoint is not None
+
+
+def limit_body_size():
+    """A JSON body may be at most MAX_JSON_BYTES (uploads keep MAX_CONTENT_LENGTH)."""
+    if request.mimetype == "application/json":
+        request.max_content_length = min(MAX_JSON_BYTES, current_app.config.get("MAX_CONTENT_LENGTH") or MAX_JSON_BYTES)
+    return None
+
+
+def identify_caller():
+    """Who is asking: a valid bearer token, a session login, or nobody (a wrong token is refused)."""
+    if not _served():
+        return None
+    given = _bearer_given()
+    tokens = state().tokens(_settings()) if given is not None else []
+    if given is not None and tokens:
+        address = client_address()
+        wait = state().limiter.retry_after(address)
+        if wait:
+            return too_many(wait)
+        if not any(security.equals(given, token) for token in tokens):
+            state().limiter.fail(address)
+            return errors.refusal(401, "the bearer token is not valid", **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        g.studio_login = "bearer"
+    elif session_login_valid():
+        g.studio_login = "session"
+    return None
+
+
+def require_login():
+    """With a password, every view not marked ``@public`` needs a login."""
+    if not _served() or not password_required() or current_login() is not None:
+        return None
+    if _is_public_endpoint(request.endpoint):
+        return None
+    return _refuse_anonymous()
+
+
+def check_host():
+    """Without a password, a browser on this machine must ask for the studio by a loopback name.
+
+    DNS rebinding: a page on another site whose name now points at 127.0.0.1 would be same-origin with
+    an open studio.
+    """
+    settings = _settings()
+    if (
+        not _served()
+        or settings.admin_password
+        or settings.proxy_fix
+        or not security.is_loopback_address(request.remote_addr)
+        or security.is_loopback_host(request.host)
+    ):
+        return None
+    return errors.refusal(
+        403,
+        f"refused: this studio has no password and answers on this machine only as localhost or 127.0.0.1, "
+        f"not as {security.safe_host(request.host) or 'that host'}; set STUDIO_ADMIN_PASSWORD "
+        "(or STUDIO_PROXY_FIX behind a proxy)",
+    )
+
+
+def check_websocket_origin():
+    """Browsers always send Origin on a websocket; a page on another site must not ride our cookie."""
+    if not _served() or not _is_websocket() or websocket_origin_allowed():
+        return None
+    return errors.plain(403, "websocket refused: its Origin is not this site nor one of STUDIO_EMBED_ORIGINS")
+
+
+def check_cross_origin():
+    """A state-changing request needs the CSRF token, JSON from this origin, or a bearer login."""
+    if not _served() or _is_websocket() or request.method not in UNSAFE_METHODS:
+        return None
+    if current_login() == "bearer" or csrf_valid():
+        return None
+    return errors.refusal(
+        403,
+        "refused: this request has no valid CSRF token. Reload the page and try again; "
+        f"scripts send JSON from this site's origin, the {CSRF_HEADER} header, or Authorization: Bearer <token>",
+    )
+
+
+def open_database():
+    """Open the request's database connection (db.py closes it in teardown); static files skip it."""
+    if request.endpoint != "static":
+        db.connect_for_request()
+    return None
+
+
+# The pipeline, in order. A CORS preflight is answered before anything else, and background work starts
+# on the first request whoever makes it; the connection is opened last, once nothing has refused.
+STEPS = (
+    cors.answer_preflight,
+    studio.start_background_work,
+    limit_body_size,
+    check_host,
+    identify_caller,
+    require_login,
+    check_websocket_origin,
+    check_cross_origin,
+    open_database,
+)
+
+
+def run_steps():
+    """Before every request: run STEPS in order until one answers."""
+    if not _ours():
+        return None
+    for step in STEPS:
+        response = step()
+        if response is not None:
+            return response
+    return None
+
+
+# ---- headers ------------------------------------------------------------------------------------------
+
+def content_security_policy() -> str:
+    """The page policy: only this site's scripts, styles and connections; frames only by embed origins."""
+    settings = _settings()
+    connect = ["'self'"]
+    host = security.safe_host(request.host)
+    if host:
+        # CSP3 lets 'self' match ws(s) on the same host; older engines need it spelled out.
+        connect += [f"ws://{host}", f"wss://{host}"]
+    ancestors = " ".join(["'self'", *settings.embed_origins])
+    return "; ".join([
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        "connect-src " + " ".join(connect),
+        "frame-ancestors " + ancestors,
+        "base-uri 'self'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ])
+
+
+def security_headers(response):
+    """CSP (unless a view set its own, like media), nosniff, referrer and frame policy."""
+    if response.status_code in (204, 304):
+        # No body, nothing to render or frame: an idle poll stays a few hundred bytes on the wire.
+        response.headers.pop("Content-Type", None)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+    if "Content-Security-Policy" not in response.headers:
+        response.headers["Content-Security-Policy"] = content_security_policy()
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if not _settings().embed_origins:
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    return response
+
+
+AFTER_STEPS = (
+    cors.add_headers,
+    security_headers,
+)
+
+
+def finish_response(response):
+    """After every request: run AFTER_STEPS in order on the response."""
+    if not _ours():
+        return response
+    for step in AFTER_STEPS:
+        response = step(response)
+    return response
+
+
+def init_app(app: Flask, blueprints: set[str] | None = None) -> None:
+    """Run the pipeline before every request and the header steps after it; set the session and body limits.
+
+    ``blueprints`` limits the pipeline and the headers to those blueprints (and the login one), for a host
+    app that mounts the studio beside routes of its own; by default they cover the whole app.
+    """
+    scope = frozenset(blueprints) | {"login"} if blueprints is not None else None
+    app.extensions[EXTENSION] = AuthState(security.RateLimiter(LOGIN_FAILURES_PER_MINUTE, 60.0), scope)
+    app.config.setdefault("LOGIN_LIFETIME", LOGIN_LIFETIME_SECONDS)
+    if app.config.get("MAX_CONTENT_LENGTH") is None:
+        app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(run_steps)
+    app.after_request(finish_response)

@@ -1,0 +1,157 @@
+"""Every template filter and global, registered on the app in one place.
+
+Formatting (times in the reader's zone, durations, sizes, JSON), what the overlay shows of a job, and the
+URLs a page builds for media, retries and the websocket. Media URLs are built by history.web.media (it
+owns the output and input folders); the CSRF helpers and the login state come from the request pipeline.
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Flask
+from flask import url_for
+
+from history import models
+from history.models import is_video
+from history.studio import studio
+from history.web import guard
+from history.web import history as history_views
+from history.web import media
+
+PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
+
+
+def local_time(value, style: str = "time") -> str:
+    """A UTC timestamp in the reader's zone: ``time`` (14:03:12), ``date`` (Nov 28) or ``full``."""
+    if value is None:
+        return ""
+    local = value.astimezone(history_views.reader_timezone())
+    if style == "date":
+        return f"{local:%b} {local.day}"
+    if style == "full":
+        offset = local.strftime("%z")
+        if offset == "+0000" and local.tzname() in ("UTC", "GMT"):
+            return f"{local:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+    return f"{local:%H:%M:%S}"
+
+
+def same_local_day(first, second) -> bool:
+    """Whether two timestamps fall on the same day in the reader's zone."""
+    if first is None or second is None:
+        return True
+    zone = history_views.reader_timezone()
+    return first.astimezone(zone).date() == second.astimezone(zone).date()
+
+
+def format_duration(seconds) -> str:
+    """Seconds as a person reads them: 350ms, 42s, 3m 12s, 1h 4m (never "0s" for a job that ran)."""
+    if seconds is None:
+        return ""
+    if float(seconds) < 0.9995:
+        milliseconds = int(round(float(seconds) * 1000))
+        return f"{milliseconds}ms" if milliseconds >= 1 else "<1ms"
+    total = int(round(float(seconds)))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m {total % 60}s"
+    return f"{total // 3600}h {total % 3600 // 60}m"
+
+
+def pretty_json(value) -> str:
+    """Arrays and objects as indented JSON (plain text: the template escapes it)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def human_size(size) -> str:
+    """A byte count as a person reads it: 512 B, 1.5 KB, 12 MB, 3.1 GB."""
+    if size is None:
+        return ""
+    size = float(size)
+    if size < 1024:
+        return f"{int(size)} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
+    return ""  # unreachable
+
+
+def card_images(job) -> list[dict]:
+    """A job's output images for its thumbnail: saved files first, temp previews only when nothing is saved."""
+    return models.card_images(job.outputs)
+
+
+def output_videos(job) -> list[dict]:
+    """A job's output videos, in node order."""
+    return [ref for ref in (job.outputs or []) if isinstance(ref, dict) and is_video(ref)]
+
+
+def param_kind(job, key: str, value) -> str:
+    """How the overlay shows a parameter: prompt, scenes, image, seed, json or text."""
+    if key in PROMPT_KEYS and isinstance(value, str):
+        return "prompt"
+    if key == "scenes" and isinstance(value, list) and all(isinstance(scene, dict) for scene in value):
+        return "scenes"
+    if isinstance(value, str) and value and value == job.input_image:
+        return "image"
+    if isinstance(value, (dict, list)):
+        return "json"
+    if key in (job.seeds or {}) and not isinstance(value, bool):
+        return "seed"
+    return "text"
+
+
+def used_seed(job, key: str, value, scene_index: int | None = None):
+    """The seed a job actually used for a parameter when it differs from the submitted one (a -1), else None."""
+    used = (job.seeds or {}).get(key)
+    if scene_index is not None:
+        used = used[scene_index] if isinstance(used, list) and scene_index < len(used) else None
+    if used is None or isinstance(used, (dict, list)) or used == value:
+        return None
+    return used
+
+
+def retry_url(job) -> str | None:
+    """The execute endpoint a Retry posts to, when the executor's API is installed."""
+    endpoint = history_views.endpoint_for("/api/run/<workflow_id>/execute")
+    return url_for(endpoint, workflow_id=job.workflow_id) if endpoint else None
+
+
+def retry_plan(job):
+    """What Retry would run for a failed job now, or why it cannot (its workflow is not installed)."""
+    return studio().retry_plan(job)
+
+
+FILTERS = {
+    "local_time": local_time,
+    "same_local_day": same_local_day,
+    "duration": format_duration,
+    "pretty_json": pretty_json,
+}
+
+GLOBALS = {
+    "card_images": card_images,
+    "output_videos": output_videos,
+    "param_kind": param_kind,
+    "used_seed": used_seed,
+    "retry_url": retry_url,
+    "retry_plan": retry_plan,
+    "human_size": human_size,
+    "output_url": media.output_url,
+    "input_url": media.input_url,
+    "thumbnail_url": media.thumbnail_url,
+    "preview_url": media.preview_url,
+    "output_views": media.output_views,
+    "input_thumbnail_url": media.input_thumbnail_url,
+    "csrf_token": guard.csrf_token,
+    "csrf_field": guard.csrf_field,
+    "current_login": guard.current_login,
+}
+
+
+def init_app(app: Flask) -> None:
+    """Register every filter and global the templates use."""
+    app.jinja_env.filters.update(FILTERS)
+    app.jinja_env.globals.update(GLOBALS)
