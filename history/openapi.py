@@ -220,6 +220,11 @@ SCHEMAS = {
             "prompt_id": {"type": "string"},
             "status": {"type": "string", "enum": ["queued"]},
             "retry_of": {"type": ["string", "null"]},
+            "notes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "a retry only: what was fitted to the workflow as installed now (a field left out, an image mapped)",
+            },
         },
     },
 }

@@ -413,7 +413,9 @@ def test_overlay_fragment_fields(client, make_job, settings):
     assert table.select_one("[data-param=seed] td").get_text(" ", strip=True) == "-1 (used 12345)"
     assert '"weight": 0.5' in table.select_one("[data-param=loras] pre.json").get_text()
     scenes = [[cell.get_text(" ", strip=True) for cell in row.select("td")] for row in table.select(".scenes-table tbody tr")]
-    assert scenes == [["1", "dawn", "2", "-1 (used 999)"], ["2", "dusk", "3", "7"]]
+    assert scenes == [["1", "dawn Copy", "Duration 2", "Seed -1 (used 999)"], ["2", "dusk Copy", "Duration 3", "Seed 7"]]
+    scene_copy = table.select_one(".scenes-table [data-scene='2'] .copy-btn")
+    assert table.select_one("#" + scene_copy["data-copy-target"]).get_text() == "dusk"
     image = table.select_one("[data-param=image] a.input-image-link")
     assert image.get_text(strip=True) == "face.png"
     assert image.has_attr("data-fullscreen")

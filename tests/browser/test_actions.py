@@ -235,12 +235,14 @@ def test_a_double_clicked_retry_makes_one_job_with_the_same_seeds_that_reaches_h
 
 
 def test_a_failed_retry_shows_the_servers_reason(page: Page, history_url, make_job):
-    original = make_job(status="error", files=0, params={"positive_prompt": "x", "not_an_input": 1}, seeds={})
+    # A field the workflow no longer takes is left out (the retry goes ahead); an input image that is gone is not.
+    original = make_job(status="error", files=0, workflow_id="img2vid-example", input_image="gone.png",
+                        params={"positive_prompt": "x"}, seeds={})
     open_history(page, history_url)
     card(page, original).locator(".job-excerpt").click()
     overlay = page.locator("#job-overlay")
     overlay.locator(".retry-btn").click()
-    expect(overlay.locator(".action-note.is-error")).to_contain_text("Retry failed: not_an_input", timeout=WAIT_MS)
+    expect(overlay.locator(".action-note.is-error")).to_contain_text("Retry failed: input_image", timeout=WAIT_MS)
     expect(overlay.locator(".retry-btn")).to_be_enabled()
     assert Job.select().where(Job.retry_of == original.prompt_id).count() == 0
 
