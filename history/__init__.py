@@ -16,7 +16,14 @@ from history import web
 from history.config import ConfigError
 from history.config import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> Path:
+    """The templates, partials or static folder: inside the installed package, else at the top of the checkout."""
+    packaged = PACKAGE_DIR / name  # a wheel carries them here (setup.py)
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
+
 
 __all__ = ["create_app", "init_app", "ConfigError"]
 
@@ -29,12 +36,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app = Flask(
         __name__,
-        static_folder=str(ROOT / "static"),
+        static_folder=str(asset_dir("static")),
         static_url_path=settings.url_prefix + "/static",  # static files follow STUDIO_URL_PREFIX too
-        template_folder=str(ROOT / "templates"),
+        template_folder=str(asset_dir("templates")),
     )
     # Pages and fragments share one loader, so a page includes exactly the partial an endpoint returns alone.
-    app.jinja_loader = ChoiceLoader([FileSystemLoader(str(ROOT / "templates")), FileSystemLoader(str(ROOT / "partials"))])
+    app.jinja_loader = ChoiceLoader([
+        FileSystemLoader(str(asset_dir("templates"))),
+        FileSystemLoader(str(asset_dir("partials"))),
+    ])
     app.config.update(
         SECRET_KEY=settings.secret_key,
         DATABASE_URL=settings.database_url,

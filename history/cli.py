@@ -1,7 +1,15 @@
-"""`flask --app app history ...`: init-db, import, export."""
+"""The command line: `studio-history ...` (and `python -m history`), and `flask --app app history ...`.
+
+`studio-history serve` runs the server; every command of the `history` group (init-db, import, export,
+prune-thumbnails, ...) is also a `studio-history` command, run inside the app the STUDIO_* settings describe.
+"""
 from __future__ import annotations
 
+import copy
+import functools
+import ipaddress
 import json
+import os
 import sys
 
 import click
@@ -80,3 +88,123 @@ def prune_thumbnails(max_age_days, max_mb):
 def init_app(app) -> None:
     """Add the `history` command group."""
     app.cli.add_command(history_cli)
+
+
+# ---- studio-history -------------------------------------------------------------------------------
+
+class StudioError(click.ClickException):
+    """A refusal or a bad setting: one line on standard error, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"studio-history: {self.message}", err=True)
+
+
+def settings_help() -> str:
+    """The STUDIO_* settings as a help epilog (click keeps a paragraph that starts with \\b as it is)."""
+    from history.config import VARIABLES
+
+    rows = [f"  {name:<24} {default:<28} {meaning}" for name, default, meaning in VARIABLES]
+    return "\b\nenvironment (all optional):\n" + "\n".join(rows)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_refusal(host: str, password: str | None, insecure: bool) -> str | None:
+    """Why the server must not listen on ``host`` (no password, not loopback, no --insecure), or None."""
+    if password or insecure or is_loopback(host):
+        return None
+    return (
+        f"refusing to listen on {host} without STUDIO_ADMIN_PASSWORD: anyone who reaches it could delete jobs "
+        "and start work; set a password, or pass --insecure if the network is yours alone"
+    )
+
+
+def load_app(**overrides):
+    """The app of the STUDIO_* settings; a bad setting becomes StudioError."""
+    from history import ConfigError
+    from history import create_app
+
+    try:
+        return create_app(overrides or None)
+    except ConfigError as error:
+        raise StudioError(str(error)) from None
+
+
+def in_app_context(command: click.Command) -> click.Command:
+    """A copy of ``command`` that runs inside the app (as `flask history ...` runs it)."""
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        with load_app().app_context():
+            return callback(*args, **kwargs)
+
+    wrapped = copy.copy(command)
+    wrapped.callback = run
+    return wrapped
+
+
+class StudioCommands(click.Group):
+    """`serve`, and every command of the `history` group (a command added there shows up here too)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *history_cli.list_commands(ctx)})
+
+    def get_command(self, ctx, name: str):
+        command = super().get_command(ctx, name)
+        if command is None and (found := history_cli.get_command(ctx, name)) is not None:
+            command = in_app_context(found)
+        return command
+
+
+@click.group(cls=StudioCommands, epilog=settings_help(), context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="studio-history", message="%(prog)s %(version)s")
+def studio_history():
+    """Studio History: the job history of a ComfyUI studio."""
+
+
+@studio_history.command("serve", epilog=settings_help())
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=5000, show_default=True, help="port to listen on")
+@click.option("--insecure", is_flag=True, help="listen on a non-loopback address without STUDIO_ADMIN_PASSWORD")
+@click.option("--debug", is_flag=True, help="Flask debug mode with the reloader")
+def serve(host: str, port: int, insecure: bool, debug: bool):
+    """Serve the studio with Werkzeug (gunicorn for production: see the README)."""
+    refusal = exposure_refusal(host, os.environ.get("STUDIO_ADMIN_PASSWORD"), insecure)
+    if refusal:
+        raise StudioError(refusal)
+    app = load_app()
+    if not debug:
+        # Run the executor (and the demo jobs on a fresh store) now, not on the first request; with the
+        # debug reloader the serving child starts it on its first request instead.
+        app.extensions["studio"].start()
+    prefix = app.config["STUDIO"].url_prefix
+    click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
+    app.run(host=host, port=port, debug=debug, use_reloader=debug, threaded=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `studio-history` with ``argv`` (default: the process's arguments); return the exit status."""
+    try:
+        studio_history.main(args=argv, prog_name="studio-history", standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
