@@ -192,16 +192,16 @@ def test_the_live_countdown_bar_is_big_enough_to_notice(page: Page, history_url,
 
 
 def test_a_slow_poll_says_it_is_waiting(page: Page, history_url, make_job, monkeypatch):
-    from history.web import pages
+    from history import jobs
 
     make_job()
     release = threading.Event()
-    list_etag = pages.jobs.list_etag
+    list_etag = jobs.list_etag
     page.goto(history_url)
     expect(page.locator(".job-card")).to_have_count(1)
     hint = page.locator("#live-indicator .live-slow")
     expect(hint).to_be_hidden()
-    monkeypatch.setattr(pages.jobs, "list_etag", lambda *a, **k: release.wait(10) and list_etag(*a, **k))
+    monkeypatch.setattr(jobs, "list_etag", lambda *a, **k: release.wait(10) and list_etag(*a, **k))
     try:
         expect(hint).to_be_visible(timeout=WAIT_MS)
         expect(hint).to_contain_text("waiting")
