@@ -123,9 +123,12 @@ SCHEMAS = {
     },
     "Job": {
         "type": "object",
+        "description": "a job's record (Job.to_dict): a field added there is added here",
+        "additionalProperties": False,
         "required": [
             "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
-            "duration", "params", "seeds", "input_image", "output", "outputs", "output_dir", "error", "retry_of",
+            "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir",
+            "error", "retry_of",
         ],
         "properties": {
             "prompt_id": {"type": "string"},
@@ -141,6 +144,8 @@ SCHEMAS = {
             "input_image": {"type": ["string", "null"]},
             "output": {"anyOf": [_ref("OutputRef"), {"type": "null"}]},
             "outputs": {"type": "array", "items": _ref("OutputRef")},
+            "starred": {"type": "boolean", "description": "kept from retention and from bulk actions over a filter"},
+            "bytes": {"type": ["integer", "null"], "description": "the size of its files, measured when it ended"},
             "output_dir": {"type": ["string", "null"]},
             "error": {"type": ["string", "null"]},
             "retry_of": {"type": ["string", "null"]},

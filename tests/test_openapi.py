@@ -79,3 +79,10 @@ def test_document_is_guarded_like_the_rest(guarded_app, path):
     response = guarded_app.test_client().get(path)
     assert response.status_code == 401
     assert "error" in response.get_json()
+
+
+def test_the_job_schema_names_exactly_the_fields_of_a_record(make_job):
+    record = make_job(status="completed").to_dict()
+    job_schema = openapi.document()["components"]["schemas"]["Job"]
+    assert list(job_schema["properties"]) == list(record)
+    assert job_schema["required"] == list(record)
