@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 THREADS ?= 64
 
-.PHONY: install run test bench demo serve chromium clean
+.PHONY: install run test bench screenshots demo serve chromium clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ test: install chromium
 
 bench: install chromium
 	$(PY) -m bench
+
+screenshots: install chromium
+	$(PY) -m bench.screenshots
 
 clean:
 	rm -rf $(VENV) *.egg-info

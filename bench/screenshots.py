@@ -14,6 +14,7 @@ import argparse
 import base64
 import datetime
 import io
+import logging
 import sys
 import tempfile
 import threading
@@ -112,7 +113,7 @@ def seed(data_dir: Path, video: bytes | None = None) -> list[str]:
         + ([("clip_00001_.mp4", lambda path: path.write_bytes(video), False)] if video else []),
         input_image="harbour_boats.png", duration=0.35)
     job(9, "txt2img-example", "Text to image (example)", "error",
-        {"positive_prompt": "Ein Leuchtturm in der Dämmerung — 灯台、夕暮れ、油絵 🌅", "negative_prompt": "", "seed": 42,
+        {"positive_prompt": "Ein Leuchtturm in der Dämmerung — huile sur toile, «crépuscule», ÆØÅ", "negative_prompt": "", "seed": 42,
          "width": 512, "height": 512, "batch_size": 1},
         error="node KSampler (#3): RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
     job(12, "img2vid-example", "Image to video (imported)", "stalled",
@@ -223,6 +224,8 @@ def main(argv=None) -> int:
     parser.add_argument("--serve", action="store_true", help="keep serving the seeded store instead")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="studio-screens-") as temp:
         with sync_playwright() as playwright:
