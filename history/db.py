@@ -8,11 +8,11 @@ import click
 from flask import current_app
 from peewee import DatabaseProxy
 from peewee import Model
-from peewee import SQL
 from peewee import SqliteDatabase
+from playhouse import migrations
 from playhouse.db_url import connect as connect_url
-from playhouse.migrate import PostgresqlMigrator
-from playhouse.migrate import SqliteMigrator
+
+from history.migrations import DIRECTORY as MIGRATIONS_DIRECTORY
 
 log = logging.getLogger(__name__)
 database = DatabaseProxy()
@@ -88,64 +88,46 @@ def connection():
             database.close()
 
 
-# Schema versions: each entry upgrades from the version before it. Add a function, never edit one.
-def _v1(migrator):
-    """Create the job table and its indexes."""
-    from history.models import Job
-
-    database.create_tables([Job])
+# The PostgreSQL advisory lock that lets one process at a time migrate ("STUDIO" in ASCII).
+MIGRATION_LOCK = 0x53545544494F
+# playhouse.migrations records each step it applied by name here; schema_version keeps the number.
+MIGRATION_TABLE = "schema_migration"
 
 
-def _v2(migrator):
-    """Index workflow names, prompt ids, prompts and scene prompts for the list's search."""
-    from history import search
-
-    search.install(database)
+def migration_runner() -> migrations.Runner:
+    """The playhouse.migrations runner of the bound database over the steps in history/migrations."""
+    return migrations.Runner(database.obj, str(MIGRATIONS_DIRECTORY), table_name=MIGRATION_TABLE)
 
 
-def _v3(migrator):
-    """Add job.starred and job.bytes (the size of a job's files), and the index the starred filter pages by."""
-    from peewee import BigIntegerField
-    from peewee import BooleanField
-    from playhouse.migrate import migrate as run
+def migration_steps() -> list[migrations.Migration]:
+    """Every schema step, in order; raise RuntimeError unless they are numbered 1, 2, 3 ... once each.
 
-    # A store created by _v1 from today's model has these already; one from before them gets them here.
-    columns = {column.name for column in database.get_columns("job")}
-    steps = []
-    if "starred" not in columns:
-        # One ALTER TABLE with a default in the column itself: add_column's add_not_null would rebuild the
-        # table on SQLite (dropping the search triggers), and bulk writers that name no starred get false.
-        steps.append(migrator.alter_add_column("job", "starred", BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])))
-    if "bytes" not in columns:
-        steps.append(migrator.add_column("job", "bytes", BigIntegerField(null=True)))
-    indexes = {index.name for index in database.get_indexes("job")}
-    if "job_starred_queued_at_prompt_id" not in indexes:
-        steps.append(migrator.add_index("job", ("starred", "queued_at", "prompt_id"), False))
-    run(*steps)
-
-
-MIGRATIONS = [_v1, _v2, _v3]
-
-
-def _migrator():
-    if is_sqlite():
-        return SqliteMigrator(database.obj)
-    return PostgresqlMigrator(database.obj)
+    Two branches that each appended a step under the same number would otherwise both run, in an order
+    nobody chose.
+    """
+    steps = migrations.Migration.load_directory(str(MIGRATIONS_DIRECTORY))
+    numbers = [step.idx for step in steps]
+    if numbers != list(range(1, len(steps) + 1)):
+        raise RuntimeError(f"schema steps in {MIGRATIONS_DIRECTORY} must be numbered 1 to {len(steps)} once each: {[step.name for step in steps]}")
+    return steps
 
 
 def schema_version() -> int:
-    """The schema version the bound database is at (0 when empty)."""
+    """The schema version the bound database is at: the number of its newest step (0 when empty)."""
     database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = database.execute_sql("SELECT MAX(version) FROM schema_version").fetchone()
     return row[0] or 0
 
 
-# The PostgreSQL advisory lock that lets one process at a time migrate ("STUDIO" in ASCII).
-MIGRATION_LOCK = 0x53545544494F
+def _adopt_numbered_store(runner: migrations.Runner, version: int) -> None:
+    """Record as applied the steps a store ran before they were playhouse.migrations files (by schema_version)."""
+    done = [step for step in runner.migrations() if step.idx <= version]
+    if done and not runner.applied():
+        runner.fake(done[-1].name)
 
 
-def migrate() -> int:
-    """Bring the schema to the newest version; return the version reached.
+def migrate(target: str | None = None) -> int:
+    """Bring the schema to the newest step (or to ``target``, a step's name); return the version reached.
 
     Processes that start together (gunicorn workers, several servers) take turns: on PostgreSQL an
     advisory lock held to the end of the transaction (a concurrent CREATE TABLE IF NOT EXISTS can fail
@@ -154,14 +136,13 @@ def migrate() -> int:
     with database.atomic():
         if not is_sqlite():
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        current = schema_version()
-        for number, step in enumerate(MIGRATIONS, start=1):
-            if number > current:
-                log.info("migrating schema to version %d: %s", number, step.__doc__)
-                step(_migrator())
-                database.execute_sql("INSERT INTO schema_version (version) VALUES (%d)" % number)
-                current = number
-    return current
+        runner = migration_runner()
+        _adopt_numbered_store(runner, schema_version())
+        numbers = {step.name: step.idx for step in migration_steps()}
+        for name in runner.up(target):
+            log.info("migrated schema to version %d: %s", numbers[name], name)
+            database.execute_sql("INSERT INTO schema_version (version) VALUES (%d)" % numbers[name])
+        return schema_version()
 
 
 def connect_for_request() -> None:

@@ -54,7 +54,7 @@ def reset_postgres(url: str) -> None:
     db = open_database(url)
     db.connect()
     try:
-        db.execute_sql("DROP TABLE IF EXISTS job, schema_version CASCADE")
+        db.execute_sql("DROP TABLE IF EXISTS job, schema_version, schema_migration CASCADE")
     finally:
         release(db)
 

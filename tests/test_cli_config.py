@@ -11,7 +11,7 @@ import pytest
 
 from history.config import ConfigError
 from history.config import load_settings
-from history.db import MIGRATIONS
+from history.db import migration_steps
 from history.models import STATUSES
 from history.models import Job
 
@@ -140,7 +140,7 @@ def test_prune_thumbnails_trims_the_cache_to_a_size(runner, make_job, settings):
 def test_init_db_reports_schema_version(runner):
     result = runner.invoke(args=["history", "init-db"])
     assert result.exit_code == 0
-    assert f"schema version {len(MIGRATIONS)}" in result.output
+    assert f"schema version {len(migration_steps())}" in result.output
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import datetime
+import shutil
+import textwrap
 import threading
 
 import pytest
 from peewee import TextField
-from playhouse.migrate import migrate as run_migration
 
 from history import create_app
 from history import db as history_db
 from history.db import database
+from history.migrations import DIRECTORY as MIGRATIONS_DIRECTORY
 from history.models import Job
 
 
@@ -31,16 +33,28 @@ def test_times_are_stored_in_utc_and_read_back_aware(make_job, db):
     assert stored.hour == 12 and stored.minute == 30
 
 
-def test_a_new_schema_version_keeps_existing_jobs(app_config, make_job, monkeypatch, db):
+def copy_steps(tmp_path, monkeypatch, extra: dict[str, str] | None = None):
+    """Point the migrations at a copy of history/migrations with ``extra`` steps (file name: source) added."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for step in MIGRATIONS_DIRECTORY.glob("[0-9]*.py"):
+        shutil.copy(step, folder / step.name)
+    for name, source in (extra or {}).items():
+        (folder / name).write_text(textwrap.dedent(source))
+    monkeypatch.setattr(history_db, "MIGRATIONS_DIRECTORY", folder)
+    return folder
+
+
+def test_a_new_schema_step_keeps_existing_jobs(app_config, make_job, monkeypatch, tmp_path, db):
     job = make_job(files=0)
-    newest = len(history_db.MIGRATIONS)
+    newest = len(history_db.migration_steps())
     assert history_db.schema_version() == newest
+    copy_steps(tmp_path, monkeypatch, {f"{newest + 1:04d}_note.py": """
+        from peewee import TextField
 
-    def add_note_column(migrator):
-        """Add a note to each job."""
-        run_migration(migrator.add_column("job", "note", TextField(null=True)))
-
-    monkeypatch.setattr(history_db, "MIGRATIONS", history_db.MIGRATIONS + [add_note_column])
+        def up(migrator, db):
+            migrator.migrate(migrator.add_column("job", "note", TextField(null=True)))
+    """})
     database.close()
     second = create_app(app_config)
     try:
@@ -53,19 +67,64 @@ def test_a_new_schema_version_keeps_existing_jobs(app_config, make_job, monkeypa
         second.extensions["studio"].stop()
 
 
-def test_a_store_from_before_stars_gets_starred_and_bytes_and_keeps_its_jobs(app_config, make_job, db):
+def test_a_field_added_to_the_model_later_does_not_break_a_fresh_store(monkeypatch, tmp_path, db):
+    # The first schema is frozen in 0001: a field the model gains later comes from its own step, and a new
+    # database built step by step must not meet that column twice.
+    database.execute_sql("DROP TABLE job")
+    database.execute_sql("DROP TABLE schema_version")
+    database.execute_sql(f"DROP TABLE {history_db.MIGRATION_TABLE}")
+    newest = len(history_db.migration_steps())
+    copy_steps(tmp_path, monkeypatch, {f"{newest + 1:04d}_note.py": """
+        from peewee import TextField
+
+        def up(migrator, db):
+            migrator.migrate(migrator.add_column("job", "note", TextField(null=True)))
+    """})
+    Job._meta.add_field("note", TextField(null=True))  # as if models.py had gained it with that step
+    try:
+        assert history_db.migrate(target="0001_job") == 1
+        first = {column.name for column in database.get_columns("job")}
+        assert "note" not in first and "starred" not in first
+        assert history_db.migrate() == newest + 1
+        assert {column.name for column in database.get_columns("job")} == set(Job._meta.columns)
+    finally:
+        Job._meta.remove_field("note")
+
+
+def test_the_schema_steps_build_what_the_model_reads(db):
+    columns = {column.name for column in database.get_columns("job")}
+    assert columns == set(Job._meta.columns)
+    indexed = {tuple(index.columns) for index in database.get_indexes("job")}
+    for fields, _unique in Job._meta.indexes:
+        assert tuple(fields) in indexed
+
+
+def test_two_steps_under_one_number_are_refused(monkeypatch, tmp_path, db):
+    newest = len(history_db.migration_steps())
+    copy_steps(tmp_path, monkeypatch, {
+        f"{newest + 1:04d}_stars.py": "def up(migrator, db):\n    pass\n",
+        f"{newest + 1:04d}_scale.py": "def up(migrator, db):\n    pass\n",
+    })
+    with pytest.raises(RuntimeError, match="numbered 1 to"):
+        history_db.migrate()
+
+
+def test_a_store_numbered_before_the_step_files_is_adopted_and_upgraded(app_config, make_job, db):
     job = make_job(files=0)
-    # The store as the first schema left it: no starred, no bytes, no index on them.
+    # A store as the first schema left it, from before playhouse.migrations recorded steps by name:
+    # no starred, no bytes, no index on them, and only schema_version saying where it is.
     database.execute_sql("DROP INDEX job_starred_queued_at_prompt_id")
     for column in ("starred", "bytes"):
         database.execute_sql(f"ALTER TABLE job DROP COLUMN {column}")
-    before_stars = history_db.MIGRATIONS.index(history_db._v3)
-    database.execute_sql("DELETE FROM schema_version WHERE version > %d" % before_stars)
+    database.execute_sql(f"DROP TABLE {history_db.MIGRATION_TABLE}")
+    database.execute_sql("DELETE FROM schema_version WHERE version > 2")
     database.close()
     second = create_app(app_config)
     try:
         with history_db.connection():
-            assert history_db.schema_version() == len(history_db.MIGRATIONS)
+            assert history_db.schema_version() == len(history_db.migration_steps())
+            applied = history_db.migration_runner().applied()
+            assert sorted(applied) == [step.name for step in history_db.migration_steps()]
             record = Job.get_by_id(job.prompt_id).to_dict()
             assert record["starred"] is False and record["bytes"] is None
             assert record["workflow_name"] == job.workflow_name
@@ -77,6 +136,7 @@ def test_processes_starting_together_on_an_empty_store_create_its_schema_once(db
     # Several gunicorn workers (or servers) booting at once on a new database all migrate it.
     database.execute_sql("DROP TABLE job")
     database.execute_sql("DROP TABLE schema_version")
+    database.execute_sql(f"DROP TABLE {history_db.MIGRATION_TABLE}")
     database.close()
     starting = threading.Barrier(6)
     errors = []
@@ -97,5 +157,5 @@ def test_processes_starting_together_on_an_empty_store_create_its_schema_once(db
     assert errors == []
     with history_db.connection():
         versions = [row[0] for row in database.execute_sql("SELECT version FROM schema_version").fetchall()]
-        assert versions == list(range(1, len(history_db.MIGRATIONS) + 1))
+        assert versions == list(range(1, len(history_db.migration_steps()) + 1))
         assert Job.select().count() == 0
