@@ -23,8 +23,17 @@ SUBSCRIBER_QUEUE_SIZE = 1000
 
 
 def encode(event_type: str, data: dict, ts: float | None = None) -> str:
-    """An event as the JSON text frame the websocket sends."""
+    """An event as the JSON text frame the websocket sends (``ts`` last: published_at reads it from the end)."""
     return json.dumps({"type": event_type, "data": data, "ts": ts if ts is not None else time.time()})
+
+
+def published_at(message: str) -> float | None:
+    """The ``ts`` of an encoded event, read from its end without parsing the whole frame; None if absent."""
+    head, found, tail = message.rpartition('"ts": ')
+    try:
+        return float(tail.rstrip("} ")) if found else None
+    except ValueError:
+        return None
 
 
 class Subscription:

@@ -981,3 +981,8 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
         "by_day": list(by_day.values()),
         "oldest": {"prompt_id": oldest.prompt_id, "queued_at": iso(oldest.queued_at)} if oldest else None,
     }
+
+
+def count_by_status() -> dict[str, int]:
+    """How many jobs the store holds in each status (for /metrics)."""
+    return dict(Job.select(Job.status, fn.COUNT(SQL("*"))).group_by(Job.status).order_by().tuples())

@@ -17,6 +17,7 @@ from history import db
 from history import files
 from history import thumbnails
 from history.events import EventBus
+from history.metrics import Metrics
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import ERROR
@@ -40,8 +41,9 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
 class Runner:
     """The Reporter every executor calls: writes the store, publishes events, keeps progress, finds stalls."""
 
-    def __init__(self, bus: EventBus, stall_seconds: float, settings):
+    def __init__(self, bus: EventBus, stall_seconds: float, settings, metrics: Metrics | None = None):
         self.bus = bus
+        self.metrics = metrics if metrics is not None else Metrics()  # executions started and finished
         self.settings = settings  # where output files and thumbnails live
         self.stall_seconds = float(stall_seconds)
         self.executor = None
@@ -93,6 +95,7 @@ class Runner:
             self.unfollow(prompt_id)
             return
         self.follow(prompt_id, running=True)
+        self.metrics.executions_started.inc()
         self.bus.publish("job.started", job.to_dict())
 
     def progress(self, prompt_id: str, node: str | None, value: int, maximum: int) -> None:
@@ -146,6 +149,7 @@ class Runner:
         job = self._update(prompt_id, change)
         self.unfollow(prompt_id)
         if job is not None:
+            self.metrics.executions_finished.labels(status).inc()
             self.bus.publish(event, job.to_dict())
         return job
 

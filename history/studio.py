@@ -20,6 +20,7 @@ from history.arrivals import ThumbnailMaker
 from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
+from history.metrics import Metrics
 from history.models import ACTIVE_STATUSES
 from history.models import QUEUED
 from history.models import Job
@@ -45,7 +46,8 @@ class Studio:
         self.bus = bus
         self.start_runner = start_runner
         self.workflows, self.workflow_errors = load_workflows(settings.workflows_dir)
-        self.runner = Runner(bus, settings.stall_seconds, settings)
+        self.metrics = Metrics(count_by_status=jobs.count_by_status)  # this app's own registry (/metrics)
+        self.runner = Runner(bus, settings.stall_seconds, settings, self.metrics)
         self.executor = make_executor(settings, self.runner)
         self.runner.executor = self.executor
         self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks

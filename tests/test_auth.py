@@ -22,7 +22,7 @@ from tests.conftest import same_origin_client
 PASSWORD = "correct horse battery staple"
 ROOT = Path(__file__).resolve().parent.parent
 # The only views open to anonymous visitors. A new public view must be added here on purpose.
-PUBLIC_ENDPOINTS = {"static", "login.login", "login.logout"}
+PUBLIC_ENDPOINTS = {"static", "login.login", "login.logout", "monitoring.healthz"}
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -71,7 +71,7 @@ def protected_requests(app):
                 yield method, url, rule.endpoint, rule.websocket
 
 
-def test_public_views_are_only_login_logout_and_static(app):
+def test_public_views_are_only_login_logout_static_and_healthz(app):
     marked = {
         rule.endpoint
         for rule in app.url_map.iter_rules()

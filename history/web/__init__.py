@@ -1,4 +1,4 @@
-"""Blueprints: one per surface (history, queue, assets, JSON API, media, websocket, login)."""
+"""Blueprints: one per surface (history, queue, assets, JSON API, media, websocket, login, monitoring)."""
 from __future__ import annotations
 
 from flask import Flask
@@ -11,11 +11,12 @@ from history.web import guard
 from history.web import history
 from history.web import login
 from history.web import media
+from history.web import monitoring
 from history.web import queue
 from history.web import templating
 from history.web import ws
 
-SURFACES = (history, queue, assets, api, media, ws)
+SURFACES = (history, queue, assets, api, media, ws, monitoring)
 
 
 def init_app(app: Flask, url_prefix: str = "") -> None:

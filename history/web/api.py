@@ -101,7 +101,10 @@ def read_prompt_ids(payload) -> list[str]:
 
 def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
     """Delete jobs with their files and publish job.deleted for each one gone."""
-    report = jobs.delete_jobs(prompt_ids, current_app.config["STUDIO"].output_dir)
+    metrics = studio().metrics
+    with metrics.delete_duration.time():
+        report = jobs.delete_jobs(prompt_ids, current_app.config["STUDIO"].output_dir)
+    metrics.deleted_jobs.inc(len(report.deleted))
     bus = studio().bus
     for record in report.deleted_jobs:
         bus.publish("job.deleted", record)

@@ -365,10 +365,19 @@ def check_cross_origin():
     )
 
 
+def opens_own_connection(view):
+    """Mark a view that opens the store itself (the health check says when it cannot), so no step does."""
+    view._studio_own_connection = True
+    return view
+
+
 def open_database():
     """Open the request's database connection (db.py closes it in teardown); static files skip it."""
-    if request.endpoint != "static":
-        db.connect_for_request()
+    if request.endpoint == "static":
+        return None
+    if getattr(current_app.view_functions.get(request.endpoint), "_studio_own_connection", False):
+        return None
+    db.connect_for_request()
     return None
 
 
@@ -439,9 +448,17 @@ def security_headers(response):
     return response
 
 
+def count_list_poll(response):
+    """Count the history list's answers for /metrics: 200 rendered, 204 or 304 when nothing changed."""
+    if request.endpoint == "history.history_list" and not request.args.get("before"):
+        studio.studio().metrics.list_polls.labels(str(response.status_code)).inc()
+    return response
+
+
 AFTER_STEPS = (
     cors.add_headers,
     security_headers,
+    count_list_poll,
 )
 
 

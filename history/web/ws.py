@@ -41,7 +41,9 @@ def events(ws):
     if not allowed:
         ws.close(reason=1008, message="login required")
         return
+    metrics = studio().metrics
     subscription = studio().bus.subscribe()
+    metrics.websockets_open.inc()
     try:
         while ws.connected and not subscription.closed.is_set():
             if login_ends_at is not None and time.time() >= login_ends_at:
@@ -51,7 +53,9 @@ def events(ws):
             message = subscription.get(timeout=IDLE_CHECK_SECONDS)
             if message is not None:
                 ws.send(message)
+                metrics.delivered(message)
     except ConnectionClosed:
         pass
     finally:
+        metrics.websockets_open.dec()
         subscription.close()

@@ -1,0 +1,67 @@
+"""What process managers and monitors ask: /healthz (public, tiny) and /metrics (Prometheus, guarded like the rest)."""
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import current_app
+from flask import jsonify
+from flask import make_response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from history import db
+from history.studio import studio
+from history.web.guard import opens_own_connection
+from history.web.guard import public
+
+bp = Blueprint("monitoring", __name__)
+
+
+def store_problem() -> str | None:
+    """Why the store does not answer a trivial query, or None when it does."""
+    try:
+        with db.connection() as database:
+            database.execute_sql("SELECT 1").fetchone()
+    except Exception as error:  # whatever the driver raises: a health check reports it, never fails on it
+        return f"{type(error).__name__}: {error}".strip()
+    return None
+
+
+def executor_state() -> dict:
+    """Which executor runs jobs and whether it is reachable now (ComfyUI: its websocket is connected)."""
+    the_studio = studio()
+    settings = current_app.config["STUDIO"]
+    executor = the_studio.executor
+    if not settings.comfyui_url:
+        return {"kind": "builtin", "reachable": True}
+    connected = getattr(executor, "connected", None)
+    return {
+        "kind": "comfyui",
+        "url": settings.comfyui_url,
+        "reachable": bool(connected() if callable(connected) else connected),
+        "running": the_studio.started,
+    }
+
+
+@bp.get("/healthz")
+@public
+@opens_own_connection
+def healthz():
+    """Answer 200 when the store answers, else 503 with the reason; say whether the executor is reachable."""
+    problem = store_problem()
+    body = {
+        "status": "ok" if problem is None else "unavailable",
+        "store": "ok" if problem is None else problem,
+        "executor": executor_state(),
+    }
+    response = jsonify(body)
+    response.status_code = 200 if problem is None else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/metrics")
+def metrics():
+    """Every metric of this process in Prometheus's text format."""
+    response = make_response(studio().metrics.exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Cache-Control"] = "no-store"
+    return response
