@@ -154,15 +154,22 @@ def in_app_context(command: click.Command) -> click.Command:
     return wrapped
 
 
+def app_commands() -> dict[str, click.Command]:
+    """The store commands: the `history` group's, and api-token (history.web.login), by name."""
+    from history.web.login import api_token_command
+
+    return {**history_cli.commands, api_token_command.name: api_token_command}
+
+
 class StudioCommands(click.Group):
     """`serve`, and every command of the `history` group (a command added there shows up here too)."""
 
     def list_commands(self, ctx) -> list[str]:
-        return sorted({*super().list_commands(ctx), *history_cli.list_commands(ctx)})
+        return sorted({*super().list_commands(ctx), *app_commands()})
 
     def get_command(self, ctx, name: str):
         command = super().get_command(ctx, name)
-        if command is None and (found := history_cli.get_command(ctx, name)) is not None:
+        if command is None and (found := app_commands().get(name)) is not None:
             command = in_app_context(found)
         return command
 
@@ -178,11 +185,18 @@ def studio_history():
 @click.option("--port", type=int, default=5000, show_default=True, help="port to listen on")
 @click.option("--insecure", is_flag=True, help="listen on a non-loopback address without STUDIO_ADMIN_PASSWORD")
 @click.option("--debug", is_flag=True, help="Flask debug mode with the reloader")
-def serve(host: str, port: int, insecure: bool, debug: bool):
-    """Serve the studio with Werkzeug (gunicorn for production: see the README)."""
+@click.option("--gunicorn", "use_gunicorn", is_flag=True,
+              help="serve with gunicorn (one gthread worker; the server extra) instead of Werkzeug")
+@click.option("--threads", type=click.IntRange(min=2), default=64, show_default=True,
+              help="gunicorn's threads: each open page's websocket holds one")
+def serve(host: str, port: int, insecure: bool, debug: bool, use_gunicorn: bool, threads: int):
+    """Serve the studio: Werkzeug by default, gunicorn with --gunicorn (production: see the README)."""
     refusal = exposure_refusal(host, os.environ.get("STUDIO_ADMIN_PASSWORD"), insecure)
     if refusal:
         raise StudioError(refusal)
+    if use_gunicorn:
+        run_gunicorn(host, port, threads)
+        return
     app = load_app()
     if not debug:
         # Run the executor (and the demo jobs on a fresh store) now, not on the first request; with the
@@ -191,6 +205,34 @@ def serve(host: str, port: int, insecure: bool, debug: bool):
     prefix = app.config["STUDIO"].url_prefix
     click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
     app.run(host=host, port=port, debug=debug, use_reloader=debug, threaded=True)
+
+
+def run_gunicorn(host: str, port: int, threads: int) -> None:
+    """Run gunicorn in this process with one gthread worker (flask-sock's websocket needs gthread or gevent)."""
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:
+        raise StudioError("--gunicorn needs gunicorn: pip install 'studio-history[server]'") from None
+
+    class StudioServer(BaseApplication):
+        """gunicorn serving create_app() (background work starts on the worker's first request)."""
+
+        def load_config(self):
+            bind = f"[{host}]:{port}" if ":" in host.strip("[]") else f"{host}:{port}"
+            for name, value in {
+                "bind": [bind],
+                "workers": 1,  # the built-in executor runs in the web process: one worker (README, Production)
+                "worker_class": "gthread",
+                "threads": threads,
+                "control_socket_disable": True,
+            }.items():
+                self.cfg.set(name, value)
+
+        def load(self):
+            return load_app()
+
+    load_app()  # a bad setting stops here with one line, not in a worker that gunicorn restarts
+    StudioServer().run()
 
 
 def main(argv: list[str] | None = None) -> int:

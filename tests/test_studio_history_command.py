@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +28,7 @@ def studio_history(*args: str, data_dir: Path, stdin: str | None = None, **env: 
 def test_help_lists_every_command_and_setting(tmp_path):
     result = studio_history("--help", data_dir=tmp_path / "data")
     assert result.returncode == 0
-    for name in ("serve", "init-db", "import", "export", "prune-thumbnails", "STUDIO_DATABASE_URL", "STUDIO_COMFYUI_URL"):
+    for name in ("serve", "init-db", "import", "export", "prune-thumbnails", "api-token", "STUDIO_DATABASE_URL"):
         assert name in result.stdout
     serve_help = studio_history("serve", "--help", data_dir=tmp_path / "data").stdout
     for name in ("--host", "--port", "--insecure", "STUDIO_ADMIN_PASSWORD"):
@@ -68,3 +73,31 @@ def test_init_db_makes_the_store(tmp_path):
     result = studio_history("init-db", data_dir=tmp_path / "data")
     assert result.returncode == 0 and "schema version" in result.stdout
     assert (tmp_path / "data" / "studio.db").is_file()
+
+
+def test_serve_with_gunicorn_answers_healthz(tmp_path):
+    server = subprocess.Popen(
+        [sys.executable, "-m", "history", "serve", "--gunicorn", "--port", "0", "--threads", "4"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={"PATH": "/usr/bin:/bin", "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0"},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
+    try:
+
+        def listening_at():
+            assert server.poll() is None, "gunicorn exited:\n" + "".join(lines)
+            found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", "".join(lines))
+            return found and found.group(1)
+
+        base = wait_for(listening_at, timeout=60, what="gunicorn says where it listens")
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
+            assert response.status == 200
+            assert json.load(response)["status"] == "ok"
+        assert "gthread" in "".join(lines)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        reader.join(timeout=10)
+        server.stdout.close()
