@@ -121,10 +121,10 @@ class HistoryFilter:
     def from_json(cls, payload) -> "HistoryFilter":
         """The ``filter`` object of a bulk request; raise InvalidQuery naming the field."""
         if not isinstance(payload, dict):
-            raise InvalidQuery("filter must be an object like {\"status\": [\"error\"], \"queued_before\": \"...\"}")
+            raise InvalidQuery("must be an object like {\"status\": [\"error\"], \"queued_before\": \"...\"}")
         unknown = sorted(set(payload) - set(FILTER_FIELDS))
         if unknown:
-            raise InvalidQuery(f"filter: unknown field {unknown[0]!r}; use {', '.join(FILTER_FIELDS)}")
+            raise InvalidQuery(f"unknown field {unknown[0]!r}; use {', '.join(FILTER_FIELDS)}")
         return cls.parse(*(payload.get(name) for name in FILTER_FIELDS))
 
     def query_args(self) -> dict:

@@ -100,6 +100,11 @@ PROMPT_IDS_FORM = {
     },
 }
 
+WORKFLOW_ID_OR_BLANK = "^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$"
+# A bulk action whose filter now matches another number of jobs than the person confirmed.
+COUNT_CHANGED = {"description": "the filter matches another number of jobs now; nothing was changed",
+                 "content": _json(_ref("CountChanged"))}
+
 SCHEMAS = {
     "Error": {
         "type": "object",
@@ -144,8 +149,9 @@ SCHEMAS = {
             "input_image": {"type": ["string", "null"]},
             "output": {"anyOf": [_ref("OutputRef"), {"type": "null"}]},
             "outputs": {"type": "array", "items": _ref("OutputRef")},
-            "starred": {"type": "boolean", "description": "kept from retention and from bulk actions over a filter"},
-            "bytes": {"type": ["integer", "null"], "description": "the size of its files, measured when it ended"},
+            "starred": {"type": "boolean", "description": "kept from retention and from bulk deletes over a filter"},
+            "bytes": {"type": ["integer", "null"], "minimum": 0,
+                      "description": "the size of its files, measured when it ended or was imported (null before)"},
             "output_dir": {"type": ["string", "null"]},
             "error": {"type": ["string", "null"]},
             "retry_of": {"type": ["string", "null"]},
@@ -180,6 +186,160 @@ SCHEMAS = {
             "jobs": {"type": "integer", "minimum": 0},
             "files": {"type": "integer", "minimum": 0},
             "bytes": {"type": "integer", "minimum": 0},
+        },
+    },
+    "HistoryFilter": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "what a bulk action acts on: the list's filter, and the moment the selection was made",
+        "properties": {
+            "status": {
+                "anyOf": [
+                    {"type": "string", "pattern": STATUS_LIST_PATTERN},
+                    {"type": "array", "items": {"type": "string", "pattern": STATUS_LIST_PATTERN}},
+                ],
+                "description": "statuses (failed means error); none means the ended ones",
+            },
+            "workflow_id": {"type": ["string", "null"], "pattern": WORKFLOW_ID_OR_BLANK},
+            "q": {"type": ["string", "null"], "maxLength": jobs.MAX_QUERY_LENGTH, "pattern": "^[^\\u0000]*$"},
+            "starred": {"type": ["boolean", "null"]},
+            "queued_before": {"type": ["string", "null"], "format": "date-time",
+                              "description": "only jobs queued before this moment (when the selection was made)"},
+            "queued_after": {"type": ["string", "null"], "format": "date-time"},
+            "cause": {"type": ["string", "null"], "pattern": "^([0-9a-f]{12})?$",
+                      "description": "a cause id of GET /api/admin/history/failures"},
+        },
+    },
+    "BulkRequest": {
+        "type": "object",
+        "required": ["filter", "expect"],
+        "additionalProperties": False,
+        "properties": {
+            "filter": _ref("HistoryFilter"),
+            "expect": {"type": "integer", "minimum": 0,
+                       "description": "how many jobs the filter matched when the person chose them; "
+                       "another count now answers 409 with the new count and changes nothing"},
+            "include_starred": {"type": "boolean", "default": False,
+                                "description": "take starred jobs too (kept otherwise)"},
+        },
+    },
+    "CountChanged": {
+        "type": "object",
+        "required": ["error", "count", "expect"],
+        "properties": {
+            "error": {"type": "string"},
+            "count": {"type": "integer", "minimum": 0, "description": "how many jobs the filter matches now"},
+            "expect": {"type": "integer", "minimum": 0},
+        },
+    },
+    "FilterUsage": {
+        "type": "object",
+        "required": ["jobs", "bytes", "starred", "include_starred"],
+        "properties": {
+            "jobs": {"type": "integer", "minimum": 0, "description": "the jobs a delete over the filter would take"},
+            "bytes": {"type": "integer", "minimum": 0, "description": "their bytes, as their records keep them"},
+            "starred": {"type": "integer", "minimum": 0, "description": "starred jobs the filter matches"},
+            "include_starred": {"type": "boolean"},
+        },
+    },
+    "StarRequest": {
+        "type": "object",
+        "required": ["prompt_ids", "starred"],
+        "additionalProperties": False,
+        "properties": {
+            "prompt_ids": PROMPT_IDS_BODY["properties"]["prompt_ids"],
+            "starred": {"type": "boolean"},
+        },
+    },
+    "StarReport": {
+        "type": "object",
+        "required": ["updated", "not_found"],
+        "properties": {
+            "updated": {"type": "array", "items": {"type": "string"}},
+            "not_found": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "RetryReport": {
+        "type": "object",
+        "required": ["queued", "failed"],
+        "properties": {
+            "queued": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["retry_of", "prompt_id"],
+                    "properties": {"retry_of": {"type": "string"}, "prompt_id": {"type": "string"}},
+                },
+            },
+            "failed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["prompt_id", "error", "status"],
+                    "properties": {
+                        "prompt_id": {"type": "string"},
+                        "error": {"type": "string"},
+                        "status": {"type": "integer",
+                                   "description": "404 unknown, 409 not failed or just retried, 400 refused, 503 executor"},
+                        "retried_as": {"type": ["string", "null"], "description": "the retry made just before"},
+                    },
+                },
+            },
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["total", "by_status", "by_workflow", "by_day", "oldest"],
+        "properties": {
+            "total": {
+                "type": "object",
+                "required": ["jobs", "bytes", "unmeasured"],
+                "properties": {
+                    "jobs": {"type": "integer"},
+                    "bytes": {"type": "integer"},
+                    "unmeasured": {"type": "integer", "description": "ended jobs whose bytes were never measured"},
+                },
+            },
+            "by_status": {"type": "array", "items": {
+                "type": "object", "required": ["status", "jobs", "bytes"],
+                "properties": {"status": {"type": "string"}, "jobs": {"type": "integer"}, "bytes": {"type": "integer"}},
+            }},
+            "by_workflow": {"type": "array", "items": {
+                "type": "object", "required": ["workflow_id", "workflow_name", "jobs", "bytes"],
+                "properties": {
+                    "workflow_id": {"type": "string"}, "workflow_name": {"type": "string"},
+                    "jobs": {"type": "integer"}, "bytes": {"type": "integer"},
+                },
+            }},
+            "by_day": {"type": "array", "description": "the last 30 UTC days, oldest first", "items": {
+                "type": "object", "required": ["day", "jobs", "bytes"],
+                "properties": {
+                    "day": {"type": "string", "format": "date"},
+                    "jobs": {"type": "object", "additionalProperties": {"type": "integer"},
+                             "description": "jobs queued that day, by status"},
+                    "bytes": {"type": "integer"},
+                },
+            }},
+            "oldest": {"anyOf": [{"type": "null"}, {
+                "type": "object", "required": ["prompt_id", "queued_at"],
+                "properties": {"prompt_id": {"type": "string"}, "queued_at": {"type": "string", "format": "date-time"}},
+            }]},
+        },
+    },
+    "FailureGroup": {
+        "type": "object",
+        "required": ["cause", "text", "node", "exception", "example", "count", "newest", "oldest", "workflows", "statuses"],
+        "properties": {
+            "cause": {"type": "string", "description": "the cause's id (a filter's cause)"},
+            "text": {"type": "string", "description": "the message with numbers, paths and ids normalised away"},
+            "node": {"type": ["string", "null"]},
+            "exception": {"type": ["string", "null"]},
+            "example": {"type": "string", "description": "the newest message of this cause, as it was"},
+            "count": {"type": "integer"},
+            "newest": {"type": "string", "format": "date-time"},
+            "oldest": {"type": "string", "format": "date-time"},
+            "workflows": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "statuses": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
     "Workflow": {
@@ -274,6 +434,30 @@ PATHS = {
                     "schema": {"type": "string", "maxLength": jobs.MAX_QUERY_LENGTH},
                 },
                 {
+                    "name": "starred",
+                    "in": "query",
+                    "description": "1: only starred jobs; 0: only the others",
+                    "schema": {"type": "string", "enum": ["", "0", "1", "true", "false"]},
+                },
+                {
+                    "name": "queued_before",
+                    "in": "query",
+                    "description": "only jobs queued before this moment (ISO 8601)",
+                    "schema": {"type": "string", "format": "date-time"},
+                },
+                {
+                    "name": "queued_after",
+                    "in": "query",
+                    "description": "only jobs queued at or after this moment (ISO 8601)",
+                    "schema": {"type": "string", "format": "date-time"},
+                },
+                {
+                    "name": "cause",
+                    "in": "query",
+                    "description": "only failed and stalled jobs of this cause (GET /api/admin/history/failures)",
+                    "schema": {"type": "string", "pattern": "^([0-9a-f]{12})?$"},
+                },
+                {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": jobs.MAX_LIMIT, "default": jobs.DEFAULT_LIMIT},
@@ -319,19 +503,24 @@ PATHS = {
             "summary": "Delete jobs and their output folders",
             "description": "Queued and running jobs are refused (in failed, status 409); a job whose files "
             "cannot be removed keeps its record.",
-            "requestBody": {"required": True, "content": _json(PROMPT_IDS_BODY)},
+            "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]})},
             "responses": _answers(*WRITE, **{"200": {
                 "description": "what was deleted and what was not",
                 "content": _json(_ref("DeleteReport")),
-            }}),
+            }, "409": COUNT_CHANGED}),
         },
     },
     "/api/admin/history/usage": {
         "post": {
             "operationId": "deleteUsage",
-            "summary": "Count the jobs, files and bytes a delete of these ids would free",
-            "requestBody": {"required": True, "content": _json(PROMPT_IDS_BODY)},
-            "responses": _answers(*WRITE, **{"200": {"description": "the counts", "content": _json(_ref("Usage"))}}),
+            "summary": "Count the jobs, files and bytes a delete of these ids (or over a filter) would free",
+            "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, {
+                **SCHEMAS["BulkRequest"], "required": ["filter"],
+            }]})},
+            "responses": _answers(*WRITE, **{"200": {
+                "description": "the counts (of a filter: from the records, with the stars it matches)",
+                "content": _json({"anyOf": [_ref("Usage"), _ref("FilterUsage")]}),
+            }}),
         },
     },
     "/api/admin/history/export": {
@@ -341,7 +530,7 @@ PATHS = {
             "requestBody": {
                 "required": True,
                 "content": {
-                    **_json(PROMPT_IDS_BODY),
+                    **_json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]}),
                     # The page's form: one prompt_ids field per checked card (none checked: none exported).
                     "application/x-www-form-urlencoded": {"schema": PROMPT_IDS_FORM},
                 },
@@ -353,6 +542,44 @@ PATHS = {
                     "Content-Disposition": {"schema": {"type": "string"}},
                 },
                 "content": _json({"type": "array", "items": _ref("Job")}),
+            }, "409": COUNT_CHANGED}),
+        },
+    },
+    "/api/admin/history/star": {
+        "post": {
+            "operationId": "starJobs",
+            "summary": "Star or unstar jobs (a star keeps a job from retention and from bulk deletes over a filter)",
+            "requestBody": {"required": True, "content": _json(_ref("StarRequest"))},
+            "responses": _answers(*WRITE, **{"200": {"description": "which ids changed", "content": _json(_ref("StarReport"))}}),
+        },
+    },
+    "/api/admin/history/retry": {
+        "post": {
+            "operationId": "retryJobs",
+            "summary": "Retry failed and stalled jobs, named or over a filter: one new job each, with retry_of",
+            "description": "Guarded as a single retry is: a job retried in the last few seconds is reported in "
+            "failed (409) instead of being retried twice.",
+            "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]})},
+            "responses": _answers(*WRITE, **{"200": {
+                "description": "the retries made and the jobs that were not retried, with why",
+                "content": _json(_ref("RetryReport")),
+            }, "409": COUNT_CHANGED}),
+        },
+    },
+    "/api/admin/history/stats": {
+        "get": {
+            "operationId": "historyStats",
+            "summary": "Counts and bytes by status, by workflow and by day (last 30 days), and the oldest job",
+            "responses": _answers(*GUARDED, **{"200": {"description": "the figures", "content": _json(_ref("Stats"))}}),
+        },
+    },
+    "/api/admin/history/failures": {
+        "get": {
+            "operationId": "historyFailures",
+            "summary": "Failed and stalled jobs grouped by cause, the largest group first",
+            "responses": _answers(*GUARDED, **{"200": {
+                "description": "the groups",
+                "content": _json({"type": "array", "items": _ref("FailureGroup")}),
             }}),
         },
     },

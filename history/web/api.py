@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from flask import Blueprint
 from flask import abort
@@ -40,7 +41,7 @@ def page_from_request(default_limit: int = jobs.DEFAULT_LIMIT) -> jobs.Page:
     """Read filters, limit and cursor from the query string and fetch that page; abort 400 when invalid."""
     args = request.args
     try:
-        history_filter = jobs.HistoryFilter.parse(args.getlist("status"), args.get("workflow_id"), args.get("q"))
+        history_filter = jobs.HistoryFilter.from_args(args)
         limit = parse_limit(args.get("limit"), default_limit)
         return jobs.history_page(history_filter, limit, args.get("before") or None)
     except jobs.InvalidQuery as error:
@@ -99,11 +100,63 @@ def read_prompt_ids(payload) -> list[str]:
     return jobs.fold_ids(prompt_ids)
 
 
-def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
-    """Delete jobs with their files and publish job.deleted for each one gone."""
+@dataclass(frozen=True)
+class Bulk:
+    """A bulk action over a filter: what it matches, how many the person saw, whether stars go too."""
+
+    history_filter: jobs.HistoryFilter
+    expect: int | None
+    include_starred: bool = False
+
+
+BULK_FIELDS = ("filter", "expect", "include_starred")
+
+
+def is_bulk(payload) -> bool:
+    """Whether a request body asks for a bulk action over a filter (rather than naming prompt_ids)."""
+    return isinstance(payload, dict) and "filter" in payload
+
+
+def read_bulk(payload, need_expect: bool = True) -> Bulk:
+    """The ``{"filter", "expect", "include_starred"}`` of a bulk request; abort 400 naming the field."""
+    unknown = sorted(set(payload) - set(BULK_FIELDS))
+    if unknown:
+        abort(400, f"{unknown[0]}: unknown field; send filter, expect and include_starred")
+    try:
+        history_filter = jobs.HistoryFilter.from_json(payload["filter"])
+    except jobs.InvalidQuery as error:
+        abort(400, f"filter: {error}")
+    expect = payload.get("expect")
+    if (expect is None and need_expect) or (expect is not None and (isinstance(expect, bool) or not isinstance(expect, int) or expect < 0)):
+        abort(400, "expect: the number of jobs the filter matched when you chose them (a whole number)")
+    include_starred = payload.get("include_starred", False)
+    if not isinstance(include_starred, bool):
+        abort(400, "include_starred: must be true or false")
+    return Bulk(history_filter, expect, include_starred)
+
+
+def read_bulk_form(form, need_expect: bool = True) -> Bulk:
+    """A bulk action posted by the page's form ("Select all N matching": the filter in hidden fields)."""
+    try:
+        history_filter = jobs.HistoryFilter.from_args(form)
+    except jobs.InvalidQuery as error:
+        abort(400, f"filter: {error}")
+    raw = (form.get("expect") or "").strip()
+    if (not raw and need_expect) or (raw and not raw.isdigit()):
+        abort(400, "expect: the number of jobs the filter matched when you chose them (a whole number)")
+    return Bulk(history_filter, int(raw) if raw else None, form.get("include_starred") in ("1", "true", "on"))
+
+
+def count_changed(error: jobs.CountChanged):
+    """The 409 of a bulk action whose filter matches another number of jobs now (nothing was changed)."""
+    return json_error(str(error), 409, count=error.count, expect=error.expect)
+
+
+def timed_delete(delete) -> jobs.DeleteReport:
+    """Run ``delete()`` (a jobs.delete_* call), count and time it, and publish job.deleted for each job gone."""
     metrics = studio().metrics
     with metrics.delete_duration.time():
-        report = jobs.delete_jobs(prompt_ids, current_app.config["STUDIO"].output_dir)
+        report = delete()
     metrics.deleted_jobs.inc(len(report.deleted))
     bus = studio().bus
     for record in report.deleted_jobs:
@@ -111,19 +164,85 @@ def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
     return report
 
 
+def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
+    """Delete jobs with their files and publish job.deleted for each one gone."""
+    return timed_delete(lambda: jobs.delete_jobs(prompt_ids, current_app.config["STUDIO"].output_dir))
+
+
+def delete_bulk_and_announce(bulk: Bulk) -> jobs.DeleteReport:
+    """Delete what a bulk filter matches now (raise jobs.CountChanged if not ``expect`` jobs) and announce it."""
+    output_root = current_app.config["STUDIO"].output_dir
+    return timed_delete(lambda: jobs.delete_matching(bulk.history_filter, output_root, bulk.expect, bulk.include_starred))
+
+
 @bp.post("/api/admin/history/delete")
 def history_delete():
-    """Delete jobs and their output folders; answer what was deleted and what was not."""
-    prompt_ids = read_prompt_ids(request.get_json(silent=True))
-    report = delete_and_announce(prompt_ids)
+    """Delete jobs and their output folders, named or matched by a filter; answer what was deleted and what was not."""
+    payload = request.get_json(silent=True)
+    if is_bulk(payload):
+        try:
+            report = delete_bulk_and_announce(read_bulk(payload))
+        except jobs.CountChanged as error:
+            return count_changed(error)
+    else:
+        report = delete_and_announce(read_prompt_ids(payload))
     return jsonify(report.to_dict())
 
 
 @bp.post("/api/admin/history/usage")
 def history_usage():
-    """Count the jobs, files and bytes a delete of these ids would free."""
-    prompt_ids = read_prompt_ids(request.get_json(silent=True))
+    """Count the jobs, files and bytes a delete of these ids (or of a filter, with its stars) would free."""
+    payload = request.get_json(silent=True)
+    if is_bulk(payload):
+        bulk = read_bulk(payload, need_expect=False)
+        return jsonify(jobs.removal_usage(bulk.history_filter, bulk.include_starred))
+    prompt_ids = read_prompt_ids(payload)
     return jsonify(jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir))
+
+
+@bp.post("/api/admin/history/star")
+def history_star():
+    """Star or unstar jobs (a star keeps a job from retention and from bulk deletes over a filter)."""
+    payload = request.get_json(silent=True)
+    prompt_ids = read_prompt_ids(payload)
+    starred = payload.get("starred")
+    if not isinstance(starred, bool):
+        abort(400, "starred: must be true or false")
+    unknown = sorted(set(payload) - {"prompt_ids", "starred"})
+    if unknown:
+        abort(400, f"{unknown[0]}: unknown field; send prompt_ids and starred")
+    updated, not_found = jobs.star_jobs(prompt_ids, starred)
+    return jsonify(updated=updated, not_found=not_found)
+
+
+@bp.post("/api/admin/history/retry")
+def history_retry():
+    """Retry failed and stalled jobs, named or matched by a filter: one new job each, with retry_of."""
+    payload = request.get_json(silent=True)
+    if is_bulk(payload):
+        bulk = read_bulk(payload)
+        try:
+            prompt_ids = jobs.matching_ids(jobs.retryable(bulk.history_filter), bulk.expect)
+        except jobs.CountChanged as error:
+            return count_changed(error)
+        if len(prompt_ids) > jobs.MAX_DELETE_IDS:
+            abort(413, f"at most {jobs.MAX_DELETE_IDS} jobs per retry; narrow the filter")
+    else:
+        prompt_ids = read_prompt_ids(payload)
+    queued, failed = retry_jobs(prompt_ids)
+    return jsonify(queued=queued, failed=failed)
+
+
+@bp.get("/api/admin/history/stats")
+def history_stats():
+    """Counts and bytes by status, by workflow and by day for the last 30 days, and the oldest job."""
+    return jsonify(jobs.storage_stats())
+
+
+@bp.get("/api/admin/history/failures")
+def history_failures():
+    """Failed and stalled jobs grouped by cause, the largest group first."""
+    return jsonify([group.to_dict() for group in jobs.failure_groups()])
 
 
 # ---- running workflows (issue 4) ----------------------------------------------------------------
@@ -329,12 +448,23 @@ def history_export():
     """Export the chosen jobs as a JSON array download, the shape of `flask history export`; ids not found are left out."""
     import datetime
 
+    bulk = None
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         payload = {"prompt_ids": request.form.getlist("prompt_ids")}
+        if "expect" in request.form:  # "Select all N matching": the filter rides in hidden fields
+            bulk = read_bulk_form(request.form)
     else:
         payload = request.get_json(silent=True)
-    prompt_ids = read_prompt_ids(payload)
-    records = list(jobs.export_records(prompt_ids=prompt_ids))
+        if is_bulk(payload):
+            bulk = read_bulk(payload)
+    if bulk is not None:
+        records = list(jobs.export_records(history_filter=bulk.history_filter))
+        if len(records) != bulk.expect:
+            return count_changed(jobs.CountChanged(len(records), bulk.expect))
+        prompt_ids = [record["prompt_id"] for record in records]
+    else:
+        prompt_ids = read_prompt_ids(payload)
+        records = list(jobs.export_records(prompt_ids=prompt_ids))
     body = "[" + ",".join("\n" + json.dumps(record) for record in records) + "\n]\n"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
     response = current_app.response_class(body, mimetype="application/json")
@@ -385,30 +515,79 @@ def _retry_of_in_request() -> str | None:
     return value if isinstance(value, str) and jobs.PROMPT_ID_PATTERN.match(value) else None
 
 
-@bp.before_request
-def refuse_repeated_retry():
-    """Answer 409 to a second retry of the same job within RETRY_GUARD_SECONDS (in this process or, by the store, any)."""
+def retry_guard() -> RetryGuard:
+    """The app's RetryGuard."""
+    return current_app.extensions.setdefault("studio_retry_guard", RetryGuard())
+
+
+def claim_retry(retry_of: str) -> dict | None:
+    """Claim a retry of ``retry_of``; None when it may go, else the refusal ({"error", "prompt_id"?}).
+
+    Refused when this process is retrying it already, or the store has a retry of it younger than
+    RETRY_GUARD_SECONDS (made by any process). The caller releases the claim if the retry is not made.
+    """
     import datetime
 
-    if request.endpoint != "api.execute":
-        return None
-    retry_of = _retry_of_in_request()
-    if retry_of is None:
-        return None
-    guard = current_app.extensions.setdefault("studio_retry_guard", RetryGuard())
+    guard = retry_guard()
     ago = guard.claim(retry_of)
     latest = jobs.retries_of(retry_of).first()
     age = (datetime.datetime.now(datetime.timezone.utc) - latest.queued_at).total_seconds() if latest else None
     if age is not None and age < guard.seconds:
         if ago is None:
             guard.release(retry_of)
-        return json_error(
-            f"job {retry_of[:12]} was retried {age:.0f} s ago as {latest.prompt_id[:12]}; see the queue page",
-            409,
-            prompt_id=latest.prompt_id,
-        )
+        return {
+            "error": f"job {retry_of[:12]} was retried {age:.0f} s ago as {latest.prompt_id[:12]}; see the queue page",
+            "prompt_id": latest.prompt_id,
+        }
     if ago is not None:
-        return json_error(f"job {retry_of[:12]} is being retried already; see the queue page", 409)
+        return {"error": f"job {retry_of[:12]} is being retried already; see the queue page"}
+    return None
+
+
+def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
+    """Retry each failed or stalled job once (guarded as a single Retry is); answer (queued, failed)."""
+    from history.executors.base import ExecutorRejected
+    from history.executors.base import ExecutorUnavailable
+    from history.runner import UnknownWorkflow
+    from history.workflows import ValidationError
+
+    the_studio = studio()
+    queued: list[dict] = []
+    failed: list[dict] = []
+    for prompt_id in jobs.fold_ids(prompt_ids):
+        job = jobs.get_job(prompt_id)
+        if job is None:
+            failed.append({"prompt_id": prompt_id, "error": "no such job", "status": 404})
+            continue
+        if not job.is_retryable:
+            failed.append({"prompt_id": prompt_id, "error": f"job is {job.status}; only error and stalled jobs are retried", "status": 409})
+            continue
+        refusal = claim_retry(prompt_id)
+        if refusal is not None:
+            failed.append({"prompt_id": prompt_id, "error": refusal["error"], "status": 409, "retried_as": refusal.get("prompt_id")})
+            continue
+        try:
+            retry = the_studio.execute(job.workflow_id, None, None, prompt_id)
+        except (UnknownWorkflow, ValidationError, ExecutorRejected, ExecutorUnavailable) as error:
+            retry_guard().release(prompt_id)
+            status = 503 if isinstance(error, ExecutorUnavailable) else 404 if isinstance(error, UnknownWorkflow) else 400
+            failed.append({"prompt_id": prompt_id, "error": str(error), "status": status})
+            continue
+        queued.append({"retry_of": prompt_id, "prompt_id": retry.prompt_id})
+    return queued, failed
+
+
+@bp.before_request
+def refuse_repeated_retry():
+    """Answer 409 to a second retry of the same job within RETRY_GUARD_SECONDS (in this process or, by the store, any)."""
+    if request.endpoint != "api.execute":
+        return None
+    retry_of = _retry_of_in_request()
+    if retry_of is None:
+        return None
+    refusal = claim_retry(retry_of)
+    if refusal is not None:
+        return json_error(refusal.pop("error"), 409, **refusal)
     request.environ.setdefault("studio.retry_claims", []).append(retry_of)
     return None
 

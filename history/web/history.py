@@ -81,7 +81,7 @@ def _events_url() -> str | None:
 def _history_filter() -> jobs.HistoryFilter:
     """The filter in the query string; raise InvalidQuery."""
     args = request.args
-    return jobs.HistoryFilter.parse(args.getlist("status"), args.get("workflow_id"), args.get("q"))
+    return jobs.HistoryFilter.from_args(args)
 
 
 def _list_url(history_filter: jobs.HistoryFilter, compact: bool, **extra) -> str:
