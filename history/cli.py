@@ -73,6 +73,60 @@ def export_command(statuses, output):
         output.write("\n]\n")
 
 
+@history_cli.command("prune")
+@click.option("--older-than", required=True, metavar="AGE", help="remove jobs queued longer ago than this: 30d, 12h, 2w")
+@click.option("--status", "statuses", multiple=True, help="only jobs of these statuses (repeatable; default completed, error, stalled)")
+@click.option("--workflow", "workflow_id", default=None, help="only jobs of this workflow id")
+@click.option("--include-starred", is_flag=True, help="remove starred jobs too (they are kept otherwise)")
+@click.option("--dry-run", is_flag=True, help="list what would go and the bytes it would free; remove nothing")
+def prune_command(older_than, statuses, workflow_id, include_starred, dry_run):
+    """Remove old jobs and their files by rule; starred jobs are kept unless --include-starred."""
+    from history import retention
+    from history.config import parse_age
+    from history.models import HISTORY_STATUSES
+    from history.models import iso
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--older-than") from None
+    chosen = []
+    for given in statuses:
+        status = known_status(given)
+        if status not in HISTORY_STATUSES:
+            raise click.BadParameter(f"{given!r}: use one of {', '.join(HISTORY_STATUSES)}", param_hint="--status")
+        chosen.append(status)
+    if workflow_id is not None and not jobs.WORKFLOW_ID_PATTERN.match(workflow_id):
+        raise click.BadParameter(f"{workflow_id!r} is not a workflow id", param_hint="--workflow")
+    rule = retention.Rule(tuple(chosen) or HISTORY_STATUSES, age, workflow_id, include_starred)
+    output_root = current_app.config["STUDIO"].output_dir
+    with connection():
+        planned = retention.plan([rule], output_root)
+        sizes = {job.prompt_id: size for job, size in planned}
+
+        def line(verb: str, job) -> str:
+            return f"{verb} {job.prompt_id}  {job.status:<9} {job.workflow_id}  queued {iso(job.queued_at)}  {sizes[job.prompt_id]:,} bytes"
+
+        if dry_run:
+            for job, _size in planned:
+                click.echo(line("would remove", job))
+            click.echo(f"{len(planned)} jobs would be removed, freeing {sum(sizes.values()):,} bytes (dry run: nothing removed)")
+            return
+        report = retention.prune(planned, output_root, include_starred)
+    bus = current_app.extensions["studio"].bus  # with PostgreSQL, the servers' pages hear of it
+    for record in report.deleted_jobs:
+        bus.publish("job.deleted", record)
+    deleted = set(report.deleted)
+    for job, _size in planned:
+        if job.prompt_id in deleted:
+            click.echo(line("removed", job))
+    for failure in report.failed:
+        click.echo(f"kept {failure['prompt_id']}: {failure['error']}", err=True)
+    click.echo(f"{len(report.deleted)} jobs removed, {report.files_removed} files, {report.bytes_freed:,} bytes freed")
+    if report.failed:
+        sys.exit(1)
+
+
 @history_cli.command("prune-thumbnails")
 @click.option("--max-age-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="remove thumbnails not used for this many days")

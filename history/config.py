@@ -28,6 +28,7 @@ VARIABLES = [
     ("STUDIO_PROXY_FIX", "unset", "trust X-Forwarded-* from this many proxies (Werkzeug ProxyFix)"),
     ("STUDIO_EMBED_ORIGINS", "unset", "comma-separated origins allowed to fetch the fragments (CORS)"),
     ("STUDIO_EMBED_CREDENTIALS", "0", "1 lets those origins send cookies"),
+    ("STUDIO_RETENTION", "unset", "rules like error=7d,stalled=7d,completed=90d: jobs queued longer ago are removed hourly; starred jobs are kept"),
 ]
 
 
@@ -56,6 +57,7 @@ class Settings:
     proxy_fix: int = 0
     embed_origins: tuple[str, ...] = ()
     embed_credentials: bool = False
+    retention: tuple[tuple[str, float], ...] = ()  # (status, seconds): STUDIO_RETENTION's rules
 
     @property
     def thumbnail_dir(self) -> Path:
@@ -101,6 +103,44 @@ def _secret_key(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(key)
     return key
+
+
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(raw: str) -> float:
+    """An age such as 30d, 12h, 90m, 2w or 45s, in seconds; raise ValueError saying how to write one."""
+    text = str(raw).strip().lower()
+    number, unit = text[:-1], text[-1:]
+    try:
+        value = float(number) * AGE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"{raw!r} is not an age; write a number and a unit (s, m, h, d, w), e.g. 30d") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{raw!r} is not an age of more than nothing")
+    return value
+
+
+def parse_retention(raw: str) -> tuple[tuple[str, float], ...]:
+    """STUDIO_RETENTION (``error=7d,stalled=7d,completed=90d``) as (status, seconds) rules; raise ConfigError."""
+    from history.models import HISTORY_STATUSES
+    from history.models import known_status
+
+    rules = {}
+    for part in (piece.strip() for piece in raw.split(",")):
+        if not part:
+            continue
+        name, equals, age = part.partition("=")
+        status = known_status(name.strip())
+        if not equals or status not in HISTORY_STATUSES:
+            raise ConfigError(
+                f"STUDIO_RETENTION: {part!r} must read status=age with a status of {', '.join(HISTORY_STATUSES)}, e.g. error=7d"
+            )
+        try:
+            rules[status] = parse_age(age)
+        except ValueError as error:
+            raise ConfigError(f"STUDIO_RETENTION: {error}") from None
+    return tuple(rules.items())
 
 
 def load_settings(environ: dict | None = None, overrides: dict | None = None) -> Settings:
@@ -166,4 +206,5 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         proxy_fix=int(_number("STUDIO_PROXY_FIX", get("STUDIO_PROXY_FIX") or "0", kind=int)),
         embed_origins=origins,
         embed_credentials=_flag("STUDIO_EMBED_CREDENTIALS", get("STUDIO_EMBED_CREDENTIALS") or "0"),
+        retention=parse_retention(get("STUDIO_RETENTION") or ""),
     )

@@ -473,7 +473,7 @@ DELETE_BATCH = 500
 
 
 def delete_jobs(
-    prompt_ids: list[str], output_root: Path, keep_starred: bool = False, batch: int = DELETE_BATCH
+    prompt_ids: list[str], output_root: Path, keep_starred: bool = False, batch: int | None = None
 ) -> DeleteReport:
     """Delete jobs and their output folders: the files first, the record only once they are gone.
 
@@ -486,6 +486,7 @@ def delete_jobs(
     """
     report = DeleteReport()
     ids = fold_ids(prompt_ids)
+    batch = batch or DELETE_BATCH
     for start in range(0, len(ids), batch):
         _delete_batch(ids[start:start + batch], output_root, keep_starred, report)
     return report

@@ -25,6 +25,7 @@ from history.models import ACTIVE_STATUSES
 from history.models import QUEUED
 from history.models import Job
 from history.models import utcnow
+from history.retention import RetentionTimer
 from history.runner import Runner
 from history.runner import new_output_dir
 from history.workflows import ValidationError
@@ -51,6 +52,7 @@ class Studio:
         self.executor = make_executor(settings, self.runner)
         self.runner.executor = self.executor
         self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks
+        self.retention = RetentionTimer(settings, bus)  # STUDIO_RETENTION, hourly
         self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation
         self.demo_wanted = False
         self.demo_thread: threading.Thread | None = None
@@ -91,6 +93,7 @@ class Studio:
         self.thumbnails.start(self.bus)
         self.executor.start([prompt_id for prompt_id, _status in self.leftovers])
         self.runner.start()
+        self.retention.start()
         if self.demo_wanted:
             self.demo_thread = threading.Thread(target=demo.run, args=(self,), name="studio-demo", daemon=True)
             self.demo_thread.start()
@@ -103,6 +106,7 @@ class Studio:
         if self.demo_thread is not None:
             self.demo_thread.join(timeout=10)
         self.runner.stop()
+        self.retention.stop()
         if started:
             self.executor.stop()
         self.bus.stop()

@@ -32,7 +32,7 @@ POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 
 # Modules that need PostgreSQL itself (not just the ``app`` fixture): not collected without a server.
-collect_ignore = [] if POSTGRES_URL else ["test_events_pg.py", "test_processes.py"]
+collect_ignore = [] if POSTGRES_URL else ["test_events_pg.py", "test_processes.py", "test_retention_pg.py"]
 
 
 def pytest_generate_tests(metafunc):

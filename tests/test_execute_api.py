@@ -61,6 +61,8 @@ def test_execute_runs_a_workflow_to_completion(client, settings):
     assert record["output"] == record["outputs"][0]
     for ref in record["outputs"]:
         assert (settings.output_dir / subfolder / ref["filename"]).is_file()
+    # Its size is measured as it ends (storage totals never walk the disk).
+    assert record["bytes"] == sum(path.stat().st_size for path in (settings.output_dir / subfolder).iterdir()) > 0
     assert 0 <= record["duration"] < 30
     assert record["started_at"] >= record["queued_at"] and record["finished_at"] >= record["started_at"]
 

@@ -548,7 +548,6 @@ def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
     """Retry each failed or stalled job once (guarded as a single Retry is); answer (queued, failed)."""
     from history.executors.base import ExecutorRejected
     from history.executors.base import ExecutorUnavailable
-    from history.runner import UnknownWorkflow
     from history.workflows import ValidationError
 
     the_studio = studio()
