@@ -46,14 +46,9 @@
     return window.CSS && CSS.escape ? CSS.escape(value) : String(value).replace(/["\\]/g, "\\$&");
   }
 
-  function csrfToken() {
-    var meta = document.querySelector('meta[name="csrf-token"]');
-    return meta ? meta.getAttribute("content") : "";
-  }
-
-  // POST JSON with the CSRF header (and Accept, when given); the fetch rejects only when nothing answers.
+  // POST JSON (with Accept, when given); the fetch rejects only when nothing answers.
   function post(url, body, accept) {
-    var headers = { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() };
+    var headers = { "Content-Type": "application/json" };
     if (accept) headers.Accept = accept;
     return fetch(url, { method: "POST", credentials: "same-origin", headers: headers, body: JSON.stringify(body) });
   }
