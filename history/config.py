@@ -22,7 +22,7 @@ VARIABLES = [
     ("STUDIO_PAGE_SIZE", "50", "cards on the first page; more load on scroll"),
     ("STUDIO_ADMIN_PASSWORD", "unset", "when set, every admin page, API, media file and the websocket need a login or a bearer token"),
     ("STUDIO_API_TOKEN", "unset", "an extra bearer token accepted beside the password-derived one"),
-    ("STUDIO_SECRET_KEY", "generated into the data dir", "signs sessions and CSRF tokens"),
+    ("STUDIO_SECRET_KEY", "generated into the data dir", "signs sessions"),
     ("STUDIO_DEMO", "1", "on an empty store, run the example workflows once so the page has real jobs; 0 turns it off"),
     ("STUDIO_URL_PREFIX", "unset", "mount every URL under this prefix, e.g. /studio"),
     ("STUDIO_PROXY_FIX", "unset", "trust X-Forwarded-* from this many proxies (Werkzeug ProxyFix)"),

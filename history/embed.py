@@ -1,7 +1,7 @@
 """Mount the studio inside another Flask app, and trust a reverse proxy's X-Forwarded-* headers.
 
 ``history.init_app(host_app, url_prefix="/studio", **settings)`` builds the studio as an app of its own
-(create_app: blueprints, database binding, runner, websocket, login, CSRF, CORS) and mounts it under the
+(create_app: blueprints, database binding, runner, websocket, login, cross-origin checks, CORS) and mounts it under the
 prefix with Werkzeug's DispatcherMiddleware, the way Sidekiq's web UI is mounted in a Rack app. The host
 keeps its own config, secret key, session cookie, templates, error handlers and JSON settings: the studio
 brings a ``base.html`` and an app-wide error handler that must not shadow the host's, and the host's

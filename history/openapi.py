@@ -51,7 +51,7 @@ def _job_links(prompt_id: str, workflow_id: str) -> dict:
 ERROR_RESPONSES = {
     400: ("BadRequest", "the query or the body is not valid; the message names what to fix"),
     401: ("Unauthorized", "STUDIO_ADMIN_PASSWORD is set and the request has no login or bearer token"),
-    403: ("Forbidden", "refused: no CSRF token on a browser's write, or a loopback studio asked by another name"),
+    403: ("Forbidden", "refused: a browser's write from another site, or a loopback studio asked by another name"),
     404: ("NotFound", "no such job or workflow"),
     405: ("MethodNotAllowed", "the path exists but not with this method (the Allow header lists the methods)"),
     409: ("Conflict", "the job was just retried, or is being retried"),
@@ -649,7 +649,7 @@ def document(url_prefix: str = "", login_required: bool = False) -> dict:
             "description": "The JSON API of a ComfyUI studio's job history. Every error is JSON "
             '{"error": "..."} with its status; a method a path does not take gets 405 with Allow. '
             "With STUDIO_ADMIN_PASSWORD set every route needs a login or Authorization: Bearer <token>; "
-            "a browser's POST also needs the page's X-CSRF-Token or a JSON body from this site's Origin.",
+            "a POST a browser sends from another site (Sec-Fetch-Site or Origin) is refused, and a script's passes.",
         },
         "servers": [{"url": url_prefix or "/"}],
         "paths": copy.deepcopy(PATHS),

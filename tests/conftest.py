@@ -90,7 +90,7 @@ def app(app_config):
 
 
 def same_origin_client(app):
-    """A Flask test client that posts like the app's own page: same-origin JSON passes CSRF (history/web/guard.py)."""
+    """A Flask test client that posts like the app's own page: its Origin is this site (history/web/guard.py)."""
     client = app.test_client()
     client.environ_base["HTTP_ORIGIN"] = "http://localhost"
     return client
@@ -188,12 +188,6 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
 def soup(response) -> BeautifulSoup:
     """A response's HTML, parsed."""
     return BeautifulSoup(response.get_data(as_text=True), "html.parser")
-
-
-def page_token(client, path="/login") -> str:
-    """The CSRF token a page carries in its <meta name="csrf-token"> (its session cookie stays in the client)."""
-    document = BeautifulSoup(client.get(path).data, "html.parser")
-    return document.select_one('meta[name="csrf-token"]')["content"]
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -14,9 +14,9 @@ from bs4 import BeautifulSoup
 
 import app as app_module
 from history import security
+from history.models import Job
 from history.web import guard
 from history.web import login
-from tests.conftest import page_token
 from tests.conftest import same_origin_client
 
 PASSWORD = "correct horse battery staple"
@@ -35,14 +35,13 @@ def app_config(app_config):
 
 @pytest.fixture
 def anonymous(app):
-    """A client with no session and no token (posting like a same-origin page, so CSRF is not what stops it)."""
+    """A client with no session and no token (posting like a same-origin page, so the cross-origin check is not what stops it)."""
     return same_origin_client(app)
 
 
 def log_in(client, password=PASSWORD, next_path=None, **kwargs):
-    """Post the login form as a browser would (with the page's token)."""
-    token = page_token(client)
-    data = {"password": password, "csrf_token": token}
+    """Post the login form as a browser would."""
+    data = {"password": password}
     if next_path is not None:
         data["next"] = next_path
     return client.post("/login", data=data, **kwargs)
@@ -123,7 +122,6 @@ def test_static_files_and_login_stay_public(anonymous):
     soup = BeautifulSoup(login.data, "html.parser")
     form = soup.select_one("form.login-form")
     assert form["method"] == "post"
-    assert form.select_one('input[name="csrf_token"]')["value"] == soup.select_one('meta[name="csrf-token"]')["content"]
     assert form.select_one('input[type="password"][name="password"]')
 
 
@@ -164,8 +162,7 @@ def test_login_sets_a_hardened_session_cookie_and_goes_back(anonymous):
 def test_the_session_cookie_is_secure_over_https(app):
     client = app.test_client()
     client.environ_base["HTTP_ORIGIN"] = "https://localhost"
-    token = page_token(client, "https://localhost/login")
-    response = client.post("https://localhost/login", data={"password": PASSWORD, "csrf_token": token})
+    response = client.post("https://localhost/login", data={"password": PASSWORD})
     assert response.status_code == 303
     assert "Secure" in response.headers["Set-Cookie"]
 
@@ -242,13 +239,12 @@ def test_logout_ends_the_session(anonymous):
     soup = BeautifulSoup(page.data, "html.parser")
     form = soup.select_one("form.logout-form")
     assert form is not None and form["action"] == "/logout"
-    token = form.select_one('input[name="csrf_token"]')["value"]
-    response = anonymous.post("/logout", data={"csrf_token": token})
+    response = anonymous.post("/logout")
     assert response.status_code == 303
     assert anonymous.get("/api/admin/history").status_code == 401
 
 
-def test_the_password_derived_token_opens_the_api_without_csrf(app, make_job):
+def test_the_password_derived_token_opens_the_api(app, make_job):
     job = make_job()
     token = security.derive_api_token(PASSWORD)
     assert token == hashlib.pbkdf2_hmac("sha256", PASSWORD.encode(), b"studio-history api token v1", 100_000).hex()
@@ -304,11 +300,19 @@ def test_wrong_bearer_tokens_are_rate_limited_too(app):
     assert blocked.headers["Retry-After"]
 
 
-def test_login_itself_needs_the_csrf_token(anonymous):
-    anonymous.get("/login")
-    response = anonymous.post("/login", data={"password": PASSWORD})
+def test_a_login_posted_from_another_site_is_refused(app):
+    client = app.test_client()
+    response = client.post("/login", data={"password": PASSWORD}, headers={"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"})
     assert response.status_code == 403
-    assert anonymous.get("/api/admin/history").status_code == 401
+    assert client.get("/api/admin/history").status_code == 401
+
+
+def test_a_script_with_a_password_still_needs_a_login_or_a_token(app, make_job):
+    job = make_job()
+    client = app.test_client()  # no Origin, no Sec-Fetch-Site: passes the cross-origin check, not the login
+    response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
+    assert response.status_code == 401
+    assert Job.get_or_none(Job.prompt_id == job.prompt_id) is not None
 
 
 # ---- the dev server does not listen in the open without a password ---------------------------------
@@ -407,11 +411,11 @@ def test_under_a_url_prefix(app_config):
         assert page.headers["Location"] == "/studio/login?next=/studio/admin/history"
         api = client.get("/studio/api/admin/history")
         assert api.status_code == 401 and api.json["error"]
-        token = page_token(client, "/studio/login")
-        login = client.post("/studio/login", data={"password": PASSWORD, "csrf_token": token, "next": "/studio/admin/queue"})
+        login = client.post("/studio/login", data={"password": PASSWORD, "next": "/studio/admin/queue"})
         assert login.headers["Location"] == "/studio/admin/queue"
         assert client.get("/studio/api/admin/history").status_code == 200
-        assert client.post("/studio/api/admin/history/delete", data={"x": "1"}).status_code == 403
+        cross_site = {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"}
+        assert client.post("/studio/api/admin/history/delete", data={"x": "1"}, headers=cross_site).status_code == 403
     finally:
         app.extensions["studio"].stop()
 

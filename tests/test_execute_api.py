@@ -11,7 +11,6 @@ from PIL import Image
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.models import Job
-from history.web import guard
 from tests.conftest import wait_for
 
 OUTPUT_DIR = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{6}$")
@@ -23,13 +22,6 @@ def wait_until_ended(client, prompt_id: str) -> dict:
         return record if record["status"] not in ("queued", "running") else None
 
     return wait_for(ended)
-
-
-def csrf_headers(client) -> dict:
-    """Headers that let a multipart POST through the CSRF check, as the page's own form would send."""
-    with client.session_transaction() as session:
-        session[guard.CSRF_KEY] = "test-token"
-    return {guard.CSRF_HEADER: "test-token"}
 
 
 def png_bytes(size=(120, 80), color=(30, 160, 90), image_format="PNG") -> bytes:
@@ -123,7 +115,6 @@ def test_multipart_upload_runs_image_to_video(client, settings):
         data={"params": '{"frames_per_phase": 2, "width": 96, "height": 64}',
               "input_image": (io.BytesIO(png_bytes()), "../../My Photo.png")},
         content_type="multipart/form-data",
-        headers=csrf_headers(client),
     )
     assert response.status_code == 202, response.json
     record = wait_until_ended(client, response.json["prompt_id"])
@@ -145,7 +136,6 @@ def test_uploads_pillow_refuses_are_400_and_stored_nowhere(client, settings, db,
         "/api/run/img2vid-example/execute",
         data={"params": "{}", "input_image": (io.BytesIO(upload), "photo.png")},
         content_type="multipart/form-data",
-        headers=csrf_headers(client),
     )
     assert response.status_code == 400
     assert response.json["error"].startswith("input_image:")
@@ -230,8 +220,7 @@ def test_executor_validation_errors_are_400_with_node_errors(app, client, db):
 
 def test_a_plain_form_post_of_retry_of_works_too(client, make_job):
     original = make_job(status="error", files=0, params={"seed": -1, "width": 64, "height": 64}, seeds={"seed": 99})
-    response = client.post("/api/run/txt2img-example/execute", data={"retry_of": original.prompt_id},
-                           headers=csrf_headers(client))
+    response = client.post("/api/run/txt2img-example/execute", data={"retry_of": original.prompt_id})
     assert response.status_code == 202, response.json
     retried = wait_until_ended(client, response.json["prompt_id"])
     assert retried["seeds"] == {"seed": 99} and retried["params"]["width"] == 64

@@ -4,7 +4,7 @@ Routes come from the app's url_map, so a new endpoint is fuzzed without a change
 STUDIO_TEST_FUZZ_EXAMPLES requests (default 25, so a run throws over 500 in all and stays quick; set
 500 for the issue's every-endpoint figure) and STUDIO_TEST_FUZZ_EXAMPLES_PG on PostgreSQL (default 15):
 odd path arguments (traversals, encodings, NUL, look-alike dots, real ids), query strings with the
-known keys and junk, htmx/CSRF/conditional headers, and bodies of every kind (random JSON, near-valid
+known keys and junk, htmx/fetch-metadata/conditional headers, and bodies of every kind (random JSON, near-valid
 delete and execute payloads, forms, multipart uploads of random bytes and broken images, raw bytes under
 any content type). Refusals under /api/ must be JSON with an ``error``. A sentinel tree beside the data
 folder (with symlinks into it from the output and input folders) and the data folder's own files are
@@ -50,7 +50,7 @@ HEADER_CHOICES = {
     "If-Modified-Since": st.sampled_from(["Sat, 28 Nov 2026 12:00:00 GMT", "yesterday", ""]),
     "Range": st.sampled_from(["bytes=0-10", "bytes=-5", "bytes=100-1", "bytes=0-0,5-6", "lines=1-2", "bytes=99999999-"]),
     "Origin": st.sampled_from(["http://localhost", "http://evil.test", "null"]),
-    "X-CSRF-Token": header_text,
+    "Sec-Fetch-Site": st.sampled_from(["same-origin", "same-site", "cross-site", "none", "", "junk"]),
     "Accept": st.sampled_from(["text/html", "application/json", "*/*", "image/webp", ""]),
     "Authorization": st.sampled_from(["Bearer x", "Basic Zm9vOmJhcg==", "Bearer", ""]),
 }
@@ -212,7 +212,7 @@ def test_malformed_requests_never_get_a_5xx(app, make_job, settings, sentinel, d
                          suppress_health_check=list(HealthCheck))
     @given(
         # Mostly the route's own methods (a wrong one only reaches the 405), mostly from this site's origin
-        # (a cross-site one only reaches the CSRF refusal).
+        # (a cross-site one only reaches the cross-origin refusal).
         method=st.sampled_from(methods * 8 + ["POST", "PUT", "DELETE", "PATCH"]),
         same_origin=st.sampled_from([True, True, True, False]),
         values=arguments,

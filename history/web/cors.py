@@ -4,7 +4,8 @@ Only the origins in STUDIO_EMBED_ORIGINS get ``Access-Control-Allow-Origin`` (th
 ``*``), and ``Access-Control-Allow-Credentials`` only with STUDIO_EMBED_CREDENTIALS. Every answer of these
 endpoints says ``Vary: Origin`` (a shared cache must not hand one origin's answer to another). A preflight
 from an allowed origin for GET gets the headers htmx sends; any other preflight gets 403. No other
-endpoint answers cross-origin requests: actions still need the page's CSRF token (history/web/guard.py).
+endpoint answers cross-origin requests; history/web/guard.py refuses a write from another site unless it is one
+of those origins.
 
 Fragments fetched by another origin carry absolute URLs (``http://studio.example/media/...``): a relative
 one would resolve against the embedding page's own site.
@@ -23,8 +24,7 @@ from history.web.history import LIST_ETAG_HEADER
 
 # The endpoints another origin may fetch (history.py's fragments).
 FRAGMENT_ENDPOINTS = frozenset({"history.history_list", "history.history_card", "history.history_job"})
-# What htmx 4 sends on a request (HX-Boosted only on boosted links), the list poller's ETag header
-# and the CSRF header the page's <body> adds to every htmx request.
+# What htmx 4 sends on a request (HX-Boosted only on boosted links) and the list poller's ETag header.
 ALLOWED_REQUEST_HEADERS = (
     "HX-Request",
     "HX-Current-URL",
@@ -33,7 +33,6 @@ ALLOWED_REQUEST_HEADERS = (
     "HX-Request-Type",
     "HX-Boosted",
     LIST_ETAG_HEADER,
-    "X-CSRF-Token",
 )
 ALLOWED_METHODS = ("GET", "HEAD")
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight (Chromium caps it at 7200)

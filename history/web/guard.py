@@ -6,17 +6,18 @@ static files needs either a session from /login (history.web.login) or ``Authori
 (history.security explains the token). Every view is guarded unless it is marked with ``@public``, so a
 new route is protected by default.
 
-Every state-changing request (POST, PUT, PATCH, DELETE) must carry the session's CSRF token (header
-``X-CSRF-Token`` or form field ``csrf_token``), or be JSON from this site's own origin, or come from a
-bearer client (no cookie, so nothing ambient to forge). Pages put the token in ``<meta name="csrf-token">``
-and on ``<body hx-headers:inherited=...>`` so htmx sends it on every request.
+Cross-origin protection is the rule of Go 1.25's ``http.CrossOriginProtection``: a state-changing
+request (POST, PUT, PATCH, DELETE) whose ``Sec-Fetch-Site`` is ``cross-site`` or ``same-site`` is refused
+unless its Origin is one of STUDIO_EMBED_ORIGINS; without ``Sec-Fetch-Site`` (an older browser), one
+whose ``Origin`` (or, lacking that, Referer) names another host is refused; a request with neither is not
+from a browser and passes, so scripts call the JSON API with plain requests. No token is needed.
 """
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from urllib.parse import urlsplit
 
 from flask import Flask
 from flask import current_app
@@ -26,8 +27,6 @@ from flask import redirect
 from flask import request
 from flask import session
 from flask import url_for
-from markupsafe import Markup
-from markupsafe import escape
 
 from history import db
 from history import security
@@ -36,10 +35,6 @@ from history.web import cors
 from history.web import errors
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSRF_HEADER = "X-CSRF-Token"
-CSRF_FIELD = "csrf_token"
-CSRF_KEY = "csrf"
-FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 MAX_BODY_BYTES = 32 * 1024 * 1024  # uploads (an input image) through multipart
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a JSON body: 10,000 prompt ids fit with room to spare
 LOGIN_LIFETIME_SECONDS = 12 * 3600
@@ -101,29 +96,7 @@ def password_required() -> bool:
     return bool(_settings().admin_password)
 
 
-# ---- CSRF ----------------------------------------------------------------------------------------
-
-def csrf_token() -> str:
-    """This session's CSRF token (made on first use); pages put it in a meta tag and htmx sends it."""
-    token = session.get(CSRF_KEY)
-    if not isinstance(token, str) or len(token) < 32:
-        token = secrets.token_urlsafe(32)
-        session[CSRF_KEY] = token
-    return token
-
-
-def csrf_field() -> Markup:
-    """A hidden form field carrying the CSRF token, for plain (non-htmx) forms."""
-    return Markup(f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf_token())}">')
-
-
-def request_origin() -> str | None:
-    """The origin the request says it came from: Origin, or Referer's origin when Origin is absent."""
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return security.origin_of(origin)
-    return security.origin_of(request.headers.get("Referer"))
-
+# ---- where a request comes from ------------------------------------------------------------------
 
 def _host_origin() -> str | None:
     return security.origin_of(request.host_url)
@@ -140,15 +113,29 @@ def is_same_origin(origin: str | None) -> bool:
     return own.startswith("http://") and origin == "https://" + own[len("http://"):]
 
 
-def csrf_valid() -> bool:
-    """Whether a state-changing request carries this session's token, or is JSON from this very origin."""
-    expected = session.get(CSRF_KEY)
-    given = request.headers.get(CSRF_HEADER)
-    if given is None and request.mimetype in FORM_TYPES:
-        given = request.form.get(CSRF_FIELD)
-    if isinstance(expected, str) and security.equals(given, expected):
-        return True
-    return request.mimetype == "application/json" and is_same_origin(request_origin())
+def _origin_is_this_host(origin: str) -> bool:
+    """Whether an Origin header names this host and port (the scheme aside, as Go compares it with Host)."""
+    return urlsplit(origin.strip()).netloc.lower() == request.host.lower()
+
+
+def cross_origin_refusal() -> str | None:
+    """Why a state-changing request from another site is refused (Go's CrossOriginProtection rule), or None."""
+    site = request.headers.get("Sec-Fetch-Site", "")
+    origin = request.headers.get("Origin")
+    if site in ("same-origin", "none"):
+        return None
+    if site:
+        if security.origin_of(origin) in _settings().embed_origins:
+            return None
+        return f"it came from another site (Sec-Fetch-Site: {site[:32]})"
+    if origin is None:
+        # A browser too old for Sec-Fetch-Site that sent no Origin still names the page in Referer.
+        origin = request.headers.get("Referer")
+        if origin is None:
+            return None  # neither header: not a browser (a script, curl), nothing ambient to forge
+    if _origin_is_this_host(origin) or security.origin_of(origin) in _settings().embed_origins:
+        return None
+    return f"its Origin is not this site ({security.origin_of(origin) or 'an opaque origin'})"
 
 
 # ---- who is asking ---------------------------------------------------------------------------------
@@ -353,15 +340,16 @@ def check_websocket_origin():
 
 
 def check_cross_origin():
-    """A state-changing request needs the CSRF token, JSON from this origin, or a bearer login."""
+    """Refuse a state-changing request a browser sent from another site (cross_origin_refusal)."""
     if not _served() or _is_websocket() or request.method not in UNSAFE_METHODS:
         return None
-    if current_login() == "bearer" or csrf_valid():
+    reason = cross_origin_refusal()
+    if reason is None:
         return None
     return errors.refusal(
         403,
-        "refused: this request has no valid CSRF token. Reload the page and try again; "
-        f"scripts send JSON from this site's origin, the {CSRF_HEADER} header, or Authorization: Bearer <token>",
+        f"cross-origin request refused: {reason}. Use this studio's own pages, or call the API from a "
+        "script (no Origin or Sec-Fetch-Site header; with a password, Authorization: Bearer <token>)",
     )
 
 

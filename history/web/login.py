@@ -56,11 +56,10 @@ def login():
             headers["Retry-After"] = str(wait)
         elif security.equals(request.form.get("password"), settings.admin_password):
             guard.state().limiter.reset(address)
-            session.clear()  # a fresh session (and CSRF token) for the new login
+            session.clear()  # a fresh session for the new login
             session.permanent = True
             session["login"] = security.password_fingerprint(current_app.secret_key, settings.admin_password)
             session["login_at"] = time.time()
-            guard.csrf_token()
             return redirect(next_url, 303)
         else:
             guard.state().limiter.fail(address)

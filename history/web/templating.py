@@ -2,7 +2,7 @@
 
 Formatting (times in the reader's zone, durations, sizes, JSON), what the overlay shows of a job, and the
 URLs a page builds for media, retries and the websocket. Media URLs are built by history.web.media (it
-owns the output and input folders); the CSRF helpers and the login state come from the request pipeline.
+owns the output and input folders); the login state comes from the request pipeline.
 """
 from __future__ import annotations
 
@@ -145,8 +145,6 @@ GLOBALS = {
     "preview_url": media.preview_url,
     "output_views": media.output_views,
     "input_thumbnail_url": media.input_thumbnail_url,
-    "csrf_token": guard.csrf_token,
-    "csrf_field": guard.csrf_field,
     "current_login": guard.current_login,
 }
 

@@ -22,7 +22,7 @@ WAIT_MS = 10_000
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "embed.html"
 EXAMPLE_STUDIO = "http://127.0.0.1:5000"  # the studio address written in examples/embed.html
 
-# Run one small job of the built-in executor from the page: same-origin JSON passes the CSRF check.
+# Run one small job of the built-in executor from the page: a same-origin POST passes the cross-origin check.
 RUN_JOB = """
 async (url) => {
   const response = await fetch(url, {

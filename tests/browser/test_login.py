@@ -1,4 +1,4 @@
-"""With a password, in Chromium: the login form, htmx posting with the CSRF token, and a lost session sending the
+"""With a password, in Chromium: the login form, htmx posting on fetch metadata alone, and a lost session sending the
 poller back to the login page (401 + HX-Redirect)."""
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def test_login_then_htmx_posts_then_an_expired_session_goes_back_to_login(page: 
     card = page.locator(f'.job-card[data-prompt-id="{failed.prompt_id}"]')
     expect(card).to_be_visible()
 
-    # An htmx POST (Retry) carries the token from <body hx-headers:inherited> and gets through.
+    # An htmx POST (Retry) gets through on the browser's own fetch metadata: no token anywhere.
     with page.expect_response(lambda response: "/execute" in response.url) as retried:
         card.locator(".retry-btn").click()
     assert retried.value.status == 202, retried.value.text()
-    assert retried.value.request.headers["x-csrf-token"] == page.locator('meta[name="csrf-token"]').get_attribute("content")
+    assert retried.value.request.all_headers()["sec-fetch-site"] == "same-origin"
 
     # The session goes (expired, or logged out elsewhere): the next poll answers 401 with HX-Redirect.
     page.context.clear_cookies()
