@@ -33,17 +33,12 @@ def _answers(*statuses: int, **own: dict) -> dict:
     return {**own, **shared}
 
 
-def _job_links(prompt_id: str, workflow_id: str) -> dict:
-    """Links from an answer naming a job (runtime expressions for its ids) to what can be done with it."""
+def _job_links(prompt_id: str) -> dict:
+    """Links from an answer naming a job (a runtime expression for its id) to what can be done with it."""
     return {
         "GetJob": {"operationId": "getJob", "parameters": {"prompt_id": prompt_id}},
         "GetJobPackage": {"operationId": "getJobPackage", "parameters": {"prompt_id": prompt_id}},
         "DeleteJob": {"operationId": "deleteJobs", "requestBody": {"prompt_ids": [prompt_id]}},
-        "RetryJob": {
-            "operationId": "executeWorkflow",
-            "parameters": {"workflow_id": workflow_id},
-            "requestBody": {"retry_of": prompt_id},
-        },
     }
 
 
@@ -474,7 +469,6 @@ PATHS = {
                 "description": "the page of records",
                 "headers": {"Link": {"description": 'the next page: <url>; rel="next"', "schema": {"type": "string"}}},
                 "content": _json({"type": "array", "items": _ref("Job")}),
-                "links": _job_links("$response.body#/0/prompt_id", "$response.body#/0/workflow_id"),
             }}),
         },
     },
@@ -632,7 +626,7 @@ PATHS = {
                 "description": "queued; Location is the job's record",
                 "headers": {"Location": {"schema": {"type": "string"}}},
                 "content": _json(_ref("Queued")),
-                "links": _job_links("$response.body#/prompt_id", "$request.path.workflow_id"),
+                "links": _job_links("$response.body#/prompt_id"),
             }}),
         },
     },

@@ -101,6 +101,8 @@ def session():
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
+    database=None,  # nothing kept between runs: each run is the same, from its seed
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api_answers_as_documented(case, live, session):
@@ -109,7 +111,11 @@ def test_api_answers_as_documented(case, live, session):
 
 
 class LinkedCalls(schema.as_state_machine()):
-    """Sequences that follow the document's links: list workflows, run one, read, package, retry and delete its job."""
+    """Sequences that follow the document's links: list workflows, run one, read, package and delete its job.
+
+    Only links whose answers do not depend on timing: a job runs in the background, so what the history
+    list holds (or whether a retry meets the retry guard) changes between a run and Hypothesis's replay of it.
+    """
 
     base_url = ""
 
@@ -132,5 +138,7 @@ def test_linked_calls_answer_as_documented(live):
         max_examples=STATEFUL_EXAMPLES,
         stateful_step_count=6,
         deadline=None,
+        database=None,
+        derandomize=True,
         suppress_health_check=list(HealthCheck),
     ))
