@@ -55,7 +55,7 @@ ERROR_RESPONSES = {
     429: ("TooManyRequests", "too many wrong bearer tokens from this address; Retry-After says when to try again"),
     503: ("Unavailable", "the executor (ComfyUI) cannot take the job now; Retry-After says when to try again"),
 }
-GUARDED = (401, 403, 429)  # every route is behind the guard (history/web/auth.py)
+GUARDED = (401, 403, 429)  # every route is behind the request pipeline (history/web/guard.py)
 WRITE = (*GUARDED, 400, 413)  # a POST with a body
 
 _STATUS_WORD = r"\s*(" + "|".join((*STATUSES, "failed")) + r")?\s*"
