@@ -17,6 +17,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from history import arrivals
+from history import config
 from history import jobs
 from history import thumbnails
 from history.db import connection
@@ -157,9 +158,7 @@ class StudioError(click.ClickException):
 
 def settings_help() -> str:
     """The STUDIO_* settings as a help epilog (click keeps a paragraph that starts with \\b as it is)."""
-    from history.config import VARIABLES
-
-    rows = [f"  {name:<24} {default:<28} {meaning}" for name, default, meaning in VARIABLES]
+    rows = [f"  {name:<24} {default:<28} {meaning}" for name, default, meaning in config.help_rows()]
     return "\b\nenvironment (all optional):\n" + "\n".join(rows)
 
 

@@ -1,68 +1,41 @@
-"""Settings from the STUDIO_* environment variables, validated once at start-up."""
+"""Settings from the STUDIO_* environment variables, validated once at start-up.
+
+VARIABLES is the one table of every setting: its variable, the Settings field it fills, the parser that reads
+it, its default as a person reads it, and what it means. It makes the Settings dataclass, load_settings(),
+``--help`` (history/cli.py) and the README's configuration table (a test holds the README to it). Rows are
+read in order, so a default can build on an earlier field (the output folder on the data folder).
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+
+from history.models import HISTORY_STATUSES
+from history.models import known_status
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "psycopg3", "postgresext", "postgresqlext")
-
-# Every variable, its default as a person reads it, and what it means: the README and --help print this.
-VARIABLES = [
-    ("STUDIO_DATA_DIR", "./data", "root for the defaults below"),
-    ("STUDIO_DATABASE_URL", "sqlite:///$STUDIO_DATA_DIR/studio.db", "any peewee db_url; postgresql://... for several workers or hosts"),
-    ("STUDIO_OUTPUT_DIR", "$STUDIO_DATA_DIR/output", "the output folder; job files live in comfyui-studio/<output_dir>/ under it"),
-    ("STUDIO_INPUT_DIR", "$STUDIO_DATA_DIR/input", "uploaded input images (ComfyUI's input/)"),
-    ("STUDIO_COMFYUI_URL", "unset", "a ComfyUI server (http://127.0.0.1:8188); unset means the built-in executor"),
-    ("STUDIO_WORKFLOWS_DIR", "history/workflows", "folder of workflow definitions"),
-    ("STUDIO_POLL_SECONDS", "5", "the list's poll interval (fractions allowed)"),
-    ("STUDIO_STALL_SECONDS", "600", "a running job with no progress for this long becomes stalled"),
-    ("STUDIO_PAGE_SIZE", "50", "cards on the first page; more load on scroll"),
-    ("STUDIO_ADMIN_PASSWORD", "unset", "when set, every admin page, API, media file and the websocket need a login or a bearer token"),
-    ("STUDIO_API_TOKEN", "unset", "an extra bearer token accepted beside the password-derived one"),
-    ("STUDIO_SECRET_KEY", "generated into the data dir", "signs sessions"),
-    ("STUDIO_DEMO", "1", "on an empty store, run the example workflows once so the page has real jobs; 0 turns it off"),
-    ("STUDIO_URL_PREFIX", "unset", "mount every URL under this prefix, e.g. /studio"),
-    ("STUDIO_PROXY_FIX", "unset", "trust X-Forwarded-* from this many proxies (Werkzeug ProxyFix)"),
-    ("STUDIO_EMBED_ORIGINS", "unset", "comma-separated origins allowed to fetch the fragments (CORS)"),
-    ("STUDIO_EMBED_CREDENTIALS", "0", "1 lets those origins send cookies"),
-    ("STUDIO_RETENTION", "unset", "rules like error=7d,stalled=7d,completed=90d: jobs queued longer ago are removed hourly; starred jobs are kept"),
-]
+COOKIE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ConfigError(Exception):
     """A setting that cannot work; the message is one line a person can act on."""
 
 
-@dataclass
-class Settings:
-    """Every setting of the app, resolved to absolute paths and typed values."""
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One STUDIO_* setting."""
 
-    data_dir: Path
-    database_url: str
-    output_dir: Path
-    input_dir: Path
-    workflows_dir: Path
-    comfyui_url: str | None = None
-    poll_seconds: float = 5.0
-    stall_seconds: float = 600.0
-    page_size: int = 50
-    admin_password: str | None = None
-    api_token: str | None = None
-    secret_key: str = ""
-    demo: bool = True
-    url_prefix: str = ""
-    proxy_fix: int = 0
-    embed_origins: tuple[str, ...] = ()
-    embed_credentials: bool = False
-    retention: tuple[tuple[str, float], ...] = ()  # (status, seconds): STUDIO_RETENTION's rules
-
-    @property
-    def thumbnail_dir(self) -> Path:
-        """The on-disk thumbnail cache."""
-        return self.data_dir / "thumbnails"
+    name: str
+    field: str
+    type: object  # the Settings field's annotation
+    parse: Callable[[str, str | None, dict], object]  # (variable, raw value or None when unset, fields so far)
+    default: str  # as a person reads it: README and --help
+    help: str
 
 
 def _number(name: str, raw: str, kind=float, minimum: float = 0.0):
@@ -105,6 +78,157 @@ def _secret_key(data_dir: Path) -> str:
     return key
 
 
+# ---- parsers: (variable, raw or None, fields so far) -> value ------------------------------------
+
+def number(default: str, minimum: float = 0.0, kind=float):
+    """A number of at least ``minimum`` (``kind`` int or float), ``default`` when unset."""
+    return lambda name, raw, seen: _number(name, raw or default, kind=kind, minimum=minimum)
+
+
+def flag(default: str):
+    """1 or 0 (true/false, yes/no, on/off), ``default`` when unset."""
+    return lambda name, raw, seen: _flag(name, raw or default)
+
+
+def text(name: str, raw: str | None, seen: dict) -> str | None:
+    """Any text, or None when unset."""
+    return raw
+
+
+def data_dir(name: str, raw: str | None, seen: dict) -> Path:
+    """The data folder, made when missing; it must be writable."""
+    folder = Path(raw or "./data").expanduser().resolve()
+    _check_writable(name, folder)
+    return folder
+
+
+def media_dir(subfolder: str):
+    """A folder the media routes serve (``subfolder`` of the data folder by default); it must not hold the data."""
+
+    def parse(name: str, raw: str | None, seen: dict) -> Path:
+        folder = Path(raw or seen["data_dir"] / subfolder).expanduser().resolve()
+        _check_writable(name, folder)
+        data = seen["data_dir"]
+        # Media routes serve what is under these folders; the data dir holds the database and secret key.
+        if folder == data or folder in data.parents:
+            raise ConfigError(f"{name} {folder} must not contain STUDIO_DATA_DIR {data}")
+        return folder
+
+    return parse
+
+
+def workflows_dir(name: str, raw: str | None, seen: dict) -> Path:
+    """The folder of workflow definitions (the examples shipped in history/ by default)."""
+    return Path(raw or PACKAGE_DIR / "workflows").expanduser().resolve()
+
+
+def database_url(name: str, raw: str | None, seen: dict) -> str:
+    """A peewee db_url of SQLite or PostgreSQL (a SQLite file in the data folder by default)."""
+    url = raw or f"sqlite:///{seen['data_dir'] / 'studio.db'}"
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(f"{name} must start with sqlite:// or postgresql://, got {url.split('://')[0]!r}")
+    return url
+
+
+def comfyui_url(name: str, raw: str | None, seen: dict) -> str | None:
+    """An http(s) address, without its trailing slash, or None."""
+    if raw is None:
+        return None
+    url = raw.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// address, got {url!r}")
+    return url
+
+
+def secret_key(name: str, raw: str | None, seen: dict) -> str:
+    """The given key, or the one kept in the data folder (made the first time)."""
+    return raw or _secret_key(seen["data_dir"])
+
+
+def cookie_name(name: str, raw: str | None, seen: dict) -> str:
+    """A cookie name of letters, digits, - and _."""
+    value = raw or "studio_session"
+    if not COOKIE_NAME.match(value):
+        raise ConfigError(f"{name} must be letters, digits, - or _ (at most 64), got {value[:80]!r}")
+    return value
+
+
+def url_prefix(name: str, raw: str | None, seen: dict) -> str:
+    """A path such as /studio (no trailing slash), or "" for none."""
+    prefix = (raw or "").rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        raise ConfigError(f"{name} must start with /, got {prefix!r}")
+    return prefix
+
+
+def origins(name: str, raw: str | None, seen: dict) -> tuple[str, ...]:
+    """Comma-separated http(s) origins."""
+    found = tuple(origin.strip().rstrip("/") for origin in (raw or "").split(",") if origin.strip())
+    for origin in found:
+        if not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} entries must be http(s) origins, got {origin!r}")
+    return found
+
+
+def retention(name: str, raw: str | None, seen: dict) -> tuple[tuple[str, float], ...]:
+    """Retention rules (parse_retention)."""
+    return parse_retention(raw or "")
+
+
+VARIABLES = (
+    Variable("STUDIO_DATA_DIR", "data_dir", Path, data_dir, "./data", "root for the defaults below"),
+    Variable("STUDIO_DATABASE_URL", "database_url", str, database_url, "sqlite:///$STUDIO_DATA_DIR/studio.db",
+             "any peewee db_url; postgresql://... for several workers or hosts"),
+    Variable("STUDIO_OUTPUT_DIR", "output_dir", Path, media_dir("output"), "$STUDIO_DATA_DIR/output",
+             "the output folder; job files live in comfyui-studio/<output_dir>/ under it"),
+    Variable("STUDIO_INPUT_DIR", "input_dir", Path, media_dir("input"), "$STUDIO_DATA_DIR/input",
+             "uploaded input images (ComfyUI's input/)"),
+    Variable("STUDIO_COMFYUI_URL", "comfyui_url", "str | None", comfyui_url, "unset",
+             "a ComfyUI server (http://127.0.0.1:8188); unset means the built-in executor"),
+    Variable("STUDIO_WORKFLOWS_DIR", "workflows_dir", Path, workflows_dir, "history/workflows", "folder of workflow definitions"),
+    Variable("STUDIO_POLL_SECONDS", "poll_seconds", float, number("5", minimum=0.05), "5",
+             "the list's poll interval (fractions allowed)"),
+    Variable("STUDIO_STALL_SECONDS", "stall_seconds", float, number("600", minimum=0.05), "600",
+             "a running job with no progress for this long becomes stalled"),
+    Variable("STUDIO_PAGE_SIZE", "page_size", int, number("50", minimum=1, kind=int), "50",
+             "cards on the first page; more load on scroll"),
+    Variable("STUDIO_ADMIN_PASSWORD", "admin_password", "str | None", text, "unset",
+             "when set, every admin page, API, media file and the websocket need a login or a bearer token"),
+    Variable("STUDIO_API_TOKEN", "api_token", "str | None", text, "unset",
+             "an extra bearer token accepted beside the password-derived one"),
+    Variable("STUDIO_SECRET_KEY", "secret_key", str, secret_key, "generated into the data dir", "signs sessions"),
+    Variable("STUDIO_SESSION_COOKIE", "session_cookie", str, cookie_name, "studio_session",
+             "the login cookie's name: give each studio on one host name its own (cookies ignore the port)"),
+    Variable("STUDIO_DEMO", "demo", bool, flag("1"), "1",
+             "on an empty store, run the example workflows once so the page has real jobs; 0 turns it off"),
+    Variable("STUDIO_URL_PREFIX", "url_prefix", str, url_prefix, "unset", "mount every URL under this prefix, e.g. /studio"),
+    Variable("STUDIO_PROXY_FIX", "proxy_fix", int, number("0", kind=int), "unset",
+             "trust X-Forwarded-* from this many proxies (Werkzeug ProxyFix)"),
+    Variable("STUDIO_EMBED_ORIGINS", "embed_origins", "tuple[str, ...]", origins, "unset",
+             "comma-separated origins allowed to fetch the fragments (CORS)"),
+    Variable("STUDIO_EMBED_CREDENTIALS", "embed_credentials", bool, flag("0"), "0", "1 lets those origins send cookies"),
+    Variable("STUDIO_RETENTION", "retention", "tuple[tuple[str, float], ...]", retention, "unset",
+             "rules like `error=7d,stalled=7d,completed=90d`: jobs queued longer ago are removed hourly "
+             "(one process at a time); starred jobs are kept"),
+)
+NAMES = frozenset(variable.name for variable in VARIABLES)
+
+
+def _thumbnail_dir(self) -> Path:
+    """The on-disk thumbnail cache."""
+    return self.data_dir / "thumbnails"
+
+
+# Every setting of the app, resolved to absolute paths and typed values: one field per row of VARIABLES.
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(variable.field, variable.type) for variable in VARIABLES],
+    namespace={"thumbnail_dir": property(_thumbnail_dir), "__module__": __name__},
+)
+Settings.__doc__ = "Every setting of the app, resolved to absolute paths and typed values (one field per VARIABLES row)."
+
+
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -123,9 +247,6 @@ def parse_age(raw: str) -> float:
 
 def parse_retention(raw: str) -> tuple[tuple[str, float], ...]:
     """STUDIO_RETENTION (``error=7d,stalled=7d,completed=90d``) as (status, seconds) rules; raise ConfigError."""
-    from history.models import HISTORY_STATUSES
-    from history.models import known_status
-
     rules = {}
     for part in (piece.strip() for piece in raw.split(",")):
         if not part:
@@ -144,67 +265,33 @@ def parse_retention(raw: str) -> tuple[tuple[str, float], ...]:
 
 
 def load_settings(environ: dict | None = None, overrides: dict | None = None) -> Settings:
-    """Build Settings from an environment (os.environ by default) and test overrides; raise ConfigError."""
+    """Build Settings from an environment (os.environ by default) and overrides; raise ConfigError.
+
+    An override names a setting (``STUDIO_POLL_SECONDS`` or ``poll_seconds``); one that names none is an
+    error, so a mistyped test or host setting is not silently ignored.
+    """
     env = dict(os.environ if environ is None else environ)
     for key, value in (overrides or {}).items():
-        env[key if key.startswith("STUDIO_") else "STUDIO_" + key.upper()] = str(value)
+        name = key if key.startswith("STUDIO_") else "STUDIO_" + key.upper()
+        if name not in NAMES:
+            raise ConfigError(f"{name} is not a setting; the settings are {', '.join(sorted(NAMES))}")
+        env[name] = str(value)
+    fields: dict = {}
+    for variable in VARIABLES:
+        raw = env.get(variable.name)
+        fields[variable.field] = variable.parse(variable.name, raw if raw not in (None, "") else None, fields)
+    return Settings(**fields)
 
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value if value not in (None, "") else None
 
-    data_dir = Path(get("STUDIO_DATA_DIR") or "./data").expanduser().resolve()
-    _check_writable("STUDIO_DATA_DIR", data_dir)
-    output_dir = Path(get("STUDIO_OUTPUT_DIR") or data_dir / "output").expanduser().resolve()
-    input_dir = Path(get("STUDIO_INPUT_DIR") or data_dir / "input").expanduser().resolve()
-    _check_writable("STUDIO_OUTPUT_DIR", output_dir)
-    _check_writable("STUDIO_INPUT_DIR", input_dir)
-    for name, folder in (("STUDIO_OUTPUT_DIR", output_dir), ("STUDIO_INPUT_DIR", input_dir)):
-        # Media routes serve what is under these folders; the data dir holds the database and secret key.
-        if folder == data_dir or folder in data_dir.parents:
-            raise ConfigError(f"{name} {folder} must not contain STUDIO_DATA_DIR {data_dir}")
-    workflows_dir = Path(get("STUDIO_WORKFLOWS_DIR") or PACKAGE_DIR / "workflows").expanduser().resolve()
+def help_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every setting, for --help."""
+    return [(variable.name, variable.default, variable.help.replace("`", "")) for variable in VARIABLES]
 
-    database_url = get("STUDIO_DATABASE_URL") or f"sqlite:///{data_dir / 'studio.db'}"
-    scheme = database_url.split("://", 1)[0].split("+", 1)[0] if "://" in database_url else ""
-    if scheme not in DATABASE_SCHEMES:
-        raise ConfigError(
-            f"STUDIO_DATABASE_URL must start with sqlite:// or postgresql://, got {database_url.split('://')[0]!r}"
-        )
 
-    comfyui_url = get("STUDIO_COMFYUI_URL")
-    if comfyui_url is not None:
-        comfyui_url = comfyui_url.rstrip("/")
-        if not comfyui_url.startswith(("http://", "https://")):
-            raise ConfigError(f"STUDIO_COMFYUI_URL must be an http:// or https:// address, got {comfyui_url!r}")
-
-    prefix = (get("STUDIO_URL_PREFIX") or "").rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        raise ConfigError(f"STUDIO_URL_PREFIX must start with /, got {prefix!r}")
-
-    origins = tuple(o.strip().rstrip("/") for o in (get("STUDIO_EMBED_ORIGINS") or "").split(",") if o.strip())
-    for origin in origins:
-        if not origin.startswith(("http://", "https://")):
-            raise ConfigError(f"STUDIO_EMBED_ORIGINS entries must be http(s) origins, got {origin!r}")
-
-    poll_seconds = _number("STUDIO_POLL_SECONDS", get("STUDIO_POLL_SECONDS") or "5", minimum=0.05)
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        output_dir=output_dir,
-        input_dir=input_dir,
-        workflows_dir=workflows_dir,
-        comfyui_url=comfyui_url,
-        poll_seconds=poll_seconds,
-        stall_seconds=_number("STUDIO_STALL_SECONDS", get("STUDIO_STALL_SECONDS") or "600", minimum=0.05),
-        page_size=int(_number("STUDIO_PAGE_SIZE", get("STUDIO_PAGE_SIZE") or "50", kind=int, minimum=1)),
-        admin_password=get("STUDIO_ADMIN_PASSWORD"),
-        api_token=get("STUDIO_API_TOKEN"),
-        secret_key=get("STUDIO_SECRET_KEY") or _secret_key(data_dir),
-        demo=_flag("STUDIO_DEMO", get("STUDIO_DEMO") or "1"),
-        url_prefix=prefix,
-        proxy_fix=int(_number("STUDIO_PROXY_FIX", get("STUDIO_PROXY_FIX") or "0", kind=int)),
-        embed_origins=origins,
-        embed_credentials=_flag("STUDIO_EMBED_CREDENTIALS", get("STUDIO_EMBED_CREDENTIALS") or "0"),
-        retention=parse_retention(get("STUDIO_RETENTION") or ""),
-    )
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for variable in VARIABLES:
+        default = "unset" if variable.default == "unset" else f"`{variable.default}`"
+        lines.append(f"| `{variable.name}` | {default} | {variable.help} |")
+    return "\n".join(lines)

@@ -300,6 +300,18 @@ def test_wrong_bearer_tokens_are_rate_limited_too(app):
     assert blocked.headers["Retry-After"]
 
 
+def test_the_session_cookie_takes_its_name_from_the_setting(app_config):
+    from history import create_app
+
+    app = create_app({**app_config, "STUDIO_SESSION_COOKIE": "studio_b"})
+    try:
+        response = log_in(app.test_client())
+        assert response.status_code == 303
+        assert response.headers["Set-Cookie"].startswith("studio_b=")
+    finally:
+        app.extensions["studio"].stop()
+
+
 def test_a_login_posted_from_another_site_is_refused(app):
     client = app.test_client()
     response = client.post("/login", data={"password": PASSWORD}, headers={"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.test"})

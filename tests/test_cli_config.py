@@ -1,6 +1,7 @@
 """The CLI's import/export and the start-up checks of the settings."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from history import config
+from history import create_app
 from history.config import ConfigError
 from history.config import load_settings
 from history.db import migration_steps
@@ -153,6 +156,7 @@ def test_init_db_reports_schema_version(runner):
         ({"STUDIO_COMFYUI_URL": "ftp://box"}, "STUDIO_COMFYUI_URL"),
         ({"STUDIO_DEMO": "maybe"}, "STUDIO_DEMO must be 1 or 0"),
         ({"STUDIO_URL_PREFIX": "studio"}, "STUDIO_URL_PREFIX must start with /"),
+        ({"STUDIO_SESSION_COOKIE": "studio session;"}, "STUDIO_SESSION_COOKIE must be letters"),
     ],
 )
 def test_bad_settings_raise_one_clear_error(tmp_path, environ, message):
@@ -189,5 +193,25 @@ def test_app_py_stops_with_one_line_on_a_bad_setting(tmp_path):
 def test_app_py_help_lists_every_variable():
     result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for name in ("STUDIO_DATA_DIR", "STUDIO_DATABASE_URL", "STUDIO_COMFYUI_URL", "STUDIO_ADMIN_PASSWORD", "--host", "--port"):
-        assert name in result.stdout
+    assert "--host" in result.stdout and "--port" in result.stdout
+    for variable in config.VARIABLES:
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(variable.name + " "))
+        assert variable.default in line, line
+
+
+def test_the_readmes_configuration_table_is_the_settings_table():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):]
+    table = section[section.index("| variable |"):].split("\n\n", 1)[0]
+    assert table == config.markdown_table()
+
+
+def test_every_setting_is_a_field_of_settings(tmp_path):
+    settings = load_settings({"STUDIO_DATA_DIR": str(tmp_path)})
+    assert [field.name for field in dataclasses.fields(settings)] == [variable.field for variable in config.VARIABLES]
+
+
+@pytest.mark.parametrize("key", ["STUDIO_POLL_SECOND", "STUDIO_SESSION_COOKIES"])
+def test_an_unknown_setting_given_to_create_app_is_an_error(tmp_path, key):
+    with pytest.raises(ConfigError, match="is not a setting"):
+        create_app({"STUDIO_DATA_DIR": str(tmp_path), key: "1"})

@@ -92,7 +92,7 @@ def init_app(app: Flask) -> None:
     app.session_interface = StudioSessionInterface()
     app.config.setdefault("LOGIN_LIFETIME", guard.LOGIN_LIFETIME_SECONDS)
     app.config.update(
-        SESSION_COOKIE_NAME=app.config.get("STUDIO_SESSION_COOKIE", "studio_session"),
+        SESSION_COOKIE_NAME=settings.session_cookie,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         # The cookie lives as long as a login; polling must not push that out (the login time is checked too).
