@@ -1,16 +1,20 @@
-"""Many watchers at once: open websockets and polling clients against gunicorn, with jobs running.
+"""A thousand viewers at once: open websockets and polling pages against the production server, jobs running.
 
-Run: ``python -m bench.load [--websockets 200] [--pollers 100] [--seconds 60]``. It starts the production
-server (``gunicorn -k gthread --no-control-socket``, one worker, enough threads for every socket) on
-loopback over a store of 500 jobs, opens the websockets, has each poller ask for the list once a second the
-way the page does (the ETag it was shown, 204 while nothing changed), runs a job through the built-in
-executor every few seconds, and prints errors, p95 latency and how many events each socket heard.
-A benchmark that prints figures, not a test.
+Run: ``python -m bench.load [--websockets 1000] [--pollers 200] [--seconds 60] [--worker gthread]``. It starts
+gunicorn as `make serve` does (one worker; ``gthread`` with a thread per open socket and per poller, or
+``gevent``), on loopback only, over a store of 1,000 jobs; opens the websockets; has each poller ask for the
+list once a second the way the page does (the ETag it was shown, 204 while nothing changed); runs a job
+through the built-in executor every few seconds; and stops by itself after ``--seconds``. Every client is
+one asyncio task in this process (raw sockets: a websocket handshake, masked pongs, unmasked text frames),
+so the client side costs no thread per viewer. It prints errors, poll latency, the fan-out latency of
+every event (the server's ``ts`` to its arrival at each socket, one clock), and the worker's memory per
+open websocket. A benchmark that prints figures, not a test.
 """
 from __future__ import annotations
 
 import argparse
-import http.client
+import asyncio
+import base64
 import json
 import os
 import shutil
@@ -20,13 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import websocket
-
 ROOT = Path(__file__).resolve().parent.parent
+FANOUT_GOAL_MS = 250
 
 
 def free_port() -> int:
@@ -42,19 +44,21 @@ def seed_store(data_dir: Path, jobs: int) -> None:
     from history import create_app
 
     app = create_app({"START_RUNNER": False, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0"})
-    fill_jobs(jobs, output_root=app.config["STUDIO"].output_dir, files_for=jobs)
+    fill_jobs(jobs, output_root=app.config["STUDIO"].output_dir, files_for=60)
     app.extensions["studio"].stop()
 
 
-def start_server(data_dir: Path, port: int, threads: int) -> subprocess.Popen:
-    """gunicorn as `make serve` runs it, with threads for every open socket."""
+def start_server(data_dir: Path, port: int, worker: str, threads: int) -> subprocess.Popen:
+    """gunicorn as `make serve` runs it (``make serve WORKER=gevent`` for the other worker class)."""
     env = {**os.environ, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0", "STUDIO_POLL_SECONDS": "1"}
-    command = [
-        str(Path(sys.executable).with_name("gunicorn")), "-w", "1", "-k", "gthread", "--threads", str(threads),
-        "--no-control-socket", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:create_app()",
-    ]
+    command = [str(Path(sys.executable).with_name("gunicorn")), "-w", "1", "-k", worker]
+    if worker == "gthread":
+        command += ["--threads", str(threads)]
+    else:
+        command += ["--worker-connections", str(threads)]
+    command += ["--no-control-socket", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:create_app()"]
     server = subprocess.Popen(command, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -65,151 +69,246 @@ def start_server(data_dir: Path, port: int, threads: int) -> subprocess.Popen:
     raise SystemExit("gunicorn did not start")
 
 
+def worker_rss(master_pid: int) -> int:
+    """The resident memory (bytes) of gunicorn's worker process (the master's one child)."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    total = 0
+    for pid in children:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def cpu_seconds(master_pid: int) -> float:
+    """CPU time (user + system) the worker process has used so far."""
+    total = 0.0
+    for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 class Tally:
-    """Counts shared by the client threads."""
+    """What every client saw."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.latencies: list[float] = []
+        self.poll_latencies: list[float] = []
         self.statuses: dict[int, int] = {}
         self.errors: list[str] = []
-        self.events: list[int] = []
-
-    def request(self, status: int, seconds: float) -> None:
-        with self.lock:
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            self.latencies.append(seconds)
-
-    def error(self, message: str) -> None:
-        with self.lock:
-            self.errors.append(message)
+        self.fanout: list[float] = []
+        self.heard: list[int] = []
+        self.open = 0
 
 
-def poller(port: int, stop: threading.Event, tally: Tally) -> None:
-    """Ask for the list once a second with the ETag last shown, like the page's poller."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    etag = ""
-    next_at = time.monotonic()
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            connection.request("GET", "/admin/history/list", headers={"HX-Request": "true", "X-List-ETag": etag})
-            response = connection.getresponse()
-            response.read()
-            if response.status == 200:
-                etag = (response.getheader("ETag") or "").strip('"')
-            elif response.status != 204:
-                tally.error(f"poll answered {response.status}")
-            tally.request(response.status, time.perf_counter() - started)
-        except (OSError, http.client.HTTPException) as error:
-            tally.error(f"poll: {error!r}")
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-        next_at += 1.0
-        stop.wait(max(0.0, next_at - time.monotonic()))
-    connection.close()
+async def open_websocket(port: int, tally: Tally):
+    """A websocket handshake on /ws; answer (reader, writer)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n")[0].decode())
+    return reader, writer
 
 
-def watcher(port: int, stop: threading.Event, opened: threading.Barrier, tally: Tally) -> None:
-    """Hold one websocket open and count the events it hears."""
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (clients must mask)."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def watch(port: int, stop: asyncio.Event, opened: asyncio.Event, tally: Tally, want: int) -> None:
+    """Hold one websocket open, answer pings, and note when each event arrives."""
     heard = 0
     try:
-        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=15, origin=f"http://127.0.0.1:{port}")
-        ws.settimeout(1)
-    except Exception as error:  # noqa: BLE001 - every failure to connect is a counted error
-        tally.error(f"websocket connect: {error!r}")
-        opened.wait()
+        reader, writer = await open_websocket(port, tally)
+    except (OSError, ConnectionError, asyncio.IncompleteReadError) as error:
+        tally.errors.append(f"websocket connect: {error!r}")
+        tally.open += 1
+        if tally.open >= want:
+            opened.set()
         return
-    opened.wait()
-    while not stop.is_set():
-        try:
-            frame = ws.recv()
-            if frame:
-                json.loads(frame)
+    tally.open += 1
+    if tally.open >= want:
+        opened.set()
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            read = asyncio.ensure_future(reader.readexactly(2))
+            done, _pending = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                read.cancel()
+                break
+            first, second = read.result()
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await reader.readexactly(8), "big")
+            payload = await reader.readexactly(length)
+            arrived = time.time()
+            opcode = first & 0x0F
+            if opcode == 0x9:  # ping: the server closes a socket that does not answer
+                writer.write(masked_frame(0xA, payload))
+            elif opcode == 0x8:
+                tally.errors.append(f"websocket closed by the server: {payload[2:].decode(errors='replace')}")
+                break
+            elif opcode == 0x1:
+                event = json.loads(payload)
+                tally.fanout.append(arrived - event["ts"])
                 heard += 1
-        except websocket.WebSocketTimeoutException:
-            continue
-        except Exception as error:  # noqa: BLE001
-            tally.error(f"websocket: {error!r}")
-            break
-    ws.close()
-    with tally.lock:
-        tally.events.append(heard)
+        writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+        await writer.drain()
+    except (OSError, asyncio.IncompleteReadError) as error:
+        tally.errors.append(f"websocket: {error!r}")
+    finally:
+        stopping.cancel()
+        writer.close()
+        tally.heard.append(heard)
 
 
-def run_jobs(port: int, stop: threading.Event, tally: Tally, every: float) -> int:
-    """Run a small job through the built-in executor every ``every`` seconds; return how many started."""
+async def poll(port: int, stop: asyncio.Event, tally: Tally) -> None:
+    """Ask for the list once a second with the ETag last shown, like the page's poller."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    etag = ""
+    next_at = time.monotonic()
+    try:
+        while not stop.is_set():
+            started = time.perf_counter()
+            writer.write((f"GET /admin/history/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHX-Request: true\r\n"
+                          f"X-List-ETag: {etag}\r\n\r\n").encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            length = int(headers.get(b"Content-Length", b"0"))
+            if length:
+                await reader.readexactly(length)
+            if status == 200:
+                etag = headers.get(b"ETag", b"").decode().strip('"')
+            elif status != 204:
+                tally.errors.append(f"poll answered {status}")
+            tally.statuses[status] = tally.statuses.get(status, 0) + 1
+            tally.poll_latencies.append(time.perf_counter() - started)
+            next_at += 1.0
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+    except (OSError, asyncio.IncompleteReadError) as error:
+        tally.errors.append(f"poll: {error!r}")
+    finally:
+        writer.close()
+
+
+async def run_jobs(port: int, stop: asyncio.Event, tally: Tally, every: float) -> int:
+    """Run a small job through the built-in executor every ``every`` seconds; answer how many started."""
     started = 0
-    body = json.dumps({"params": {"positive_prompt": "load test", "width": 64, "height": 64, "batch_size": 1}})
-    while not stop.wait(every):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    body = json.dumps({"params": {"positive_prompt": "load test", "width": 64, "height": 64, "batch_size": 1}}).encode()
+    while True:
         try:
-            connection.request("POST", "/api/run/txt2img-example/execute", body=body, headers={
-                "Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"})
-            response = connection.getresponse()
-            response.read()
-            if response.status == 202:
+            await asyncio.wait_for(stop.wait(), every)
+            return started
+        except asyncio.TimeoutError:
+            pass
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write((f"POST /api/run/txt2img-example/execute HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                          f"Content-Type: application/json\r\nOrigin: http://127.0.0.1:{port}\r\n"
+                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            if head.startswith(b"HTTP/1.1 202"):
                 started += 1
             else:
-                tally.error(f"execute answered {response.status}")
-        except (OSError, http.client.HTTPException) as error:
-            tally.error(f"execute: {error!r}")
-        finally:
-            connection.close()
-    return started
+                tally.errors.append(f"execute answered {head.split(b' ')[1].decode()}")
+        except (OSError, asyncio.IncompleteReadError) as error:
+            tally.errors.append(f"execute: {error!r}")
+
+
+async def drive(port: int, args, server_pid: int) -> tuple[Tally, dict]:
+    """Open every viewer, run the load for ``args.seconds``, close everything."""
+    tally = Tally()
+    stop = asyncio.Event()
+    opened = asyncio.Event()
+    memory = {"before": worker_rss(server_pid), "cpu_before": cpu_seconds(server_pid), "client_before": time.process_time()}
+    started = time.perf_counter()
+    watchers = []
+    for index in range(args.websockets):
+        watchers.append(asyncio.ensure_future(watch(port, stop, opened, tally, args.websockets)))
+        if index % 50 == 49:
+            await asyncio.sleep(0.05)  # a crowd arriving, not one SYN flood
+    try:
+        await asyncio.wait_for(opened.wait(), 120)
+    except asyncio.TimeoutError:
+        tally.errors.append(f"only {tally.open} of {args.websockets} websockets opened in 120 s")
+    memory["open_seconds"] = time.perf_counter() - started
+    await asyncio.sleep(1.0)
+    memory["with_sockets"] = worker_rss(server_pid)
+    pollers = [asyncio.ensure_future(poll(port, stop, tally)) for _ in range(args.pollers)]
+    jobs = asyncio.ensure_future(run_jobs(port, stop, tally, args.job_every))
+    await asyncio.sleep(args.seconds)
+    memory["under_load"] = worker_rss(server_pid)
+    memory["cpu"] = cpu_seconds(server_pid) - memory["cpu_before"]
+    memory["client_cpu"] = time.process_time() - memory["client_before"]
+    await asyncio.sleep(1.5)  # the last job's events
+    stop.set()
+    memory["jobs"] = await jobs
+    await asyncio.gather(*watchers, *pollers)
+    return tally, memory
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the load and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--websockets", type=int, default=200)
-    parser.add_argument("--pollers", type=int, default=100)
+    parser.add_argument("--websockets", type=int, default=1000)
+    parser.add_argument("--pollers", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--job-every", type=float, default=3.0, help="seconds between jobs run during the load")
+    parser.add_argument("--worker", choices=("gthread", "gevent"), default="gthread")
     args = parser.parse_args(argv)
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     port = free_port()
-    seed_store(data_dir, 500)
-    server = start_server(data_dir, port, threads=args.websockets + args.pollers + 32)
-    tally = Tally()
-    stop = threading.Event()
-    opened = threading.Barrier(args.websockets + 1)
-    threads = [threading.Thread(target=watcher, args=(port, stop, opened, tally), daemon=True) for _ in range(args.websockets)]
+    seed_store(data_dir, 1000)
+    server = start_server(data_dir, port, args.worker, threads=args.websockets + args.pollers + 64)
     try:
-        for thread in threads:
-            thread.start()
-        opened.wait(timeout=60)
-        pollers = [threading.Thread(target=poller, args=(port, stop, tally), daemon=True) for _ in range(args.pollers)]
-        for thread in pollers:
-            thread.start()
-        jobs_started = [0]
-        job_thread = threading.Thread(target=lambda: jobs_started.__setitem__(0, run_jobs(port, stop, tally, args.job_every)))
-        job_thread.start()
-        time.sleep(args.seconds)
-        time.sleep(1.5)  # let the last job's events arrive before the sockets close
-        stop.set()
-        for thread in threads + pollers + [job_thread]:
-            thread.join(timeout=10)
+        tally, memory = asyncio.run(drive(port, args, server.pid))
     finally:
         server.send_signal(signal.SIGTERM)
         try:
-            server.wait(timeout=15)
+            server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    latencies = sorted(tally.latencies)
-    p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
-    print(f"load: {args.websockets} websockets open, {args.pollers} clients polling once a second, {args.seconds:g} s,"
-          f" a job every {args.job_every:g} s (gunicorn gthread, 1 worker)")
-    print(f"  poll requests   {len(latencies):>8}   statuses {dict(sorted(tally.statuses.items()))}")
-    print(f"  poll latency    median {statistics.median(latencies) * 1000 if latencies else float('nan'):7.1f} ms"
-          f"   p95 {p95 * 1000:7.1f} ms   max {latencies[-1] * 1000 if latencies else float('nan'):7.1f} ms")
-    print(f"  jobs run        {jobs_started[0]:>8}")
-    if tally.events:
-        print(f"  events heard    per socket min {min(tally.events)}  median {statistics.median(tally.events):g}  max {max(tally.events)}")
-    print(f"  errors          {len(tally.errors):>8}" + (f"   first: {tally.errors[0]}" if tally.errors else ""))
+    latencies = sorted(tally.poll_latencies)
+    fanout = sorted(tally.fanout)
+
+    def pct(values, share):
+        return values[int(share * (len(values) - 1))] * 1000 if values else float("nan")
+
+    per_viewer = (memory["with_sockets"] - memory["before"]) / max(1, args.websockets)
+    print(f"load: {args.websockets} websockets, {args.pollers} pollers once a second, {args.seconds:g} s, a job every"
+          f" {args.job_every:g} s (gunicorn {args.worker}, 1 worker, loopback)")
+    print(f"  websockets open  {tally.open - sum(1 for e in tally.errors if e.startswith('websocket connect'))}"
+          f" of {args.websockets} in {memory['open_seconds']:.1f} s")
+    print(f"  poll requests    {len(latencies):>8}   statuses {dict(sorted(tally.statuses.items()))}")
+    print(f"  poll latency     median {pct(latencies, 0.5):7.1f} ms   p95 {pct(latencies, 0.95):7.1f} ms   max {pct(latencies, 1):7.1f} ms")
+    print(f"  jobs run         {memory['jobs']:>8}")
+    if tally.heard:
+        print(f"  events heard     {len(fanout)} (per socket min {min(tally.heard)}, median {statistics.median(tally.heard):g}, max {max(tally.heard)})")
+    print(f"  fan-out latency  median {pct(fanout, 0.5):7.1f} ms   p95 {pct(fanout, 0.95):7.1f} ms   max {pct(fanout, 1):7.1f} ms"
+          f"   (goal p95 < {FANOUT_GOAL_MS} ms: {'met' if fanout and pct(fanout, 0.95) < FANOUT_GOAL_MS else 'NOT met'})")
+    print(f"  worker memory    {memory['before'] / 1e6:.0f} MB idle, {memory['with_sockets'] / 1e6:.0f} MB with the sockets open,"
+          f" {memory['under_load'] / 1e6:.0f} MB under load: {per_viewer / 1e3:.0f} KB per open websocket")
+    print(f"  CPU              server worker {memory['cpu']:.1f} s, this client {memory['client_cpu']:.1f} s, over"
+          f" {args.seconds:g} s (2 cores shared with others: load average {os.getloadavg()[0]:.1f})")
+    print(f"  errors           {len(tally.errors):>8}" + (f"   first: {tally.errors[0]}" if tally.errors else "") + "   (goal 0)")
+    summary = {"errors": len(tally.errors), "fanout_p95_ms": pct(fanout, 0.95), "kb_per_viewer": per_viewer / 1e3,
+               "open": tally.open, "heard_min": min(tally.heard) if tally.heard else 0}
+    print("  summary " + json.dumps(summary))
     return 1 if tally.errors else 0
 
 

@@ -5,13 +5,13 @@ import contextlib
 import logging
 
 import click
-from flask import current_app
 from peewee import DatabaseProxy
 from peewee import Model
 from peewee import SqliteDatabase
 from playhouse import migrations
 from playhouse.db_url import connect as connect_url
 
+from history import changes
 from history.migrations import DIRECTORY as MIGRATIONS_DIRECTORY
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def bind(url: str):
     """Point the proxy at the database named by ``url`` and return it (SQLite switched to WAL once)."""
     previous = database.obj
     db = open_database(url)
+    changes.count_writes(db)  # an idle poll of this process sees its own writes at once (history/changes.py)
     database.initialize(db)
     if previous is not None and hasattr(previous, "close_idle"):
         previous.close_idle()  # a test or a host app binding anew leaves no pooled connection open
@@ -145,12 +146,6 @@ def migrate(target: str | None = None) -> int:
         return schema_version()
 
 
-def connect_for_request() -> None:
-    """Open this request's connection (history.web.guard calls it); teardown closes it."""
-    if current_app.config.get("DATABASE_URL") is not None:  # a host app's own routes have no studio store
-        database.connect(reuse_if_open=True)
-
-
 def close_after_request(exc) -> None:
     """Close this request's connection: teardown runs after exceptions too (after_request does not)."""
     if not database.is_closed():
@@ -158,7 +153,7 @@ def close_after_request(exc) -> None:
 
 
 def init_app(app):
-    """Bind the database, migrate it, and close the request's connection in teardown."""
+    """Bind the database, migrate it, and close the request's connection (opened by its first query) in teardown."""
     bind(app.config["DATABASE_URL"])
     with connection():
         migrate()

@@ -87,6 +87,7 @@ class EventBus:
     def __init__(self):
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
+        self.delivered = 0  # events handed out so far: each follows a write (history/changes.py reads it)
 
     def subscribe(self) -> Subscription:
         """A new subscription; close it when done."""
@@ -114,6 +115,7 @@ class EventBus:
     def deliver(self, message: str) -> None:
         """Hand an encoded event to the local subscribers."""
         with self._lock:
+            self.delivered += 1
             subscribers = list(self._subscribers)
         for subscription in subscribers:
             subscription.put(message)

@@ -16,6 +16,7 @@ import uuid
 
 import psycopg
 
+from history.changes import CHANGES_CHANNEL
 from history.events import EventBus
 from history.events import encode
 
@@ -44,6 +45,7 @@ class PostgresEventBus(EventBus):
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
+        self._changes = 0  # CHANGES_CHANNEL notifications heard (and reconnects, which may have missed some)
 
     def start(self) -> None:
         """Start the listener thread (idempotent)."""
@@ -54,6 +56,10 @@ class PostgresEventBus(EventBus):
     def wait_listening(self, timeout: float = 10.0) -> bool:
         """Wait until the listener has issued LISTEN (for tests and start-up)."""
         return self._listening.wait(timeout)
+
+    def change_count(self) -> int | None:
+        """How often the job table changed, as far as the listener heard; None while it is not listening."""
+        return self._changes if self._listening.is_set() else None
 
     def stop(self) -> None:
         """Stop the listener, close both connections and end every subscription."""
@@ -117,10 +123,15 @@ class PostgresEventBus(EventBus):
             try:
                 with psycopg.connect(self.url, autocommit=True) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    self._changes += 1
                     self._listening.set()
                     while not self._stopping.is_set():
                         for notify in connection.notifies(timeout=0.5):
-                            self._receive(notify.payload)
+                            if notify.channel == CHANGES_CHANNEL:
+                                self._changes += 1
+                            else:
+                                self._receive(notify.payload)
             except psycopg.Error as error:
                 self._listening.clear()
                 if self._stopping.is_set():

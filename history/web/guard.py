@@ -28,7 +28,6 @@ from flask import request
 from flask import session
 from flask import url_for
 
-from history import db
 from history import security
 from history import studio
 from history.web import cors
@@ -353,24 +352,10 @@ def check_cross_origin():
     )
 
 
-def opens_own_connection(view):
-    """Mark a view that opens the store itself (the health check says when it cannot), so no step does."""
-    view._studio_own_connection = True
-    return view
-
-
-def open_database():
-    """Open the request's database connection (db.py closes it in teardown); static files skip it."""
-    if request.endpoint == "static":
-        return None
-    if getattr(current_app.view_functions.get(request.endpoint), "_studio_own_connection", False):
-        return None
-    db.connect_for_request()
-    return None
-
-
 # The pipeline, in order. A CORS preflight is answered before anything else, and background work starts
-# on the first request whoever makes it; the connection is opened last, once nothing has refused.
+# on the first request whoever makes it. No step opens the database: peewee's autoconnect opens the
+# request's connection at its first query (db.py closes it in teardown), so a request that needs none
+# (an idle poll answered from history/changes.py, a static file) never pays for one.
 STEPS = (
     cors.answer_preflight,
     studio.start_background_work,
@@ -380,7 +365,6 @@ STEPS = (
     require_login,
     check_websocket_origin,
     check_cross_origin,
-    open_database,
 )
 
 

@@ -19,6 +19,7 @@ from flask import url_for
 from peewee import DatabaseError
 from zoneinfo import ZoneInfo
 
+from history import changes
 from history import jobs
 from history.events import LIST_EVENTS
 
@@ -192,7 +193,9 @@ def history_list():
             more_url = _list_url(history_filter, compact, before=page.next_cursor) if page.next_cursor else None
             body = render_template("job_page.html", page=page, more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
-        etag = _poll_etag(jobs.list_etag(history_filter, _head_limit(since), since=since))
+        limit = _head_limit(since)
+        raw = _list_etags().get((history_filter, limit, since), lambda: jobs.list_etag(history_filter, limit, since=since))
+        etag = _poll_etag(raw)
     except jobs.InvalidQuery as error:
         body = render_template("list_error.html", message=str(error))
         return _fragment_headers(make_response(body, 400))
@@ -254,6 +257,32 @@ class RenderedLists:
             with self._lock:
                 self._rendering.pop(key, None)
             busy.set()
+
+
+def _list_etags() -> changes.Remembered:
+    """This app's list ETags, each kept until the store changes: an idle poll then costs no query."""
+    remembered = current_app.extensions.get("history.list_etags")
+    if remembered is None:
+        from history.db import database
+        from history.db import is_sqlite
+        from history.runner import studio
+
+        sqlite_path = database.obj.database if is_sqlite() else None
+        store_changes = changes.StoreChanges(sqlite_path, bus=studio().bus)
+        remembered = current_app.extensions.setdefault("history.list_etags", changes.Remembered(store_changes))
+    return remembered
+
+
+@bp.record_once
+def _note_writes(state):
+    # A state-changing request may have written: the next poll of this process looks again at once
+    # (on PostgreSQL the NOTIFY of the write can arrive a moment after the answer).
+    @state.app.teardown_request
+    def _bump_after_a_write(exc):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            remembered = current_app.extensions.get("history.list_etags")
+            if remembered is not None:
+                remembered.changes.bump()
 
 
 def _rendered_lists() -> RenderedLists:

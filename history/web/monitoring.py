@@ -9,7 +9,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from history import db
 from history.studio import studio
-from history.web.guard import opens_own_connection
 from history.web.guard import public
 
 bp = Blueprint("monitoring", __name__)
@@ -43,7 +42,6 @@ def executor_state() -> dict:
 
 @bp.get("/healthz")
 @public
-@opens_own_connection
 def healthz():
     """Answer 200 when the store answers, else 503 with the reason; say whether the executor is reachable."""
     problem = store_problem()
