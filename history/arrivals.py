@@ -1,7 +1,7 @@
 """Thumbnails made when jobs arrive (a job ends, records are imported), so no page waits for Pillow. No Flask import.
 
 A card shows one thumbnail: its first output image, else its input image (the same choice as the
-template). The studio's ThumbnailMaker follows the event bus (job.completed, job.failed, job.stalled,
+template). The studio's ThumbnailMaker hears the event bus (job.completed, job.failed, job.stalled,
 from this process or, on PostgreSQL, any other) and makes them in the background: one bounded queue and a
 few worker threads per process, so a burst of imports never holds more than WORKERS decodes at once
 (thumbnails.py bounds them again) and a full queue drops work rather than memory (a dropped one is made
@@ -54,7 +54,7 @@ def make_for(records, settings, workers: int = WORKERS) -> int:
 
 
 class ThumbnailMaker:
-    """A per-process background maker of card thumbnails, fed by the event bus or by submit()."""
+    """A per-process background maker of card thumbnails, fed by the event bus (hear) or by submit()."""
 
     def __init__(self, settings, workers: int = WORKERS, queue_size: int = QUEUE_SIZE):
         self.settings = settings
@@ -67,7 +67,7 @@ class ThumbnailMaker:
         self._busy = 0
 
     def start(self, bus=None) -> "ThumbnailMaker":
-        """Start the workers, and a follower of ``bus`` when given (idempotent)."""
+        """Start the workers, and hear ``bus`` when given (idempotent)."""
         if self._threads:
             return self
         for number in range(self.workers):
@@ -75,21 +75,25 @@ class ThumbnailMaker:
             thread.start()
             self._threads.append(thread)
         if bus is not None:
-            subscription = bus.subscribe()
-            thread = threading.Thread(target=self._follow, args=(subscription,), name="studio-thumbs-events", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            bus.add_listener(self.hear)
         return self
+
+    def hear(self, message: str) -> None:
+        """Queue an event's message; a worker reads it (the publisher only pays for a put)."""
+        head = message[:40]  # '{"type": "job.completed", ...': the type comes first
+        if self._threads and not self._stopping.is_set() and any(kind in head for kind in ARRIVAL_EVENTS):
+            self._enqueue(message)
 
     def submit(self, record: dict) -> bool:
         """Queue a job's card thumbnail; False when the queue is full (it is then made on first request)."""
         source = card_source(record, self.settings)
-        if source is None:
-            return False
+        return source is not None and self._enqueue(source)
+
+    def _enqueue(self, item) -> bool:
         with self._idle:
             self._busy += 1
         try:
-            self.pending.put_nowait(source)
+            self.pending.put_nowait(item)
             return True
         except queue.Full:
             self.dropped += 1
@@ -121,28 +125,24 @@ class ThumbnailMaker:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            source = self.pending.get()
-            if source is None:
+            item = self.pending.get()
+            if item is None:
                 return
             try:
-                thumbnails.make_thumbnail(source, self.settings.thumbnail_dir)
+                source = self._arrived(item) if isinstance(item, str) else item
+                if source is not None:
+                    thumbnails.make_thumbnail(source, self.settings.thumbnail_dir)
             except Exception:  # noqa: BLE001 - a thumbnail never stops the maker; it falls back to on-request
-                log.exception("background thumbnail of %s failed", source)
+                log.exception("background thumbnail of %s failed", item)
             finally:
                 self._done()
 
-    def _follow(self, subscription) -> None:
-        """Queue the thumbnail of every job that ends, until the bus closes the subscription."""
+    def _arrived(self, message: str) -> Path | None:
+        """The card source of a job an event says has ended, or None."""
         try:
-            while not self._stopping.is_set() and not subscription.closed.is_set():
-                message = subscription.get(timeout=1.0)
-                if message is None:
-                    continue
-                try:
-                    event = json.loads(message)
-                except ValueError:
-                    continue
-                if event.get("type") in ARRIVAL_EVENTS and isinstance(event.get("data"), dict):
-                    self.submit(event["data"])
-        finally:
-            subscription.close()
+            event = json.loads(message)
+        except ValueError:
+            return None
+        if event.get("type") in ARRIVAL_EVENTS and isinstance(event.get("data"), dict):
+            return card_source(event["data"], self.settings)
+        return None

@@ -1,8 +1,8 @@
 """Whether the job store may have changed since a moment: a token per process, so an idle poll needs no query. No Flask import.
 
 The token moves on every write any process makes:
-- this process's own writes: every event it publishes and every state-changing request it answers bump
-  a counter (``bump``);
+- this process's own writes: every statement but a SELECT and every commit through its database
+  (count_writes), every event it publishes, every state-changing request it answers (``bump``);
 - SQLite: ``PRAGMA data_version`` on one long-lived connection of this process changes whenever any
   other connection commits, in this process or another (the CLI import, a second server);
 - PostgreSQL: a statement trigger on the job table NOTIFYs CHANGES_CHANNEL at each commit that wrote it,
@@ -47,11 +47,56 @@ def install(database) -> None:
         database.execute_sql(statement)
 
 
+class WriteCount:
+    """How many statements that may write, and commits, went through one database in this process."""
+
+    def __init__(self):
+        self.value = 0
+        self._lock = threading.Lock()  # a lost increment could hide a write
+
+    def bump(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+def count_writes(db) -> WriteCount:
+    """Count the writes made through the peewee database ``db`` (its execute_sql and commit), once per database.
+
+    Counted after the statement (autocommit) and after the commit (a transaction), so a poll that reads
+    the token before a write is visible always sees it move once the write is.
+    """
+    count = getattr(db, "studio_writes", None)
+    if count is not None:
+        return count
+    count = WriteCount()
+    execute, commit = db.execute_sql, db.commit
+
+    def execute_sql(sql, *args, **kwargs):
+        try:
+            return execute(sql, *args, **kwargs)
+        finally:
+            if not sql.lstrip()[:6].upper().startswith("SELECT"):
+                count.bump()
+
+    def commit_and_count():
+        try:
+            return commit()
+        finally:
+            count.bump()
+
+    db.execute_sql = execute_sql
+    db.commit = commit_and_count
+    db.studio_writes = count
+    return count
+
+
 class StoreChanges:
     """A token that differs whenever the job table may have changed (None when that cannot be known)."""
 
-    def __init__(self, sqlite_path: str | None = None, bus=None, max_age: float = MAX_AGE):
+    def __init__(self, sqlite_path: str | None = None, bus=None, writes: WriteCount | None = None,
+                 max_age: float = MAX_AGE):
         self.bus = bus
+        self.writes = writes or WriteCount()
         self.max_age = max_age
         self._count = 0
         self._lock = threading.Lock()
@@ -65,13 +110,13 @@ class StoreChanges:
 
     def token(self):
         """The store's change token now, or None when a change could go unseen (the caller must query)."""
-        published = getattr(self.bus, "delivered", 0)
+        local = (self._count, self.writes.value, getattr(self.bus, "delivered", 0))
         if self._sqlite_path is not None:
             version = self._data_version()
-            return None if version is None else (self._count, published, version)
+            return None if version is None else (local, version)
         counted = getattr(self.bus, "change_count", None)
         value = counted() if counted is not None else None
-        return None if value is None else (self._count, published, value)
+        return None if value is None else (local, value)
 
     def fresh(self, token, made_at: float) -> bool:
         """Whether something computed at ``made_at`` under ``token`` still holds."""

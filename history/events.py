@@ -88,6 +88,7 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
         self.delivered = 0  # events handed out so far: each follows a write (history/changes.py reads it)
+        self._listeners: list = []
 
     def subscribe(self) -> Subscription:
         """A new subscription; close it when done."""
@@ -95,6 +96,11 @@ class EventBus:
         with self._lock:
             self._subscribers.add(subscription)
         return subscription
+
+    def add_listener(self, listener) -> None:
+        """Call ``listener(message)`` with every encoded event, in the publisher's thread: it must only queue work."""
+        with self._lock:
+            self._listeners.append(listener)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Forget a subscription."""
@@ -117,8 +123,14 @@ class EventBus:
         with self._lock:
             self.delivered += 1
             subscribers = list(self._subscribers)
+            listeners = list(self._listeners)
         for subscription in subscribers:
             subscription.put(message)
+        for listener in listeners:
+            try:
+                listener(message)
+            except Exception:  # noqa: BLE001 - a listener never stops an event
+                log.exception("event listener failed")
 
     def start(self) -> None:
         """Start any background listener (none in process)."""

@@ -21,6 +21,9 @@ from zoneinfo import ZoneInfo
 
 from history import changes
 from history import jobs
+from history.db import database
+from history.db import is_sqlite
+from history.studio import studio
 from history.events import LIST_EVENTS
 
 bp = Blueprint("history", __name__)
@@ -263,12 +266,8 @@ def _list_etags() -> changes.Remembered:
     """This app's list ETags, each kept until the store changes: an idle poll then costs no query."""
     remembered = current_app.extensions.get("history.list_etags")
     if remembered is None:
-        from history.db import database
-        from history.db import is_sqlite
-        from history.runner import studio
-
         sqlite_path = database.obj.database if is_sqlite() else None
-        store_changes = changes.StoreChanges(sqlite_path, bus=studio().bus)
+        store_changes = changes.StoreChanges(sqlite_path, bus=studio().bus, writes=changes.count_writes(database.obj))
         remembered = current_app.extensions.setdefault("history.list_etags", changes.Remembered(store_changes))
     return remembered
 
