@@ -256,7 +256,8 @@ def serve(host: str, port: int, insecure: bool, debug: bool, use_gunicorn: bool,
         # debug reloader the serving child starts it on its first request instead.
         app.extensions["studio"].start()
     prefix = app.config["STUDIO"].url_prefix
-    click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
+    if port:  # with --port 0 the OS picks one: Werkzeug's "Running on" line says which
+        click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
     app.run(host=host, port=port, debug=debug, use_reloader=debug, threaded=True)
 
 

@@ -9,8 +9,8 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
 
-# Blueprints whose every answer is JSON, errors included.
-JSON_BLUEPRINTS = frozenset({"api"})
+# Blueprints whose every answer is JSON, errors included (monitoring: a scraper gets a 401, not the login page).
+JSON_BLUEPRINTS = frozenset({"api", "monitoring"})
 # The headers an HTTP error carries that a client acts on; they survive the change to JSON.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
