@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
+from flask import has_app_context
 from jinja2 import ChoiceLoader
 from jinja2 import FileSystemLoader
 
@@ -15,6 +16,7 @@ from history import studio
 from history import web
 from history.config import ConfigError
 from history.config import load_settings
+from history.web import cors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -28,13 +30,23 @@ def asset_dir(name: str) -> Path:
 __all__ = ["create_app", "init_app", "ConfigError"]
 
 
+class StudioFlask(Flask):
+    """Flask, building absolute URLs for a fragment another origin fetched (history.web.cors decides)."""
+
+    def url_for(self, endpoint: str, *, _external: bool | None = None, **values) -> str:
+        """Build a URL as Flask does; absolute whenever cors.absolute_urls_wanted() says so."""
+        if _external is None and has_app_context() and cors.absolute_urls_wanted():
+            _external = True
+        return super().url_for(endpoint, _external=_external, **values)
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app from STUDIO_* settings (and ``test_config`` overrides); raise ConfigError on a bad one."""
     test_config = dict(test_config or {})
     studio_overrides = {k: v for k, v in test_config.items() if k.startswith("STUDIO_")}
     settings = load_settings(overrides=studio_overrides)
 
-    app = Flask(
+    app = StudioFlask(
         __name__,
         static_folder=str(asset_dir("static")),
         static_url_path=settings.url_prefix + "/static",  # static files follow STUDIO_URL_PREFIX too

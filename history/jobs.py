@@ -21,11 +21,13 @@ from peewee import fn
 
 from history import files
 from history import search
+from history.db import connection
 from history.db import database
 from history.db import is_sqlite
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import HISTORY_STATUSES
+from history.models import QUEUED
 from history.models import RETRYABLE_STATUSES
 from history.models import iso
 from history.models import known_status
@@ -422,6 +424,63 @@ def retries_of(prompt_id: str):
     return Job.select().where(Job.retry_of == prompt_id).order_by(Job.queued_at.desc())
 
 
+# ---- the lifecycle: writes of the runner and the Studio, each on a connection held only for it -------
+
+def record_queued(**values) -> Job:
+    """Store a new job as queued and return it."""
+    with connection(), database.atomic():
+        Job.insert(status=QUEUED, **values).execute()
+        return Job.get_by_id(values["prompt_id"])
+
+
+def discard_queued(prompt_id: str) -> None:
+    """Remove a job the executor never took (only while it is still queued)."""
+    with connection(), database.atomic():
+        Job.delete().where((Job.prompt_id == prompt_id) & (Job.status == QUEUED)).execute()
+
+
+def update_active(prompt_id: str, change) -> Job | None:
+    """Apply ``change(job)`` (the values to write) to a queued or running job in one transaction.
+
+    None when the job is not active: it ended or was deleted meanwhile, and is never brought back
+    (``UPDATE ... WHERE status IN (queued, running)``).
+    """
+    with connection(), database.atomic():
+        job = Job.get_or_none(Job.prompt_id == prompt_id)
+        if job is None or job.status not in ACTIVE_STATUSES:
+            return None
+        updated = (
+            Job.update(**change(job))
+            .where((Job.prompt_id == prompt_id) & (Job.status.in_(ACTIVE_STATUSES)))
+            .execute()
+        )
+        return Job.get_or_none(Job.prompt_id == prompt_id) if updated else None
+
+
+def leftover_jobs() -> list[tuple[str, str]]:
+    """(prompt_id, status) of every queued or running job, oldest first (left by a previous process, at start)."""
+    with connection():
+        return list(
+            Job.select(Job.prompt_id, Job.status)
+            .where(Job.status.in_(ACTIVE_STATUSES))
+            .order_by(Job.queued_at)
+            .tuples()
+        )
+
+
+def store_is_empty() -> bool:
+    """Whether the store holds no job at all."""
+    with connection():
+        return not Job.select().exists()
+
+
+def job_record(prompt_id: str) -> dict | None:
+    """A job's API dict read from the store (for events that reach this process by id), or None."""
+    with connection():
+        job = Job.get_or_none(Job.prompt_id == prompt_id)
+        return job.to_dict() if job is not None else None
+
+
 # ---- delete -------------------------------------------------------------------------------------
 
 @dataclass
@@ -710,11 +769,16 @@ class ImportReport:
         return f"imported {self.created + self.updated} ({self.created} new, {self.updated} updated), refused {len(self.refused)}"
 
 
+IMPORT_BATCH = 500  # rows per INSERT ... ON CONFLICT (well under SQLite's 32,766 bound parameters)
+
+
 def import_records(records, output_root: Path | None = None) -> ImportReport:
     """Upsert records in the API's shape by prompt_id, validating each one on its own."""
     report = ImportReport()
     if not isinstance(records, list):
         raise InvalidRecord("an import must be a JSON array of records")
+    accepted: dict[str, dict] = {}
+    order: list[str] = []
     for index, record in enumerate(records):
         try:
             values = validate_record(record, output_root)
@@ -722,15 +786,40 @@ def import_records(records, output_root: Path | None = None) -> ImportReport:
             ident = record.get("prompt_id") if isinstance(record, dict) else None
             report.refused.append({"index": index, "prompt_id": ident, "error": str(error)})
             continue
-        with database.atomic():
-            exists = Job.select().where(Job.prompt_id == values["prompt_id"]).exists()
-            if exists:
-                Job.update(**values).where(Job.prompt_id == values["prompt_id"]).execute()
+        accepted[values["prompt_id"]] = values  # a later record of an id wins, as if written one after the other
+        order.append(values["prompt_id"])
+    with database.atomic():
+        known = _stored_ids(list(accepted))  # for the report only: the upsert itself needs no look first
+        for prompt_id in order:
+            if prompt_id in known:
                 report.updated += 1
             else:
-                Job.insert(**values).execute()
                 report.created += 1
+                known.add(prompt_id)
+        rows = list(accepted.values())
+        for start in range(0, len(rows), IMPORT_BATCH):
+            _upsert(rows[start:start + IMPORT_BATCH])
     return report
+
+
+def _stored_ids(prompt_ids: list[str]) -> set[str]:
+    """Which of these ids the store holds."""
+    stored = set()
+    for start in range(0, len(prompt_ids), IMPORT_BATCH):
+        chunk = prompt_ids[start:start + IMPORT_BATCH]
+        stored.update(prompt_id for (prompt_id,) in Job.select(Job.prompt_id).where(Job.prompt_id.in_(chunk)).tuples())
+    return stored
+
+
+def _upsert(rows: list[dict]) -> None:
+    """One INSERT ... ON CONFLICT (prompt_id) DO UPDATE for these records (SQLite and PostgreSQL alike)."""
+    if not rows:
+        return
+    (
+        Job.insert_many(rows)
+        .on_conflict(conflict_target=[Job.prompt_id], preserve=[f for f in Job._meta.sorted_fields if f is not Job.prompt_id])
+        .execute()
+    )
 
 
 def export_records(

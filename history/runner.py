@@ -1,9 +1,9 @@
 """Hands jobs to the executor, records their lifecycle, publishes events, watches for stalls.
 
 The ``Runner`` is the Reporter every executor calls (history/studio.py builds one per app).
-Every write runs in its own ``database.atomic()`` on a connection held only for that write
-(``db.connection()``); updates are ``UPDATE ... WHERE status IN (queued, running)``, so a job that ended
-or was deleted meanwhile is never brought back.
+Its writes go through history.jobs (update_active): each in its own transaction on a connection held only
+for that write, and only while the job is queued or running, so a job that ended or was deleted meanwhile
+is never brought back.
 """
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import secrets
 import threading
 import time
 
-from history import db
 from history import files
+from history import jobs
 from history import thumbnails
 from history.events import EventBus
 from history.metrics import Metrics
-from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
 from history.models import ERROR
 from history.models import RUNNING
@@ -90,7 +89,7 @@ class Runner:
 
     def started(self, prompt_id: str, at: datetime.datetime) -> None:
         """Record that a job runs, and say so."""
-        job = self._update(prompt_id, lambda job: {"status": RUNNING, "started_at": job.started_at or at})
+        job = jobs.update_active(prompt_id, lambda job: {"status": RUNNING, "started_at": job.started_at or at})
         if job is None:
             self.unfollow(prompt_id)
             return
@@ -146,29 +145,12 @@ class Runner:
             size = files.job_bytes(self.settings.output_dir, job.output_dir, values.get("outputs", job.outputs))
             return {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
 
-        job = self._update(prompt_id, change)
+        job = jobs.update_active(prompt_id, change)
         self.unfollow(prompt_id)
         if job is not None:
             self.metrics.executions_finished.labels(status).inc()
             self.bus.publish(event, job.to_dict())
         return job
-
-    def _update(self, prompt_id: str, change) -> Job | None:
-        """Apply ``change(job)`` to a queued or running job in one transaction; None when it is not active."""
-        with db.connection() as database:
-            with database.atomic():
-                job = Job.get_or_none(Job.prompt_id == prompt_id)
-                if job is None or job.status not in ACTIVE_STATUSES:
-                    return None
-                values = change(job)
-                updated = (
-                    Job.update(**values)
-                    .where((Job.prompt_id == prompt_id) & (Job.status.in_(ACTIVE_STATUSES)))
-                    .execute()
-                )
-                if not updated:
-                    return None
-                return Job.get_or_none(Job.prompt_id == prompt_id)
 
     # ---- stalls ----------------------------------------------------------------------------------
 

@@ -21,8 +21,6 @@ from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
 from history.metrics import Metrics
-from history.models import ACTIVE_STATUSES
-from history.models import QUEUED
 from history.models import Job
 from history.models import utcnow
 from history.retention import RetentionTimer
@@ -67,16 +65,10 @@ class Studio:
 
     def snapshot_leftovers(self) -> None:
         """Note the jobs a previous process left queued or running (they are reconciled at start)."""
-        with db.connection():
-            self.leftovers = list(
-                Job.select(Job.prompt_id, Job.status)
-                .where(Job.status.in_(ACTIVE_STATUSES))
-                .order_by(Job.queued_at)
-                .tuples()
-            )
-            # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
-            if self.settings.demo and not self.settings.comfyui_url:
-                self.demo_wanted = not Job.select().exists()
+        self.leftovers = jobs.leftover_jobs()
+        # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
+        if self.settings.demo and not self.settings.comfyui_url:
+            self.demo_wanted = jobs.store_is_empty()
 
     def start(self) -> None:
         """Start the executor, reconcile leftovers, watch for stalls, and queue the demo (once)."""
@@ -162,22 +154,18 @@ class Studio:
         now = utcnow()
         output_dir = new_output_dir(now)
         graph = build_graph(workflow, clean, seeds, output_dir, input_image)
-        with db.connection() as database:
-            with database.atomic():
-                Job.insert(
-                    prompt_id=prompt_id,
-                    workflow_id=workflow.id,
-                    workflow_name=workflow.name,
-                    status=QUEUED,
-                    queued_at=now,
-                    params=clean,
-                    seeds=seeds,
-                    input_image=input_image,
-                    outputs=[],
-                    output_dir=output_dir,
-                    retry_of=retry_of,
-                ).execute()
-            job = Job.get_by_id(prompt_id)
+        job = jobs.record_queued(
+            prompt_id=prompt_id,
+            workflow_id=workflow.id,
+            workflow_name=workflow.name,
+            queued_at=now,
+            params=clean,
+            seeds=seeds,
+            input_image=input_image,
+            outputs=[],
+            output_dir=output_dir,
+            retry_of=retry_of,
+        )
         record = job.to_dict()
         self.runner.follow(prompt_id)
         self.bus.publish("job.queued", record)
@@ -186,9 +174,7 @@ class Studio:
         except Exception:
             # The executor never took it: no record is left behind.
             self.runner.unfollow(prompt_id)
-            with db.connection() as database:
-                with database.atomic():
-                    Job.delete().where((Job.prompt_id == prompt_id) & (Job.status == QUEUED)).execute()
+            jobs.discard_queued(prompt_id)
             self.bus.publish("job.deleted", record)
             raise
         if retry_of is not None:
@@ -197,20 +183,13 @@ class Studio:
         return job
 
 
-def load_job_dict(prompt_id: str) -> dict | None:
-    """A job's API dict read from the store (for events that reach this process by id), or None."""
-    with db.connection():
-        job = Job.get_or_none(Job.prompt_id == prompt_id)
-        return job.to_dict() if job is not None else None
-
-
 def make_bus(settings) -> EventBus:
     """The event bus: in-process for SQLite; with PostgreSQL, LISTEN/NOTIFY reaches every process."""
     if db.is_sqlite():
         return EventBus()
     from history.events_pg import PostgresEventBus  # here, not at the top: psycopg is the optional postgres extra
 
-    return PostgresEventBus(settings.database_url, load_job=load_job_dict)
+    return PostgresEventBus(settings.database_url, load_job=jobs.job_record)
 
 
 def init_app(app) -> None:

@@ -76,6 +76,19 @@ def test_export_by_status_and_failed_read_as_error(runner, tmp_path, db):
     assert bad.exit_code != 0 and "unknown status" in bad.output
 
 
+def test_an_id_twice_in_one_import_keeps_the_later_record(runner, tmp_path, db):
+    first, later = record(5, "error"), record(5, "completed")
+    later["workflow_name"] = "the later one"
+    source = tmp_path / "twice.json"
+    source.write_text(json.dumps([first, later, record(6, "completed")]))
+    result = runner.invoke(args=["history", "import", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "imported 3 (2 new, 1 updated), refused 0" in result.output
+    job = Job.get_by_id("job-0005")
+    assert job.status == "completed" and job.workflow_name == "the later one"
+    assert Job.select().count() == 2
+
+
 def test_import_from_stdin(runner, db):
     result = runner.invoke(args=["history", "import", "-"], input=json.dumps([record(9, "completed")]))
     assert result.exit_code == 0

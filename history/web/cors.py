@@ -12,12 +12,10 @@ one would resolve against the embedding page's own site.
 """
 from __future__ import annotations
 
-from flask import Flask
 from flask import current_app
 from flask import g
 from flask import make_response
 from flask import request
-from flask.globals import request_ctx
 
 from history import security
 from history.web.history import LIST_ETAG_HEADER
@@ -35,6 +33,7 @@ ALLOWED_REQUEST_HEADERS = (
     LIST_ETAG_HEADER,
 )
 ALLOWED_METHODS = ("GET", "HEAD")
+ABSOLUTE_URLS = "studio_absolute_urls"  # the g key absolute_urls_wanted() reads
 PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight (Chromium caps it at 7200)
 
 
@@ -52,18 +51,13 @@ def embedding_origin() -> str | None:
     return origin
 
 
-class _ExternalURLs:
-    """A URL adapter that builds every URL absolute (scheme and host of this request)."""
+def absolute_urls_wanted() -> bool:
+    """Whether this request's URLs must be built absolute: a fragment fetched by an allowed other origin.
 
-    def __init__(self, adapter):
-        self._adapter = adapter
-
-    def build(self, *args, **kwargs):
-        kwargs["force_external"] = True
-        return self._adapter.build(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._adapter, name)
+    history.StudioFlask.url_for asks this (through ``g``) for every URL it builds, Python and templates,
+    media and thumbnails included.
+    """
+    return bool(g.get(ABSOLUTE_URLS))
 
 
 def answer_preflight():
@@ -85,9 +79,7 @@ def answer_preflight():
         response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
         return response
     if origin is not None:
-        # Every url_for of this request (Python and templates, media and thumbnails too) comes out
-        # absolute. Flask reads the adapter from the request context on each call.
-        request_ctx.url_adapter = _ExternalURLs(request_ctx.url_adapter)
+        g.setdefault(ABSOLUTE_URLS, True)  # a relative URL would resolve against the embedding page's site
     return None
 
 
