@@ -250,11 +250,12 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True):
 SEARCH_PROBE_ROWS = 2000
 
 
-def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, since: str | None, *columns) -> list:
-    """The first ``limit + 1`` jobs (or ``columns`` tuples) of a filter's window, newest first."""
+def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, since: str | None, *columns, tuples=True) -> list:
+    """The first ``limit + 1`` jobs (or ``columns`` tuples, unless ``tuples`` is false) of a filter's window, newest first."""
     query = window(filtered(history_filter, search_text=False), before, since)
     if columns:
-        query = query.select(*columns).tuples()
+        query = query.select(*columns)
+        query = query.tuples() if tuples else query
     needle = history_filter.q
     if not needle:
         return list(query.limit(limit + 1))
@@ -350,32 +351,49 @@ def window(query, before: str | None, since: str | None):
     return query
 
 
+def latest_retry_key():
+    """A column: the newest retry of each row's job as ``prompt_id status`` (NULL when it has none).
+
+    A card says what became of its job's retry, so the list's ETag covers it: one probe of the
+    retry_of index per listed job.
+    """
+    retry = Job.alias()
+    return (
+        retry.select(retry.prompt_id.concat(" ").concat(retry.status))
+        .where(retry.retry_of == Job.prompt_id)
+        .order_by(retry.queued_at.desc(), retry.prompt_id.desc())
+        .limit(1)
+    )
+
+
 def history_page(
     history_filter: HistoryFilter, limit: int = DEFAULT_LIMIT, before: str | None = None, since: str | None = None
 ) -> Page:
     """Fetch one page of the history list (keyset paging: no OFFSET, no COUNT); ``since`` keeps jobs at or above a cursor."""
-    jobs = page_rows(history_filter, limit, before, since)
+    jobs = page_rows(history_filter, limit, before, since, Job, latest_retry_key().alias("latest_retry"), tuples=False)
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    etag = _etag((history_filter, limit, before, since), ((job.prompt_id, job.status, job.starred) for job in jobs))
+    rows = ((job.prompt_id, job.status, job.starred, job.latest_retry) for job in jobs)
+    etag = _etag((history_filter, limit, before, since), rows)
     return Page(jobs[:limit], next_cursor, history_filter, etag)
 
 
 def list_etag(history_filter: HistoryFilter, limit: int, before: str | None = None, since: str | None = None) -> str:
-    """The ETag of a shown page: its ordered (prompt_id, status, starred) rows, whether more follow, and the filter.
+    """The ETag of a shown page: its ordered (prompt_id, status, starred, newest retry) rows, whether more follow, and the filter.
 
     One narrow query over the index that serves the list, and no template rendering; a status change (or
-    a star) of a listed job changes it as surely as a new job does. Equal to the ``etag`` of the same history_page.
+    a star) of a listed job, or of its newest retry, changes it as surely as a new job does. Equal to the
+    ``etag`` of the same history_page.
     """
-    pairs = page_rows(history_filter, limit, before, since, Job.prompt_id, Job.status, Job.starred)
-    return _etag((history_filter, limit, before, since), pairs)
+    rows = page_rows(history_filter, limit, before, since, Job.prompt_id, Job.status, Job.starred, latest_retry_key())
+    return _etag((history_filter, limit, before, since), rows)
 
 
 def _etag(request: tuple, rows) -> str:
-    """A digest of what a list request asked for and the (prompt_id, status, starred) rows it found."""
+    """A digest of what a list request asked for and the (prompt_id, status, starred, latest retry) rows it found."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(repr(request).encode())
-    for prompt_id, status, starred in rows:
-        digest.update(f"{prompt_id}\x1f{status}\x1f{int(bool(starred))}\x1e".encode())
+    for prompt_id, status, starred, retry in rows:
+        digest.update(f"{prompt_id}\x1f{status}\x1f{int(bool(starred))}\x1f{retry or ''}\x1e".encode())
     return digest.hexdigest()
 
 
@@ -421,7 +439,13 @@ def active_jobs():
 
 def retries_of(prompt_id: str):
     """Jobs that retried ``prompt_id``, newest first."""
-    return Job.select().where(Job.retry_of == prompt_id).order_by(Job.queued_at.desc())
+    return Job.select().where(Job.retry_of == prompt_id).order_by(Job.queued_at.desc(), Job.prompt_id.desc())
+
+
+def latest_retry(prompt_id: str) -> str | None:
+    """The newest retry of one job as ``prompt_id status`` (the history page's ``latest_retry``), or None."""
+    retry = retries_of(prompt_id).first()
+    return f"{retry.prompt_id} {retry.status}" if retry else None
 
 
 # ---- the lifecycle: writes of the runner and the Studio, each on a connection held only for it -------

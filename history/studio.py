@@ -24,6 +24,7 @@ from history.metrics import Metrics
 from history.models import Job
 from history.models import utcnow
 from history.retention import RetentionTimer
+from history.retry_guard import RetryGuard
 from history.runner import Runner
 from history.runner import new_output_dir
 from history.workflows import ValidationError
@@ -52,6 +53,7 @@ class Studio:
         self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks
         self.retention = RetentionTimer(settings, bus)  # STUDIO_RETENTION, hourly
         self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation
+        self.retry_guard = RetryGuard()
         self.demo_wanted = False
         self.demo_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -112,6 +114,19 @@ class Studio:
         if workflow is None:
             raise UnknownWorkflow(f"no workflow {workflow_id!r}: it is not installed in this studio")
         return workflow
+
+    def delete(self, delete) -> jobs.DeleteReport:
+        """Run ``delete()`` (a jobs.delete_* call), timed and counted, and publish job.deleted for each job gone."""
+        with self.metrics.delete_duration.time():
+            report = delete()
+        self.metrics.deleted_jobs.inc(len(report.deleted))
+        for record in report.deleted_jobs:
+            self.bus.publish("job.deleted", record)
+        return report
+
+    def delete_jobs(self, prompt_ids: list[str]) -> jobs.DeleteReport:
+        """Delete these jobs with their files (jobs.delete_jobs), as delete() does."""
+        return self.delete(lambda: jobs.delete_jobs(prompt_ids, self.settings.output_dir))
 
     def retry_plan(self, job: Job):
         """What a Retry of ``job`` would run now (workflows.plan_retry), or why it cannot run."""

@@ -311,8 +311,8 @@ def test_failed_and_stalled_cards_have_retry(client, make_job, status):
     retry = card.select_one(".retry-btn")
     assert retry["data-prompt-id"] == job.prompt_id
     assert retry["data-workflow-id"] == job.workflow_id
-    if retry.has_attr("hx-post"):
-        assert retry["hx-post"] == f"/api/run/{job.workflow_id}/execute"
+    form = retry.find_parent("form")
+    assert form["action"] == form["hx-post"] == f"/admin/history/jobs/{job.prompt_id}/retry"
     assert card.select_one(".status-badge").get_text(strip=True) == status
 
 

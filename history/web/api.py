@@ -154,19 +154,12 @@ def count_changed(error: jobs.CountChanged):
 
 def timed_delete(delete) -> jobs.DeleteReport:
     """Run ``delete()`` (a jobs.delete_* call), count and time it, and publish job.deleted for each job gone."""
-    metrics = studio().metrics
-    with metrics.delete_duration.time():
-        report = delete()
-    metrics.deleted_jobs.inc(len(report.deleted))
-    bus = studio().bus
-    for record in report.deleted_jobs:
-        bus.publish("job.deleted", record)
-    return report
+    return studio().delete(delete)
 
 
 def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
     """Delete jobs with their files and publish job.deleted for each one gone."""
-    return timed_delete(lambda: jobs.delete_jobs(prompt_ids, current_app.config["STUDIO"].output_dir))
+    return studio().delete_jobs(prompt_ids)
 
 
 def delete_bulk_and_announce(bulk: Bulk) -> jobs.DeleteReport:
@@ -338,7 +331,6 @@ def execute(workflow_id: str):
 PACKAGE_CHUNK_BYTES = 1024 * 1024
 # Formats that are compressed already: stored as they are, so a package costs no CPU to make.
 STORED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".zip")
-RETRY_GUARD_SECONDS = 5.0
 
 
 class _ZipStream:
@@ -474,34 +466,6 @@ def history_export():
     return response
 
 
-class RetryGuard:
-    """Retries in flight or just made, by the id they retry: a double click makes one job, not two."""
-
-    def __init__(self, seconds: float = RETRY_GUARD_SECONDS):
-        import threading
-
-        self.seconds = seconds
-        self._lock = threading.Lock()
-        self._recent: dict[str, float] = {}
-
-    def claim(self, prompt_id: str) -> float | None:
-        """Claim a retry of ``prompt_id``; return how long ago the last one was when it is too recent."""
-        import time
-
-        now = time.monotonic()
-        with self._lock:
-            self._recent = {key: at for key, at in self._recent.items() if now - at < self.seconds}
-            if prompt_id in self._recent:
-                return now - self._recent[prompt_id]
-            self._recent[prompt_id] = now
-            return None
-
-    def release(self, prompt_id: str) -> None:
-        """Forget a claim whose retry did not happen (refused or failed), so it can be tried again at once."""
-        with self._lock:
-            self._recent.pop(prompt_id, None)
-
-
 def _retry_of_in_request() -> str | None:
     """The ``retry_of`` of an execute request, read without aborting (the view validates it)."""
     if request.mimetype == "multipart/form-data":
@@ -515,33 +479,21 @@ def _retry_of_in_request() -> str | None:
     return value if isinstance(value, str) and jobs.PROMPT_ID_PATTERN.match(value) else None
 
 
-def retry_guard() -> RetryGuard:
-    """The app's RetryGuard."""
-    return current_app.extensions.setdefault("studio_retry_guard", RetryGuard())
+def retry_guard():
+    """The app's retry guard (Studio.retry_guard: the page's Retry form asks the same one)."""
+    return studio().retry_guard
 
 
 def claim_retry(retry_of: str) -> dict | None:
     """Claim a retry of ``retry_of``; None when it may go, else the refusal ({"error", "prompt_id"?}).
 
-    Refused when this process is retrying it already, or the store has a retry of it younger than
-    RETRY_GUARD_SECONDS (made by any process). The caller releases the claim if the retry is not made.
+    Refused when this process is retrying it already, or the store has a retry of it younger than the
+    guard's seconds (made by any process). The caller releases the claim if the retry is not made.
     """
-    import datetime
-
-    guard = retry_guard()
-    ago = guard.claim(retry_of)
-    latest = jobs.retries_of(retry_of).first()
-    age = (datetime.datetime.now(datetime.timezone.utc) - latest.queued_at).total_seconds() if latest else None
-    if age is not None and age < guard.seconds:
-        if ago is None:
-            guard.release(retry_of)
-        return {
-            "error": f"job {retry_of[:12]} was retried {age:.0f} s ago as {latest.prompt_id[:12]}; see the queue page",
-            "prompt_id": latest.prompt_id,
-        }
-    if ago is not None:
-        return {"error": f"job {retry_of[:12]} is being retried already; see the queue page"}
-    return None
+    refusal = retry_guard().check(retry_of)
+    if refusal is None:
+        return None
+    return {"error": refusal.message, **({"prompt_id": refusal.prompt_id} if refusal.prompt_id else {})}
 
 
 def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
@@ -578,7 +530,7 @@ def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
 
 @bp.before_request
 def refuse_repeated_retry():
-    """Answer 409 to a second retry of the same job within RETRY_GUARD_SECONDS (in this process or, by the store, any)."""
+    """Answer 409 to a second retry of the same job within the guard's seconds (in this process or, by the store, any)."""
     if request.endpoint != "api.execute":
         return None
     retry_of = _retry_of_in_request()
@@ -596,8 +548,6 @@ def release_failed_retry(response):
     """Release the guard's claim when the retry was not made, so a corrected retry goes through at once."""
     claims = request.environ.get("studio.retry_claims") or []
     if claims and response.status_code != 202:
-        guard = current_app.extensions.get("studio_retry_guard")
         for retry_of in claims:
-            if guard is not None:
-                guard.release(retry_of)
+            retry_guard().release(retry_of)
     return response

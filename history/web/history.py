@@ -25,9 +25,30 @@ from history.db import database
 from history.db import is_sqlite
 from history.studio import studio
 from history.events import LIST_EVENTS
+from history.executors.base import ExecutorRejected
+from history.executors.base import ExecutorUnavailable
+from history.studio import UnknownWorkflow
+from history.studio import studio
+from history.web import cards
+from history.workflows import ValidationError
 
 bp = Blueprint("history", __name__)
 log = logging.getLogger(__name__)
+
+
+@bp.record_once
+def _take_markup_version(state):
+    state.app.extensions[MARKUP_VERSION] = markup_version(state.app)
+
+
+def markup_version(app) -> str:
+    """A digest of every template's source, taken once at start-up: a changed template changes the list's ETag."""
+    loader = app.jinja_loader
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(loader.list_templates()):
+        source, _filename, _uptodate = loader.get_source(app.jinja_env, name)
+        digest.update(name.encode() + b"\0" + source.encode() + b"\0")
+    return digest.hexdigest()
 
 
 @bp.get("/")
@@ -40,8 +61,8 @@ def index():
 # jobs.history_page().
 
 
-# Bump when the markup of a card or the list changes, so an open page re-renders on its next poll.
-LIST_MARKUP_VERSION = "1"
+# Where the templates' digest is kept (markup_version): an open page re-renders on its next poll after a deploy.
+MARKUP_VERSION = "history.markup_version"
 # The poller sends the ETag it shows in this header; a match answers 204, which htmx never swaps.
 # (A browser's own revalidation would hide a 304 from fetch and hand htmx the cached 200 to swap.)
 LIST_ETAG_HEADER = "X-List-ETag"
@@ -99,8 +120,9 @@ def _head_limit(since: str | None) -> int:
 
 
 def _poll_etag(raw: str) -> str:
-    """The ETag of the list head a poll guards: its jobs.list_etag, the reader's zone and the markup version."""
-    return hashlib.blake2b(f"{raw}|{tz_name()}|{LIST_MARKUP_VERSION}".encode(), digest_size=12).hexdigest()
+    """The ETag of the list head a poll guards: its jobs.list_etag, the reader's zone and the templates' version."""
+    version = current_app.extensions[MARKUP_VERSION]
+    return hashlib.blake2b(f"{raw}|{tz_name()}|{version}".encode(), digest_size=12).hexdigest()
 
 
 def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, compact: bool = False) -> dict:
@@ -117,6 +139,7 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     return {
         "compact": compact,
         "page": page,
+        "cards": cards.job_cards(page.jobs, compact),
         "history_filter": history_filter,
         "boundary": boundary,
         "since": since,
@@ -155,8 +178,12 @@ def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None =
     return context
 
 
-def _render_page(overlay_job=None, status: int = 200, missing_message: str | None = None):
-    """Render the history page, with a job's overlay (or a "job not found" one) open when given."""
+def _render_page(overlay_job=None, status: int = 200, missing_message: str | None = None, **shown):
+    """Render the history page, with a job's overlay (or a "job not found" one) open when given.
+
+    ``shown`` adds what an action without scripts answers on the page: ``confirm`` (the delete dialog),
+    ``notice`` (a delete's report) and ``checked_ids`` (jobs still selected).
+    """
     try:
         history_filter = _history_filter()
         context = _page_context(history_filter)
@@ -171,6 +198,7 @@ def _render_page(overlay_job=None, status: int = 200, missing_message: str | Non
     if overlay_job is not None:
         context.update(_overlay_context(overlay_job))
     context["missing_message"] = missing_message
+    context.update(shown)
     response = make_response(render_template("history.html", **context), status)
     response.headers["Vary"] = "HX-Request, Cookie"
     return response
@@ -194,7 +222,7 @@ def history_list():
             settings = current_app.config["STUDIO"]
             page = jobs.history_page(history_filter, settings.page_size, before=before)
             more_url = _list_url(history_filter, compact, before=page.next_cursor) if page.next_cursor else None
-            body = render_template("job_page.html", page=page, more_url=more_url, compact=compact)
+            body = render_template("job_page.html", cards=cards.job_cards(page.jobs, compact), more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
         limit = _head_limit(since)
         raw = _list_etags().get((history_filter, limit, since), lambda: jobs.list_etag(history_filter, limit, since=since))
@@ -290,8 +318,8 @@ def _rendered_lists() -> RenderedLists:
 
 
 def _overlay_context(job) -> dict:
-    """What the overlay shows beside the record: the retries of this job."""
-    return {"overlay_job": job, "retried_as": list(jobs.retries_of(job.prompt_id))}
+    """The overlay's view-model (cards.job_detail)."""
+    return {"overlay": cards.job_detail(job)}
 
 
 def _wants_fragment() -> bool:
@@ -306,7 +334,7 @@ def history_job(prompt_id: str):
     if job is None:
         message = f"No job with id {prompt_id[:64]}: it may have been deleted."
         if _wants_fragment():
-            body = render_template("job_overlay.html", overlay_job=None, missing_message=message)
+            body = render_template("job_overlay.html", overlay=None, missing_message=message)
             return _fragment_headers(make_response(body, 404))
         return _render_page(missing_message=message, status=404)
     if _wants_fragment():
@@ -322,4 +350,85 @@ def history_card(prompt_id: str):
     if job is None:
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
     compact = request.args.get("compact") == "1"
-    return _fragment_headers(make_response(render_template("job_card.html", job=job, compact=compact)))
+    body = render_template("job_card.html", card=cards.card_of(job, compact), compact=compact)
+    return _fragment_headers(make_response(body))
+
+
+# ---- Actions: a batch delete through a confirm step, and Retry; each answers HTML -------------------
+
+def _selected_ids() -> list[str]:
+    """The selection form's prompt_ids; abort 400/413 when one is not a job id or there are too many."""
+    prompt_ids = request.form.getlist("prompt_ids")
+    if len(prompt_ids) > jobs.MAX_DELETE_IDS:
+        abort(413, f"at most {jobs.MAX_DELETE_IDS} jobs at once")
+    for prompt_id in prompt_ids:
+        if not jobs.PROMPT_ID_PATTERN.match(prompt_id):
+            abort(400, f"prompt_ids: {prompt_id[:64]!r} is not a job id")
+    return jobs.fold_ids(prompt_ids)
+
+
+@bp.post("/admin/history/delete/confirm")
+def history_delete_confirm():
+    """Ask to confirm a batch delete: the dialog naming the selected jobs with the files and bytes they hold."""
+    prompt_ids = _selected_ids()
+    form = request.form
+    try:  # the filter form comes along, so the delete answers the list the reader is looking at
+        history_filter = jobs.HistoryFilter.parse(form.getlist("status"), form.get("workflow_id"), form.get("q"))
+    except jobs.InvalidQuery as error:
+        abort(400, str(error))
+    usage = jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir)
+    confirm = {
+        "prompt_ids": prompt_ids,
+        "count": len(prompt_ids),
+        "files": usage["files"],
+        "bytes": usage["bytes"],
+        "delete_url": url_for("history.history_delete", **history_filter.query_args()),
+    }
+    if not _wants_fragment():
+        return _render_page(confirm=confirm, checked_ids=prompt_ids)  # without scripts: the page, dialog open
+    return _fragment_headers(make_response(render_template("confirm_dialog.html", confirm=confirm)))
+
+
+@bp.post("/admin/history/delete")
+def history_delete():
+    """Delete the confirmed jobs with their files; answer the refreshed list and, beside it, what was deleted and what was not."""
+    report = studio().delete_jobs(_selected_ids())
+    failed_ids = [failure["prompt_id"] for failure in report.failed]
+    if not _wants_fragment():
+        return _render_page(notice=report, checked_ids=failed_ids)
+    try:
+        context = list_context(_history_filter(), request.args.get("since") or None)
+    except jobs.InvalidQuery as error:
+        return _fragment_headers(make_response(render_template("list_error.html", message=str(error)), 400))
+    body = render_template("delete_answer.html", **context, notice=report, checked_ids=failed_ids)
+    return _fragment_headers(make_response(body))
+
+
+@bp.post("/admin/history/jobs/<prompt_id>/retry")
+def history_retry(prompt_id: str):
+    """Retry a failed or stalled job with its params and seeds; answer its Retry boxes (card and overlay) with what became of it."""
+    job = jobs.get_job(prompt_id)
+    if job is None:
+        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    if not job.is_retryable:
+        abort(409, f"job {prompt_id[:12]} is {job.status}: only failed and stalled jobs are retried")
+    the_studio = studio()
+    error, status = None, 200
+    refusal = the_studio.retry_guard.check(prompt_id)
+    if refusal is not None:
+        # A retry made seconds ago is no error: the note says where it is. One still on its way is.
+        error, status = (None if refusal.prompt_id else refusal.message), 409
+    else:
+        try:
+            the_studio.execute(job.workflow_id, None, None, retry_of=prompt_id)
+        except (UnknownWorkflow, ValidationError, ExecutorRejected) as failure:
+            error, status = str(failure), 400
+        except ExecutorUnavailable as failure:
+            error, status = str(failure), 503
+        if error is not None:
+            the_studio.retry_guard.release(prompt_id)
+    if not request.htmx:
+        return redirect(url_for("history.history_job", prompt_id=prompt_id), 303)
+    retry = cards.retry_state(job, jobs.latest_retry(prompt_id), error)
+    body = "".join(render_template("retry_button.html", retry=retry, place=place, oob=True) for place in ("card", "overlay"))
+    return _fragment_headers(make_response(body, status))

@@ -1,22 +1,17 @@
 """Every template filter and global, registered on the app in one place.
 
-Formatting (times in the reader's zone, durations, sizes, JSON), what the overlay shows of a job, and the
-URLs a page builds for media, retries and the websocket. Media URLs are built by history.web.media (it
-owns the output and input folders); the login state comes from the request pipeline.
+Formatting (times in the reader's zone, durations, sizes, JSON) and how the overlay shows a parameter.
+No global looks at the filesystem: what a card or the overlay shows (media URLs, retry state) is built
+before rendering by history.web.cards. The login state comes from the request pipeline.
 """
 from __future__ import annotations
 
 import json
 
 from flask import Flask
-from flask import url_for
 
-from history import models
-from history.models import is_video
-from history.studio import studio
 from history.web import guard
 from history.web import history as history_views
-from history.web import media
 
 PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
 
@@ -78,16 +73,6 @@ def human_size(size) -> str:
     return ""  # unreachable
 
 
-def card_images(job) -> list[dict]:
-    """A job's output images for its thumbnail: saved files first, temp previews only when nothing is saved."""
-    return models.card_images(job.outputs)
-
-
-def output_videos(job) -> list[dict]:
-    """A job's output videos, in node order."""
-    return [ref for ref in (job.outputs or []) if isinstance(ref, dict) and is_video(ref)]
-
-
 def param_kind(job, key: str, value) -> str:
     """How the overlay shows a parameter: prompt, scenes, image, seed, json or text."""
     if key in PROMPT_KEYS and isinstance(value, str):
@@ -113,17 +98,6 @@ def used_seed(job, key: str, value, scene_index: int | None = None):
     return used
 
 
-def retry_url(job) -> str | None:
-    """The execute endpoint a Retry posts to, when the executor's API is installed."""
-    endpoint = history_views.endpoint_for("/api/run/<workflow_id>/execute")
-    return url_for(endpoint, workflow_id=job.workflow_id) if endpoint else None
-
-
-def retry_plan(job):
-    """What Retry would run for a failed job now, or why it cannot (its workflow is not installed)."""
-    return studio().retry_plan(job)
-
-
 FILTERS = {
     "local_time": local_time,
     "same_local_day": same_local_day,
@@ -132,19 +106,9 @@ FILTERS = {
 }
 
 GLOBALS = {
-    "card_images": card_images,
-    "output_videos": output_videos,
     "param_kind": param_kind,
     "used_seed": used_seed,
-    "retry_url": retry_url,
-    "retry_plan": retry_plan,
     "human_size": human_size,
-    "output_url": media.output_url,
-    "input_url": media.input_url,
-    "thumbnail_url": media.thumbnail_url,
-    "preview_url": media.preview_url,
-    "output_views": media.output_views,
-    "input_thumbnail_url": media.input_thumbnail_url,
     "current_login": guard.current_login,
 }
 

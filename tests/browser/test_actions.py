@@ -195,13 +195,13 @@ def test_a_job_that_cannot_be_deleted_stays_selected_with_the_reason(page: Page,
     page.locator('#confirm-dialog button[value="confirm"]').click()
     expect(card(page, fine)).to_have_count(0)
     expect(box(page, stuck)).to_be_checked()
-    expect(card(page, stuck).locator(".action-note")).to_contain_text("Not deleted: refused:")
+    expect(page.locator("#action-toast")).to_contain_text("Not deleted: refused:")
     expect(page.locator("#selected-count")).to_have_text("1 selected")
     # Two more polls later (the list has been swapped since), the job is still selected and says why.
     seen = page.evaluate("window.__polls.changed + window.__polls.idle")
     page.wait_for_function(f"() => window.__polls.changed + window.__polls.idle >= {seen + 2}", timeout=WAIT_MS)
     expect(box(page, stuck)).to_be_checked()
-    expect(card(page, stuck).locator(".action-note")).to_contain_text("Not deleted")
+    expect(page.locator("#action-toast")).to_contain_text("Not deleted")
     assert elsewhere.is_dir()
 
 
@@ -323,7 +323,7 @@ def test_delete_buttons_are_disabled_while_the_delete_is_in_flight_and_it_posts_
     jobs = [make_job(minutes_ago=index) for index in range(2)]
     open_history(page, history_url)
     held = []
-    page.route("**/api/admin/history/delete", lambda route: held.append(route))
+    page.route("**/admin/history/delete", lambda route: held.append(route))
     page.locator("#select-all").click()
     page.locator("#delete-selected").click()
     confirm = page.locator('#confirm-dialog button[value="confirm"]')
@@ -358,3 +358,33 @@ def test_selection_survives_loading_the_next_page_and_select_all_takes_it_in(pag
     assert checked_ids(page) == [jobs[0].prompt_id, last.prompt_id]
     page.locator("#select-all").click()
     expect(page.locator("#selected-count")).to_have_text(f"{len(jobs) + 1} selected")
+
+
+def test_with_only_htmx_loaded_delete_and_retry_still_work(page: Page, history_url, make_job, settings):
+    """Our own scripts blocked: the server's HTML does it all (a confirm dialog, the refreshed list, the retry note)."""
+    doomed = [make_job(minutes_ago=index + 1) for index in range(2)]
+    failed = make_job(status="error", files=0, minutes_ago=5, params={"positive_prompt": "again", "seed": 3}, seeds={"seed": 3})
+    blocked = []
+    page.route(re.compile(r"/static/(history|selection|job-events|queue)\.js"), lambda route: (blocked.append(route.request.url), route.abort()))
+    open_history(page, history_url)
+    assert len(blocked) == 3 and page.evaluate("typeof window.htmx") == "object"
+    expect(page.locator("#delete-selected")).to_be_hidden()
+    for job in doomed:
+        box(page, job).check()
+    page.locator("#delete-selected").click()
+    dialog = page.locator("dialog#confirm-dialog")
+    expect(dialog.locator(".confirm-message")).to_have_text(DELETE_MESSAGE.format(count=2))
+    expect(dialog.locator(".confirm-usage")).to_have_text(re.compile(r"^That frees 2 files, [\d.]+ KB\.$"))
+    dialog.locator('button[value="cancel"]').click()  # a dialog form: closes without a script
+    expect(dialog).to_be_hidden()
+    page.locator("#delete-selected").click()
+    dialog.locator('button[value="confirm"]').click()
+    for job in doomed:
+        expect(card(page, job)).to_have_count(0)
+        assert not job_folder(settings, job).exists()
+    expect(page.locator("#action-toast")).to_contain_text("Deleted 2 jobs (2 files")
+    expect(dialog).to_be_hidden()
+    card(page, failed).locator(".retry-btn").click()
+    note = card(page, failed).locator(".action-note")
+    expect(note).to_have_text(re.compile(r"^(Queued as|Retried as) "), timeout=WAIT_MS)
+    assert Job.select().where(Job.retry_of == failed.prompt_id).count() == 1
