@@ -1,13 +1,8 @@
-/* Studio History: selecting jobs with the mouse and the keyboard.
- *
- * The selection is the checked boxes of form#job-selection (the cards' prompt_ids inputs): the DOM holds
- * it, a morphed list keeps it (htmx leaves a box the reader checked as it is), and the toolbar's buttons
- * post it. This adds what only a browser knows: Shift+click ranges, Ctrl/Cmd+click on a card, Select all
- * and its mixed state, the "N selected" count, and keys:
- *   j / ArrowDown, k / ArrowUp   move to the next / previous card     x / Space   select the focused card
- *   Enter                        open the focused card                Delete      ask to delete the selection
- * Keys typed into a field, with Ctrl/Alt/Cmd, or while a modal dialog is open are left alone.
- */
+/* Studio History: selecting jobs. The selection is the checked boxes of form#job-selection (the cards'
+ * prompt_ids): the DOM holds it, a morph keeps a box the reader checked, the toolbar's buttons post it. This
+ * adds what only a browser knows: Shift+click ranges, Ctrl/Cmd+click on a card, Select all and its mixed
+ * state, the count, and keys (j/k or arrows move, x/Space select, Enter opens, Delete asks to delete); keys
+ * in a field, with Ctrl/Alt/Cmd or under a modal dialog are left alone. */
 (function () {
   "use strict";
 
@@ -18,20 +13,15 @@
     return Array.prototype.slice.call(document.querySelectorAll("#job-list .job-card input.job-select"));
   }
 
-  function say(text) {
-    document.getElementById("action-status").textContent = text;
-  }
-
   // Make "Select all" and the count show the checked boxes.
   function render() {
     var all = boxes();
     var count = all.filter(function (box) { return box.checked; }).length;
+    var shown = { checked: all.length > 0 && count === all.length, indeterminate: count > 0 && count < all.length, disabled: !all.length };
     var selectAll = document.getElementById("select-all");
-    selectAll.checked = all.length > 0 && count === all.length;
-    selectAll.indeterminate = count > 0 && count < all.length;
-    selectAll.disabled = all.length === 0;
     var counter = document.getElementById("selected-count");
-    if (counter.textContent !== count + " selected") counter.textContent = count + " selected";
+    Object.keys(shown).forEach(function (name) { if (selectAll[name] !== shown[name]) selectAll[name] = shown[name]; });
+    if (counter.textContent !== count + " selected") counter.textContent = count + " selected"; // an idle poll changes nothing
   }
 
   // Set every box from the anchor to ``box`` (inclusive, in screen order) to ``on``.
@@ -48,7 +38,8 @@
     if (target.id === "select-all") {
       boxes().forEach(function (box) { box.checked = target.checked; });
       render();
-      return say(target.checked ? boxes().length + " jobs selected" : "Selection cleared");
+      document.getElementById("action-status").textContent = target.checked ? boxes().length + " jobs selected" : "Selection cleared";
+      return;
     }
     var box = target.closest("#job-list .job-card input.job-select");
     var card = target.closest("#job-list .job-card");

@@ -297,7 +297,7 @@ def test_thumbnails_behind_a_login_are_private(tmp_path):
     try:
         write_png(guarded.config["STUDIO"].output_dir / "comfyui-studio" / "d" / "a.png")
         ref = {"filename": "a.png", "subfolder": "comfyui-studio/d", "type": "output"}
-        url = render(guarded, "{{ thumbnail_url(ref) }}", ref=ref)
+        url = media_url(guarded, "thumbnail_url", ref)
         guarded.test_client_class = BufferedClient
         client = guarded.test_client()
         bearer = {"Authorization": "Bearer bench-token-123"}
@@ -360,11 +360,19 @@ def render(app, source: str, **context) -> str:
         return render_template_string(source, **context).strip()
 
 
-def test_template_globals_build_urls(app, job):
+def media_url(app, build, ref) -> str:
+    """A media URL as the view-models build it (history.web.media), inside a request."""
+    from history.web import media
+
+    with app.test_request_context():
+        return getattr(media, build)(ref)
+
+
+def test_media_urls_are_built_for_the_view_models(app, job):
     ref = job.outputs[0]
-    assert render(app, "{{ output_url(ref) }}", ref=ref) == f"/media/output/{ref_path(ref)}"
-    assert render(app, "{{ thumbnail_url(ref) }}", ref=ref).startswith(f"/media/thumb/output/{ref_path(ref)}?v=1.")
-    html = render(app, '<img class="job-thumb" src="{{ thumbnail_url(job.output) }}">', job=job)
+    assert media_url(app, "output_url", ref) == f"/media/output/{ref_path(ref)}"
+    assert media_url(app, "thumbnail_url", ref).startswith(f"/media/thumb/output/{ref_path(ref)}?v=1.")
+    html = render(app, '<img class="job-thumb" src="{{ url }}">', url=media_url(app, "thumbnail_url", job.output))
     assert "?v=" in html and "&amp;" not in html
 
 
@@ -376,7 +384,7 @@ def test_url_prefix_is_respected(tmp_path):
     try:
         write_png(prefixed.config["STUDIO"].output_dir / "comfyui-studio" / "d" / "a.png")
         ref = {"filename": "a.png", "subfolder": "comfyui-studio/d", "type": "output"}
-        url = render(prefixed, "{{ thumbnail_url(ref) }}", ref=ref)
+        url = media_url(prefixed, "thumbnail_url", ref)
         assert url.startswith("/studio/media/thumb/output/comfyui-studio/d/a.png?v=")
         prefixed.test_client_class = BufferedClient
         assert prefixed.test_client().get(url).mimetype == "image/webp"
