@@ -441,7 +441,8 @@ def plan_retry(workflow: Workflow | None, params, input_image: str | None) -> Re
     image_spec = workflow.image_input
     image_keys = {"input_image"} | ({image_spec["id"]} if image_spec else set())
     clean: dict = {}
-    for key, value in recorded.items():
+    # Sorted: PostgreSQL's JSONB does not keep key order, and the notes read the same on every store.
+    for key, value in sorted(recorded.items()):
         if key in image_keys:
             if image_spec is not None and input_image is None and isinstance(value, str) and value:
                 input_image = value
