@@ -73,6 +73,22 @@ def job_folder(output_root: Path, output_dir: str) -> Path:
     return folder
 
 
+def job_folders(output_root: Path, output_dirs) -> dict[str, Path | UnsafePath]:
+    """job_folder for many names, resolving ``comfyui-studio/`` once: each name's folder, or why it is refused.
+
+    A name that passes check_output_dir has no separator and no '..', so joined to the resolved studio
+    folder it stays inside; a folder that is itself a symlink is refused where it is removed (_clear_folder).
+    """
+    studio = safe_join(output_root, STUDIO_FOLDER)
+    found: dict[str, Path | UnsafePath] = {}
+    for output_dir in output_dirs:
+        try:
+            found[output_dir] = studio / check_output_dir(output_dir)
+        except UnsafePath as error:
+            found[output_dir] = error
+    return found
+
+
 def _ref_file(root: Path, ref: dict, what: str) -> Path:
     """Resolve a reference ``{filename, subfolder, type}`` to a file inside ``root``."""
     if not isinstance(ref, dict):

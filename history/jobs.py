@@ -597,16 +597,15 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
         .tuples()
     )
     going = collections.Counter(job.output_dir for job in doomed if job.output_dir)
-    folder_of: dict[str, Path] = {}
+    folder_of = files.job_folders(output_root, going)
     outcome: dict[str, object] = {}  # prompt_id -> the job's folder, None (record only) or an error entry
     for job in doomed:
         if not job.output_dir or holders.get(job.output_dir, 0) > going[job.output_dir]:
             outcome[job.prompt_id] = None
-            continue
-        try:
-            outcome[job.prompt_id] = folder_of.setdefault(job.output_dir, files.job_folder(output_root, job.output_dir))
-        except files.UnsafePath as error:
-            outcome[job.prompt_id] = {"prompt_id": job.prompt_id, "error": f"refused: {error}", "status": 400}
+        elif isinstance(folder_of[job.output_dir], files.UnsafePath):
+            outcome[job.prompt_id] = {"prompt_id": job.prompt_id, "error": f"refused: {folder_of[job.output_dir]}", "status": 400}
+        else:
+            outcome[job.prompt_id] = folder_of[job.output_dir]
 
     def remove_records(cleared: list[Path]) -> None:
         cleared = set(cleared)
@@ -614,7 +613,8 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
         with database.atomic():
             Job.delete().where(Job.prompt_id.in_(gone) & Job.status.not_in(ACTIVE_STATUSES)).execute()
 
-    results = files.remove_folders(list(dict.fromkeys(folder_of.values())), then=remove_records)
+    folders = list(dict.fromkeys(where for where in outcome.values() if isinstance(where, Path)))
+    results = files.remove_folders(folders, then=remove_records)
     for folder, result in results.items():
         if not isinstance(result, Exception):
             report.files_removed += result[0]
