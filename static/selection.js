@@ -22,6 +22,8 @@
     var counter = document.getElementById("selected-count");
     Object.keys(shown).forEach(function (name) { if (selectAll[name] !== shown[name]) selectAll[name] = shown[name]; });
     if (counter.textContent !== count + " selected") counter.textContent = count + " selected"; // an idle poll changes nothing
+    var compare = document.getElementById("compare-selected");
+    if (compare && compare.hidden !== (count !== 2)) compare.hidden = count !== 2; // Compare takes exactly two
   }
 
   // Set every box from the anchor to ``box`` (inclusive, in screen order) to ``on``.

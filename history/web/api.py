@@ -135,8 +135,20 @@ def read_bulk(payload, need_expect: bool = True) -> Bulk:
     return Bulk(history_filter, expect, include_starred)
 
 
+MATCHING_PREFIX = "all_"  # "Select all N matching" names its fields apart from the filter form's (matching_selection.html)
+
+
+def matching_fields(form):
+    """The fields of "Select all N matching" in a selection form, without their prefix (None when not chosen)."""
+    from werkzeug.datastructures import MultiDict
+
+    if MATCHING_PREFIX + "expect" not in form:
+        return None
+    return MultiDict([(key[len(MATCHING_PREFIX):], value) for key, value in form.items(multi=True) if key.startswith(MATCHING_PREFIX)])
+
+
 def read_bulk_form(form, need_expect: bool = True) -> Bulk:
-    """A bulk action posted by the page's form ("Select all N matching": the filter in hidden fields)."""
+    """A bulk action posted by a form (the filter in hidden fields, with the count the reader saw as expect)."""
     try:
         history_filter = jobs.HistoryFilter.from_args(form)
     except jobs.InvalidQuery as error:
@@ -443,8 +455,9 @@ def history_export():
     bulk = None
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         payload = {"prompt_ids": request.form.getlist("prompt_ids")}
-        if "expect" in request.form:  # "Select all N matching": the filter rides in hidden fields
-            bulk = read_bulk_form(request.form)
+        matching = matching_fields(request.form)  # "Select all N matching": the filter rides in hidden fields
+        if matching is not None or "expect" in request.form:
+            bulk = read_bulk_form(matching if matching is not None else request.form)
     else:
         payload = request.get_json(silent=True)
         if is_bulk(payload):

@@ -30,6 +30,8 @@ from history.executors.base import ExecutorUnavailable
 from history.studio import UnknownWorkflow
 from history.studio import studio
 from history.web import cards
+from history.web.compare import compare_rows
+from history.models import card_images
 from history.workflows import ValidationError
 
 bp = Blueprint("history", __name__)
@@ -137,6 +139,8 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     page = jobs.history_page(history_filter, _head_limit(since), since=since)
     boundary = since or page.next_cursor
     return {
+        # More jobs match than the list holds: say how many, for "Select all N matching".
+        "matching_count": matching_count(history_filter) if page.next_cursor and not compact else 0,
         "compact": compact,
         "page": page,
         "cards": cards.job_cards(page.jobs, compact),
@@ -370,6 +374,19 @@ def _selected_ids() -> list[str]:
 @bp.post("/admin/history/delete/confirm")
 def history_delete_confirm():
     """Ask to confirm a batch delete: the dialog naming the selected jobs with the files and bytes they hold."""
+    from history.web.api import matching_fields
+    from history.web.api import read_bulk_form
+
+    matching = matching_fields(request.form)
+    if matching is not None:  # "Select all N matching": confirm a delete over the filter instead
+        try:  # the filter form comes along, so the delete answers the list the reader is looking at
+            list_args = jobs.HistoryFilter.from_args(request.form).query_args()
+        except jobs.InvalidQuery as error:
+            abort(400, str(error))
+        context = bulk_context("delete", "list", read_bulk_form(matching), list_args=list_args)
+        if not _wants_fragment():
+            return _render_page(**context)
+        return _fragment_headers(make_response(render_template("bulk_confirm.html", **context)))
     prompt_ids = _selected_ids()
     form = request.form
     try:  # the filter form comes along, so the delete answers the list the reader is looking at
@@ -432,3 +449,274 @@ def history_retry(prompt_id: str):
     retry = cards.retry_state(job, jobs.latest_retry(prompt_id), error)
     body = "".join(render_template("retry_button.html", retry=retry, place=place, oob=True) for place in ("card", "overlay"))
     return _fragment_headers(make_response(body, status))
+
+
+# ---- Keeping what matters: stars, bulk actions over a filter, Failures, Storage, Compare ---------------
+
+def _star_answer(job, status: int = 200):
+    """A star's answer: its box on the card and in the overlay (out of band), so both say the same."""
+    body = "".join(render_template("star_button.html", job=job, place=place, oob=True) for place in ("card", "overlay"))
+    return _fragment_headers(make_response(body, status))
+
+
+def _form_flag(name: str) -> bool:
+    """A form's 1/0 field; abort 400 when it is neither."""
+    value = request.form.get(name, "")
+    if value not in ("0", "1"):
+        abort(400, f"{name}: send 1 or 0")
+    return value == "1"
+
+
+@bp.post("/admin/history/jobs/<prompt_id>/star")
+def history_star(prompt_id: str):
+    """Star or unstar one job; answer its star boxes (card and overlay)."""
+    starred = _form_flag("starred")
+    updated, _not_found = jobs.star_jobs([prompt_id], starred)
+    if not updated:
+        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    if not request.htmx:
+        return redirect(url_for("history.history_job", prompt_id=prompt_id), 303)
+    return _star_answer(jobs.get_job(prompt_id))
+
+
+@bp.post("/admin/history/star")
+def history_star_selected():
+    """Star or unstar the selected jobs; answer the refreshed list."""
+    starred = _form_flag("starred")
+    jobs.star_jobs(_selected_ids(), starred)
+    if not _wants_fragment():
+        return redirect(url_for("history.history", **_history_filter().query_args()), 303)
+    context = list_context(_history_filter(), request.args.get("since") or None)
+    return _fragment_headers(make_response(render_template("job_list.html", **context)))
+
+
+def matching_count(history_filter: jobs.HistoryFilter) -> int:
+    """How many jobs a filter matches (the list's "Select all N matching"; only asked when it has more pages)."""
+    return jobs.filtered(history_filter).order_by().count()
+
+
+def _matching_selection(history_filter: jobs.HistoryFilter) -> dict:
+    """"Select all N matching": the filter frozen at this moment (queued_before) and the count it matches."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    frozen = history_filter.replace(queued_before=min(now, history_filter.queued_before or now))
+    count = matching_count(frozen)
+    fields = [(name, value) for name, values in frozen.query_args().items() for value in (values if isinstance(values, list) else [values])]
+    return {"count": count, "fields": fields + [("expect", str(count))], "history_filter": frozen}
+
+
+@bp.get("/admin/history/matching")
+def history_matching():
+    """Select every job the filter matches (not only the loaded cards): the selection's hidden fields."""
+    try:
+        matching = _matching_selection(_history_filter()) if request.args.get("clear") != "1" else None
+    except jobs.InvalidQuery as error:
+        abort(400, str(error))
+    if not _wants_fragment():
+        return _render_page(matching=matching)
+    return _fragment_headers(make_response(render_template("matching_selection.html", matching=matching)))
+
+
+BULK_ACTIONS = {
+    "delete": ("Delete jobs", "Delete", "Delete {count} job(s) and their output files? This cannot be undone."),
+    "retry": ("Retry jobs", "Retry", "Retry {count} failed or stalled job(s)? Each gets one new job."),
+}
+
+
+def describe_filter(history_filter: jobs.HistoryFilter) -> str:
+    """A filter in words, for a confirm dialog: "status error, stalled; workflow x; queued before ..."."""
+    from history.web.templating import local_time  # templating imports the guard, which imports this module
+
+    parts = [f"status {', '.join(history_filter.statuses)}"]
+    if history_filter.workflow_id:
+        parts.append(f"workflow {history_filter.workflow_id}")
+    if history_filter.q:
+        parts.append(f"search “{history_filter.q}”")
+    if history_filter.starred is not None:
+        parts.append("starred" if history_filter.starred else "not starred")
+    if history_filter.cause:
+        parts.append("one failure cause")
+    if history_filter.queued_after:
+        parts.append(f"queued from {local_time(history_filter.queued_after, 'full')}")
+    if history_filter.queued_before:
+        parts.append(f"queued before {local_time(history_filter.queued_before, 'full')}")
+    return "; ".join(parts)
+
+
+def _bulk_from_form():
+    """The bulk action a form posts: what (delete or retry), which answer (list or failures), and its filter."""
+    from history.web.api import read_bulk_form
+
+    action = request.form.get("action", "delete")
+    if action not in BULK_ACTIONS:
+        abort(400, f"action: {action[:20]!r}; send delete or retry")
+    answer = request.form.get("answer", "list")
+    if answer not in ("list", "failures"):
+        abort(400, "answer: send list or failures")
+    return action, answer, read_bulk_form(request.form)
+
+
+def bulk_context(action: str, answer: str, bulk, error: str | None = None, list_args: dict | None = None) -> dict:
+    """The bulk confirm dialog's view-model: the question, what it takes, and the fields its Confirm posts."""
+    title, verb, question = BULK_ACTIONS[action]
+    history_filter = bulk.history_filter
+    if action == "delete":
+        usage = jobs.removal_usage(history_filter, bulk.include_starred)
+        starred = usage["starred"]
+    else:
+        usage, starred = {"bytes": 0}, 0
+    fields = [(name, value) for name, values in history_filter.query_args().items()
+              for value in (values if isinstance(values, list) else [values])]
+    fields += [("expect", str(bulk.expect)), ("action", action), ("answer", answer)]
+    if bulk.include_starred:
+        fields.append(("include_starred", "1"))
+    target = "#failure-groups" if answer == "failures" else "#job-list"
+    return {"bulk": {
+        "action": action, "title": title, "verb": verb, "count": bulk.expect,
+        "question": question.format(count=bulk.expect), "description": describe_filter(history_filter),
+        "bytes": usage["bytes"], "starred": starred, "include_starred": bulk.include_starred, "error": error,
+        "fields": fields, "target": target,
+        "url": url_for("history.bulk_apply", **(list_args or {})),
+    }}
+
+
+@bp.post("/admin/history/bulk/confirm")
+def bulk_confirm():
+    """Ask to confirm a delete or retry of every job a filter matched when the reader chose them."""
+    action, answer, bulk = _bulk_from_form()
+    context = bulk_context(action, answer, bulk)
+    if not _wants_fragment():
+        return _render_bulk_page(answer, **context)
+    return _fragment_headers(make_response(render_template("bulk_confirm.html", **context)))
+
+
+def _render_bulk_page(answer: str, status: int = 200, **shown):
+    """The page a bulk action came from (History or Failures), with its dialog or notice, for a browser without scripts."""
+    if answer == "failures":
+        return make_response(render_template("failures.html", **_failures_context(), **shown), status)
+    return _render_page(status=status, **shown)
+
+
+def _retry_notice(queued: list, failed: list) -> str:
+    """What a Retry all did, in words."""
+    words = f"Queued {len(queued)} retr{'y' if len(queued) == 1 else 'ies'}"
+    if failed:
+        words += f"; {len(failed)} not retried ({failed[0]['error']}{' …' if len(failed) > 1 else ''})"
+    return words + "."
+
+
+@bp.post("/admin/history/bulk")
+def bulk_apply():
+    """Delete or retry what the filter matches now, if it is still the confirmed count; else the dialog again with the new count (409)."""
+    from history.web.api import retry_jobs
+
+    action, answer, bulk = _bulk_from_form()
+    the_studio = studio()
+    try:
+        if action == "delete":
+            output_root = current_app.config["STUDIO"].output_dir
+            report = the_studio.delete(lambda: jobs.delete_matching(bulk.history_filter, output_root, bulk.expect, bulk.include_starred))
+            notice = report
+        else:
+            queued, failed = retry_jobs(jobs.matching_ids(jobs.retryable(bulk.history_filter), bulk.expect))
+            notice = _retry_notice(queued, failed)
+    except jobs.CountChanged as changed:
+        message = f"The filter now matches {changed.count} jobs, not {changed.expect}: nothing was changed. Confirm again for {changed.count}."
+        fresh = type(bulk)(bulk.history_filter, changed.count, bulk.include_starred)
+        context = bulk_context(action, answer, fresh, error=message, list_args=request.args.to_dict(flat=False))
+        if not _wants_fragment():
+            return _render_bulk_page(answer, status=409, **context)
+        response = make_response(render_template("bulk_confirm.html", **context), 409)
+        response.headers["HX-Retarget"] = "#confirm-dialog"
+        response.headers["HX-Reswap"] = "outerHTML"
+        return _fragment_headers(response)
+    if not _wants_fragment():
+        if answer == "failures":
+            return _render_bulk_page(answer, notice=notice if isinstance(notice, str) else _deleted_words(notice))
+        return _render_page(notice=notice) if action == "delete" else _render_page()
+    closed = render_template("confirm_dialog.html", oob=True) + render_template("matching_selection.html", matching=None, oob=True)
+    if answer == "failures":
+        words = notice if isinstance(notice, str) else _deleted_words(notice)
+        body = render_template("failure_groups.html", **_failures_context(), notice=words)
+    elif action == "delete":
+        context = list_context(_history_filter(), request.args.get("since") or None)
+        body = render_template("delete_answer.html", **context, notice=notice, checked_ids=[])
+    else:
+        context = list_context(_history_filter(), request.args.get("since") or None)
+        body = render_template("job_list.html", **context)
+    return _fragment_headers(make_response(body + closed))
+
+
+def _deleted_words(report) -> str:
+    """What a Delete all did, in words."""
+    words = f"Deleted {len(report.deleted)} job{'' if len(report.deleted) == 1 else 's'}"
+    return words + (f"; {len(report.failed)} could not be deleted." if report.failed else ".")
+
+
+def _failures_context() -> dict:
+    """The Failures view's groups, each with its links and the fields its Retry all and Delete all post."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    groups = []
+    for group in jobs.failure_groups():
+        history_filter = group.history_filter
+        group.list_url = url_for("history.history", **history_filter.query_args())
+        group.workflow_urls = {
+            workflow_id: url_for("history.history", **history_filter.replace(workflow_id=workflow_id).query_args())
+            for workflow_id in group.workflows
+        }
+        frozen = history_filter.replace(queued_before=now)
+        group.fields = [(name, value) for name, values in frozen.query_args().items()
+                        for value in (values if isinstance(values, list) else [values])]
+        group.fields.append(("expect", str(group.count)))
+        groups.append(group)
+    return {"groups": groups, "tz_name": tz_name()}
+
+
+@bp.get("/admin/history/failures")
+def history_failures():
+    """The Failures view: failed and stalled jobs grouped by cause, each group with Retry all and Delete all."""
+    return make_response(render_template("failures.html", **_failures_context()))
+
+
+def _link(history_filter: jobs.HistoryFilter) -> str:
+    """The History page filtered to ``history_filter``."""
+    return url_for("history.history", **history_filter.query_args())
+
+
+@bp.get("/admin/history/storage")
+def history_storage():
+    """The Storage panel: counts and bytes by status, by day and by workflow, as SVG whose bars link to their filters."""
+    from history.web import charts  # it reads templating, which imports the guard, which imports this module
+
+    storage = charts.storage_panel(jobs.storage_stats(), _link)
+    if not _wants_fragment():
+        return _render_page(storage=storage)
+    return _fragment_headers(make_response(render_template("storage_panel.html", storage=storage)))
+
+
+@bp.get("/admin/history/compare")
+def history_compare():
+    """Two jobs side by side, every differing value marked (``a`` and ``b``, or the selection's two prompt_ids)."""
+    from history.web import media
+
+    chosen = request.args.getlist("prompt_ids")
+    if chosen:
+        if len(chosen) != 2:
+            abort(400, f"select exactly two jobs to compare ({len(chosen)} selected)")
+        found = [job for job in map(jobs.get_job, chosen) if job is not None]
+        if len(found) == 2:  # the older one first: a job, then its retry
+            chosen = [job.prompt_id for job in sorted(found, key=lambda job: (job.queued_at, job.prompt_id))]
+        return redirect(url_for("history.history_compare", a=chosen[0], b=chosen[1]), 303)
+    pair = []
+    for name in ("a", "b"):
+        job = jobs.get_job(request.args.get(name, ""))
+        if job is None:
+            abort(404, f"{name}: no job with prompt_id {request.args.get(name, '')[:64]!r}")
+        pair.append(job)
+    a, b = pair
+    rows = compare_rows(a, b)
+    sections = [(section, [row for row in rows if row.section == section]) for section in dict.fromkeys(row.section for row in rows)]
+    thumbs = [[media.thumbnail_url(ref) for ref in card_images(job.outputs)] for job in pair]
+    return render_template(
+        "compare.html", a=a, b=b, rows=rows, sections=sections, differing=sum(row.differs for row in rows),
+        a_thumbs=thumbs[0], b_thumbs=thumbs[1],
+    )
