@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+from bench import bulk
 from bench import events
 from bench import load
 from bench import poll
@@ -14,6 +15,7 @@ BENCHMARKS = [
     ("Thumbnails: bytes a 50-card page downloads, made vs cached", thumbnails.main, []),
     ("Completion to screen in Chromium: websocket vs polling alone", events.main, []),
     ("Load: 200 websockets and 100 pollers for 60 s with jobs running", load.main, []),
+    ("Bulk: a delete over a filter of 100,000 jobs with files; storage figures at 1,000,000 jobs", bulk.main, []),
 ]
 
 
