@@ -1,0 +1,45 @@
+"""The History page's keeping views over HTTP: Storage, Failures and Compare render from the store; bad input is a 4xx."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import soup
+
+
+def test_the_storage_fragment_is_a_panel_whose_bars_are_links(client, make_job):
+    make_job("error", error="node X (#1): <script>alert(1)</script>")
+    fragment = client.get("/admin/history/storage", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and b"<html" not in fragment.data
+    links = [link["href"] for link in soup(fragment).select("svg.chart-days a")]
+    assert links == ["/admin/history?status=error&queued_before=2026-11-29T00:00:00Z&queued_after=2026-11-28T00:00:00Z"]
+    page = client.get("/admin/history/storage")
+    assert soup(page).select_one("#storage-panel svg.chart-workflows a")["href"] == "/admin/history?workflow_id=txt2img-example"
+
+
+def test_failures_escape_what_the_store_holds(client, make_job):
+    make_job("error", error="node <b>Evil</b> (#1): RuntimeError: <img src=x onerror=alert(1)>")
+    page = soup(client.get("/admin/history/failures"))
+    assert not page.select(".failure-group img, .failure-group b")
+    assert "<img src=x" in page.select_one(".failure-example pre").text
+
+
+@pytest.mark.parametrize("url, status", [
+    ("/admin/history/compare?a=nope&b=nope", 404),
+    ("/admin/history/compare?prompt_ids=one", 400),
+    ("/admin/history/matching?status=lost", 400),
+])
+def test_views_refuse_what_they_cannot_show(client, url, status):
+    assert client.get(url).status_code == status
+
+
+@pytest.mark.parametrize("path, form", [
+    ("/admin/history/jobs/{id}/star", {"starred": "maybe"}),
+    ("/admin/history/bulk/confirm", {"action": "explode", "expect": "1"}),
+    ("/admin/history/bulk/confirm", {"action": "delete", "expect": "many"}),
+    ("/admin/history/bulk", {"action": "delete", "status": "lost", "expect": "1"}),
+])
+def test_actions_refuse_bad_forms_and_change_nothing(client, make_job, path, form):
+    job = make_job()
+    answer = client.post(path.format(id=job.prompt_id), data=form, headers={"HX-Request": "true"})
+    assert answer.status_code == 400
+    assert client.get(f"/api/admin/history/{job.prompt_id}").json["starred"] is False
