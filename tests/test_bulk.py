@@ -140,3 +140,11 @@ def test_a_delete_of_several_thousand_jobs_goes_in_batches_and_misses_none(clien
     assert sorted(answer.json["deleted"]) == sorted(job.prompt_id for job in made)
     assert answer.json["files_removed"] == sum(1 for index in range(40) if index % 3)
     assert Job.select().count() == 0
+
+
+def test_export_selected_with_select_all_matching_exports_the_filter(client, make_job):
+    chosen = [make_job("error", minutes_ago=index + 1) for index in range(3)]
+    make_job("completed")
+    form = {"prompt_ids": [chosen[0].prompt_id], "all_status": "error", "all_queued_before": iso(BASE_TIME), "all_expect": "3"}
+    answer = client.post("/api/admin/history/export", data=form)
+    assert sorted(record["prompt_id"] for record in answer.get_json(force=True)) == sorted(job.prompt_id for job in chosen)
