@@ -17,6 +17,8 @@ import sqlite3
 import threading
 import time
 
+from peewee import SqliteDatabase
+
 log = logging.getLogger(__name__)
 
 CHANGES_CHANNEL = "studio_history_changes"
@@ -39,8 +41,6 @@ $$
 
 def install(database) -> None:
     """Make every write to the job table signal CHANGES_CHANNEL (PostgreSQL; SQLite needs nothing)."""
-    from peewee import SqliteDatabase
-
     if isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase):
         return
     for statement in POSTGRES_TRIGGER:

@@ -19,11 +19,17 @@ from flask.cli import AppGroup
 from history import arrivals
 from history import config
 from history import jobs
+from history import retention
 from history import thumbnails
+from history.config import ConfigError
+from history.config import parse_age
 from history.db import connection
 from history.db import init_db_command
-from history.models import known_status
+from history.models import HISTORY_STATUSES
 from history.models import STATUSES
+from history.models import iso
+from history.models import known_status
+from history.web.login import api_token_command
 
 history_cli = AppGroup("history", help="Manage the job store.")
 
@@ -82,11 +88,6 @@ def export_command(statuses, output):
 @click.option("--dry-run", is_flag=True, help="list what would go and the bytes it would free; remove nothing")
 def prune_command(older_than, statuses, workflow_id, include_starred, dry_run):
     """Remove old jobs and their files by rule; starred jobs are kept unless --include-starred."""
-    from history import retention
-    from history.config import parse_age
-    from history.models import HISTORY_STATUSES
-    from history.models import iso
-
     try:
         age = parse_age(older_than)
     except ValueError as error:
@@ -184,8 +185,7 @@ def exposure_refusal(host: str, password: str | None, insecure: bool) -> str | N
 
 def load_app(**overrides):
     """The app of the STUDIO_* settings; a bad setting becomes StudioError."""
-    from history import ConfigError
-    from history import create_app
+    from history import create_app  # here, not at the top: history/__init__.py imports this module
 
     try:
         return create_app(overrides or None)
@@ -209,8 +209,6 @@ def in_app_context(command: click.Command) -> click.Command:
 
 def app_commands() -> dict[str, click.Command]:
     """The store commands: the `history` group's, and api-token (history.web.login), by name."""
-    from history.web.login import api_token_command
-
     return {**history_cli.commands, api_token_command.name: api_token_command}
 
 
@@ -264,7 +262,7 @@ def serve(host: str, port: int, insecure: bool, debug: bool, use_gunicorn: bool,
 def run_gunicorn(host: str, port: int, threads: int) -> None:
     """Run gunicorn in this process with one gthread worker (flask-sock's websocket needs gthread or gevent)."""
     try:
-        from gunicorn.app.base import BaseApplication
+        from gunicorn.app.base import BaseApplication  # here, not at the top: gunicorn is the optional server extra
     except ImportError:
         raise StudioError("--gunicorn needs gunicorn: pip install 'studio-history[server]'") from None
 

@@ -345,7 +345,7 @@ def locate_ref(ref, output_dir: Path, input_dir: Path, data_dir: Path) -> tuple[
     return kind, relative, source
 
 
-# ---- running jobs (issue 4): ComfyUI's temp/ folder and uploaded input images -------------------
+# ---- running jobs: ComfyUI's temp/ folder and uploaded input images ----------------------------
 INPUT_NAME_PATTERN = re.compile(r"[^A-Za-z0-9_-]+")
 
 

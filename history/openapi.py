@@ -8,6 +8,8 @@ entry in PATHS (its request body, query parameters and every status it can answe
 from __future__ import annotations
 
 import copy
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version
 
 from history import jobs
 from history.models import STATUSES
@@ -663,9 +665,6 @@ def document(url_prefix: str = "", login_required: bool = False) -> dict:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version
-
     try:
         return version("studio-history")
     except PackageNotFoundError:

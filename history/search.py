@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 
+from peewee import SqliteDatabase
+
 log = logging.getLogger(__name__)
 
 MIN_NEEDLE = 3
@@ -86,8 +88,6 @@ POSTGRES_INDEX = (
 
 def install(database) -> None:
     """Create the search index of the bound database and fill it from the rows already stored."""
-    from peewee import SqliteDatabase
-
     if isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase):
         for statement in SQLITE_SCHEMA:
             database.execute_sql(statement)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import re
 import threading
@@ -74,8 +75,6 @@ def safe_host(host: str | None) -> str | None:
 
 def is_loopback_host(host: str | None) -> bool:
     """Whether a Host header (``name[:port]``) names this machine: localhost, *.localhost, 127.x or ::1."""
-    import ipaddress
-
     try:
         name = (urlsplit("//" + (host or "")).hostname or "").rstrip(".")
     except ValueError:
@@ -90,8 +89,6 @@ def is_loopback_host(host: str | None) -> bool:
 
 def is_loopback_address(address: str | None) -> bool:
     """Whether a client address is this machine."""
-    import ipaddress
-
     try:
         return ipaddress.ip_address(address or "").is_loopback
     except ValueError:

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from PIL import Image
+from PIL import UnidentifiedImageError
+
 from history.files import STUDIO_FOLDER
+from history.jobs import WORKFLOW_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +179,6 @@ def load_workflow(folder: Path) -> Workflow:
     workflow_id = manifest.get("id")
     if not isinstance(workflow_id, str) or not workflow_id:
         raise WorkflowError(f"{folder.name}: manifest.json needs an id")
-    from history.jobs import WORKFLOW_ID_PATTERN
-
     if not WORKFLOW_ID_PATTERN.match(workflow_id):
         raise WorkflowError(f"{folder.name}: id {workflow_id!r} must be letters, digits, '_', '-' and '.'")
     kind = manifest.get("type", "static")
@@ -565,9 +567,6 @@ def check_upload(data: bytes) -> str:
 
     Raise ValidationError("input_image", ...) when it is not an image the workflows can read.
     """
-    from PIL import Image
-    from PIL import UnidentifiedImageError
-
     if len(data) > MAX_UPLOAD_BYTES:
         raise ValidationError("input_image", f"is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
     if not data:

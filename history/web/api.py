@@ -1,19 +1,31 @@
 """The JSON API: the original studio's contract, kept."""
 from __future__ import annotations
 
+import datetime
 import json
+import zipfile
 from dataclasses import dataclass
 
 from flask import Blueprint
+from flask import Response
 from flask import abort
 from flask import current_app
 from flask import jsonify
 from flask import request
+from flask import stream_with_context
 from flask import url_for
+from werkzeug.datastructures import MultiDict
 
+from history import files
 from history import jobs
+from history import openapi
+from history.executors.base import ExecutorRejected
+from history.executors.base import ExecutorUnavailable
 from history.studio import UnknownWorkflow
 from history.studio import studio
+from history.workflows import MAX_UPLOAD_BYTES
+from history.workflows import ValidationError
+from history.workflows import check_upload
 
 bp = Blueprint("api", __name__)
 
@@ -59,8 +71,6 @@ def get_job_or_404(prompt_id: str):
 @bp.get("/api/openapi.json")
 def openapi_document():
     """Describe every /api/ route as OpenAPI 3.1 (history/openapi.py)."""
-    from history import openapi
-
     settings = current_app.config["STUDIO"]
     return jsonify(openapi.document(settings.url_prefix, login_required=bool(settings.admin_password)))
 
@@ -140,8 +150,6 @@ MATCHING_PREFIX = "all_"  # "Select all N matching" names its fields apart from 
 
 def matching_fields(form):
     """The fields of "Select all N matching" in a selection form, without their prefix (None when not chosen)."""
-    from werkzeug.datastructures import MultiDict
-
     if MATCHING_PREFIX + "expect" not in form:
         return None
     return MultiDict([(key[len(MATCHING_PREFIX):], value) for key, value in form.items(multi=True) if key.startswith(MATCHING_PREFIX)])
@@ -250,7 +258,7 @@ def history_failures():
     return jsonify([group.to_dict() for group in jobs.failure_groups()])
 
 
-# ---- running workflows (issue 4) ----------------------------------------------------------------
+# ---- running workflows --------------------------------------------------------------------------
 
 @bp.get("/api/workflows")
 def workflow_list():
@@ -262,11 +270,6 @@ def workflow_list():
 def read_execute_request() -> tuple[object, object, object]:
     """(params, input_image, retry_of) of an execute request, JSON or a form; an upload is checked
     with Pillow and stored in the input folder first. Abort 400/413/415 naming the field."""
-    from history import files
-    from history.workflows import MAX_UPLOAD_BYTES
-    from history.workflows import ValidationError
-    from history.workflows import check_upload
-
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 1024 * 1024:
             abort(413, f"input_image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
@@ -308,10 +311,6 @@ def read_execute_request() -> tuple[object, object, object]:
 @bp.post("/api/run/<workflow_id>/execute")
 def execute(workflow_id: str):
     """Run a workflow: validate, record as queued, hand to the executor; answer 202 with the prompt id."""
-    from history.executors.base import ExecutorRejected
-    from history.executors.base import ExecutorUnavailable
-    from history.workflows import ValidationError
-
     the_studio = studio()
     if workflow_id not in the_studio.workflows:
         abort(404, f"no workflow {workflow_id!r}: it is not installed in this studio")
@@ -338,7 +337,7 @@ def execute(workflow_id: str):
     return response
 
 
-# ---- export and retry guard (issue 5) -------------------------------------------------------------
+# ---- export and retry guard -----------------------------------------------------------------------
 
 PACKAGE_CHUNK_BYTES = 1024 * 1024
 # Formats that are compressed already: stored as they are, so a package costs no CPU to make.
@@ -369,8 +368,6 @@ def package_members(job) -> list[tuple[str, object]]:
     Every path comes through history.files (the input folder and the job folder, each checked); a file
     that cannot be resolved safely is left out.
     """
-    from history import files
-
     settings = current_app.config["STUDIO"]
     members: list[tuple[str, object]] = [("job.json", (json.dumps(job.to_dict(), indent=2) + "\n").encode())]
     if job.input_image:
@@ -393,8 +390,6 @@ def package_members(job) -> list[tuple[str, object]]:
 
 def _zip_chunks(members: list[tuple[str, object]]):
     """Yield a zip of ``members`` piece by piece (one chunk of a file at a time, never the whole zip)."""
-    import zipfile
-
     stream = _ZipStream()
     with zipfile.ZipFile(stream, mode="w", allowZip64=True) as archive:
         for name, source in members:
@@ -418,8 +413,6 @@ def _zip_chunks(members: list[tuple[str, object]]):
 
 
 def _zip_time(source) -> tuple[int, int, int, int, int, int]:
-    import datetime
-
     try:
         stamp = datetime.datetime.fromtimestamp(source.stat().st_mtime) if not isinstance(source, bytes) else None
     except OSError:
@@ -436,9 +429,6 @@ def _attachment(filename: str) -> str:
 @bp.get("/api/admin/history/<prompt_id>/package")
 def history_package(prompt_id: str):
     """Stream a zip of a job: job.json (its API record), its input image and every file of its output folder."""
-    from flask import Response
-    from flask import stream_with_context
-
     job = get_job_or_404(prompt_id)
     members = package_members(job)
     response = Response(stream_with_context(_zip_chunks(members)), mimetype="application/zip")
@@ -450,8 +440,6 @@ def history_package(prompt_id: str):
 @bp.post("/api/admin/history/export")
 def history_export():
     """Export the chosen jobs as a JSON array download, the shape of `flask history export`; ids not found are left out."""
-    import datetime
-
     bulk = None
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         payload = {"prompt_ids": request.form.getlist("prompt_ids")}
@@ -511,10 +499,6 @@ def claim_retry(retry_of: str) -> dict | None:
 
 def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
     """Retry each failed or stalled job once (guarded as a single Retry is); answer (queued, failed)."""
-    from history.executors.base import ExecutorRejected
-    from history.executors.base import ExecutorUnavailable
-    from history.workflows import ValidationError
-
     the_studio = studio()
     queued: list[dict] = []
     failed: list[dict] = []
