@@ -10,28 +10,31 @@ import threading
 from flask import Blueprint
 from flask import abort
 from flask import current_app
-from flask import g
 from flask import make_response
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
 from peewee import DatabaseError
-from zoneinfo import ZoneInfo
 
 from history import changes
 from history import jobs
 from history.db import database
 from history.db import is_sqlite
-from history.studio import studio
 from history.events import LIST_EVENTS
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
+from history.models import card_images
 from history.studio import UnknownWorkflow
 from history.studio import studio
 from history.web import cards
+from history.web import charts
+from history.web import media
+from history.web.api import matching_fields
+from history.web.api import read_bulk_form
+from history.web.api import retry_jobs
+from history.web import templating
 from history.web.compare import compare_rows
-from history.models import card_images
 from history.workflows import ValidationError
 
 bp = Blueprint("history", __name__)
@@ -68,40 +71,12 @@ MARKUP_VERSION = "history.markup_version"
 # The poller sends the ETag it shows in this header; a match answers 204, which htmx never swaps.
 # (A browser's own revalidation would hide a 304 from fetch and hand htmx the cached 200 to swap.)
 LIST_ETAG_HEADER = "X-List-ETag"
-TZ_COOKIE = "studio_tz"
 STORE_ERROR = "The job store cannot be read right now. Reload the page in a moment; nothing has been lost."
-
-
-def reader_timezone():
-    """The reader's time zone (the cookie history.js sets from the browser), UTC until it is known."""
-    if "history_tz" not in g:
-        name = request.cookies.get(TZ_COOKIE, "")
-        zone = datetime.timezone.utc
-        if name and len(name) < 64:
-            try:
-                zone = ZoneInfo(name)
-            except (ValueError, OSError, KeyError):
-                zone = datetime.timezone.utc
-        g.history_tz = zone
-    return g.history_tz
-
-
-def tz_name() -> str:
-    """The name of the reader's time zone (``UTC`` until the browser has said)."""
-    return getattr(reader_timezone(), "key", "UTC")
-
-
-def endpoint_for(rule_suffix: str) -> str | None:
-    """The endpoint registered for a URL rule ending in ``rule_suffix`` (another blueprint's), or None."""
-    for rule in current_app.url_map.iter_rules():
-        if rule.rule.endswith(rule_suffix):
-            return rule.endpoint
-    return None
 
 
 def _events_url() -> str | None:
     """The websocket's path, when the websocket blueprint is installed."""
-    endpoint = endpoint_for("/ws")
+    endpoint = templating.endpoint_for("/ws")
     return url_for(endpoint) if endpoint else None
 
 
@@ -124,7 +99,7 @@ def _head_limit(since: str | None) -> int:
 def _poll_etag(raw: str) -> str:
     """The ETag of the list head a poll guards: its jobs.list_etag, the reader's zone and the templates' version."""
     version = current_app.extensions[MARKUP_VERSION]
-    return hashlib.blake2b(f"{raw}|{tz_name()}|{version}".encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(f"{raw}|{templating.tz_name()}|{version}".encode(), digest_size=12).hexdigest()
 
 
 def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, compact: bool = False) -> dict:
@@ -171,7 +146,7 @@ def _page_context(history_filter: jobs.HistoryFilter | None, error: str | None =
         "all_statuses": jobs.HISTORY_STATUSES,
         "events_url": _events_url(),
         "refresh_events": " ".join(LIST_EVENTS),
-        "tz_name": tz_name(),
+        "tz_name": templating.tz_name(),
         "poll_seconds": current_app.config["STUDIO"].poll_seconds,
         "list_error": error,
         "history_filter": history_filter or jobs.HistoryFilter(),
@@ -239,7 +214,7 @@ def history_list():
     if request.if_none_match.contains(etag):
         return _fragment_headers(make_response("", 304), etag)
     # Every open page asks for the same list after a change: render it once per process, not once per reader.
-    key = (request.host, request.full_path, request.headers.get("Origin"), tz_name())
+    key = (request.host, request.full_path, request.headers.get("Origin"), templating.tz_name())
 
     def render() -> tuple[str, str]:
         context = list_context(history_filter, since, compact)
@@ -374,9 +349,6 @@ def _selected_ids() -> list[str]:
 @bp.post("/admin/history/delete/confirm")
 def history_delete_confirm():
     """Ask to confirm a batch delete: the dialog naming the selected jobs with the files and bytes they hold."""
-    from history.web.api import matching_fields
-    from history.web.api import read_bulk_form
-
     matching = matching_fields(request.form)
     if matching is not None:  # "Select all N matching": confirm a delete over the filter instead
         try:  # the filter form comes along, so the delete answers the list the reader is looking at
@@ -524,8 +496,6 @@ BULK_ACTIONS = {
 
 def describe_filter(history_filter: jobs.HistoryFilter) -> str:
     """A filter in words, for a confirm dialog: "status error, stalled; workflow x; queued before ..."."""
-    from history.web.templating import local_time  # templating imports the guard, which imports this module
-
     parts = [f"status {', '.join(history_filter.statuses)}"]
     if history_filter.workflow_id:
         parts.append(f"workflow {history_filter.workflow_id}")
@@ -536,16 +506,14 @@ def describe_filter(history_filter: jobs.HistoryFilter) -> str:
     if history_filter.cause:
         parts.append("one failure cause")
     if history_filter.queued_after:
-        parts.append(f"queued from {local_time(history_filter.queued_after, 'full')}")
+        parts.append(f"queued from {templating.local_time(history_filter.queued_after, 'full')}")
     if history_filter.queued_before:
-        parts.append(f"queued before {local_time(history_filter.queued_before, 'full')}")
+        parts.append(f"queued before {templating.local_time(history_filter.queued_before, 'full')}")
     return "; ".join(parts)
 
 
 def _bulk_from_form():
     """The bulk action a form posts: what (delete or retry), which answer (list or failures), and its filter."""
-    from history.web.api import read_bulk_form
-
     action = request.form.get("action", "delete")
     if action not in BULK_ACTIONS:
         abort(400, f"action: {action[:20]!r}; send delete or retry")
@@ -607,8 +575,6 @@ def _retry_notice(queued: list, failed: list) -> str:
 @bp.post("/admin/history/bulk")
 def bulk_apply():
     """Delete or retry what the filter matches now, if it is still the confirmed count; else the dialog again with the new count (409)."""
-    from history.web.api import retry_jobs
-
     action, answer, bulk = _bulk_from_form()
     the_studio = studio()
     try:
@@ -668,7 +634,7 @@ def _failures_context() -> dict:
                         for value in (values if isinstance(values, list) else [values])]
         group.fields.append(("expect", str(group.count)))
         groups.append(group)
-    return {"groups": groups, "tz_name": tz_name()}
+    return {"groups": groups, "tz_name": templating.tz_name()}
 
 
 @bp.get("/admin/history/failures")
@@ -685,8 +651,6 @@ def _link(history_filter: jobs.HistoryFilter) -> str:
 @bp.get("/admin/history/storage")
 def history_storage():
     """The Storage panel: counts and bytes by status, by day and by workflow, as SVG whose bars link to their filters."""
-    from history.web import charts  # it reads templating, which imports the guard, which imports this module
-
     storage = charts.storage_panel(jobs.storage_stats(), _link)
     if not _wants_fragment():
         return _render_page(storage=storage)
@@ -696,8 +660,6 @@ def history_storage():
 @bp.get("/admin/history/compare")
 def history_compare():
     """Two jobs side by side, every differing value marked (``a`` and ``b``, or the selection's two prompt_ids)."""
-    from history.web import media
-
     chosen = request.args.getlist("prompt_ids")
     if chosen:
         if len(chosen) != 2:

@@ -6,21 +6,53 @@ before rendering by history.web.cards. The login state comes from the request pi
 """
 from __future__ import annotations
 
+import datetime
 import json
+from zoneinfo import ZoneInfo
 
 from flask import Flask
+from flask import current_app
+from flask import g
+from flask import request
 
 from history.web import guard
-from history.web import history as history_views
 
 PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
+TZ_COOKIE = "studio_tz"
+
+
+def reader_timezone():
+    """The reader's time zone (the cookie history.js sets from the browser), UTC until it is known."""
+    if "history_tz" not in g:
+        name = request.cookies.get(TZ_COOKIE, "")
+        zone = datetime.timezone.utc
+        if name and len(name) < 64:
+            try:
+                zone = ZoneInfo(name)
+            except (ValueError, OSError, KeyError):
+                zone = datetime.timezone.utc
+        g.history_tz = zone
+    return g.history_tz
+
+
+def tz_name() -> str:
+    """The name of the reader's time zone (``UTC`` until the browser has said)."""
+    return getattr(reader_timezone(), "key", "UTC")
+
+
+def endpoint_for(rule_suffix: str) -> str | None:
+    """The endpoint registered for a URL rule ending in ``rule_suffix`` (another blueprint's), or None."""
+    for rule in current_app.url_map.iter_rules():
+        if rule.rule.endswith(rule_suffix):
+            return rule.endpoint
+    return None
 
 
 def local_time(value, style: str = "time") -> str:
     """A UTC timestamp in the reader's zone: ``time`` (14:03:12), ``date`` (Nov 28) or ``full``."""
     if value is None:
         return ""
-    local = value.astimezone(history_views.reader_timezone())
+    local = value.astimezone(reader_timezone())
     if style == "date":
         return f"{local:%b} {local.day}"
     if style == "full":
@@ -35,7 +67,7 @@ def same_local_day(first, second) -> bool:
     """Whether two timestamps fall on the same day in the reader's zone."""
     if first is None or second is None:
         return True
-    zone = history_views.reader_timezone()
+    zone = reader_timezone()
     return first.astimezone(zone).date() == second.astimezone(zone).date()
 
 
