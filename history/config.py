@@ -187,6 +187,8 @@ VARIABLES = (
     Variable("STUDIO_COMFYUI_URL", "comfyui_url", "str | None", comfyui_url, "unset",
              "a ComfyUI server (http://127.0.0.1:8188); unset means the built-in executor"),
     Variable("STUDIO_WORKFLOWS_DIR", "workflows_dir", Path, workflows_dir, "history/workflows", "folder of workflow definitions"),
+    Variable("STUDIO_BUSY_SECONDS", "busy_seconds", float, number("15", minimum=0.0), "15",
+             "how long a write waits for another process's SQLite write lock before answering 503"),
     Variable("STUDIO_POLL_SECONDS", "poll_seconds", float, number("5", minimum=0.05), "5",
              "the list's poll interval (fractions allowed)"),
     Variable("STUDIO_STALL_SECONDS", "stall_seconds", float, number("600", minimum=0.05), "600",

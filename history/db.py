@@ -7,6 +7,7 @@ import logging
 import click
 from peewee import DatabaseProxy
 from peewee import Model
+from peewee import OperationalError
 from peewee import SqliteDatabase
 from playhouse import migrations
 from playhouse.db_url import connect as connect_url
@@ -17,6 +18,9 @@ from history.migrations import DIRECTORY as MIGRATIONS_DIRECTORY
 log = logging.getLogger(__name__)
 database = DatabaseProxy()
 
+# How long a write waits for another process's SQLite write lock (STUDIO_BUSY_SECONDS) before it gives
+# up with "database is locked", which the app answers as 503 with Retry-After (is_busy).
+BUSY_SECONDS = 15.0
 POSTGRES_POOL = {"max_connections": 32, "stale_timeout": 300, "timeout": 30}
 
 # Set on every new connection: cheap, and they do not persist in the file. WAL does persist, so bind()
@@ -33,12 +37,12 @@ class BaseModel(Model):
         database = database
 
 
-def open_database(url: str):
+def open_database(url: str, busy_seconds: float = BUSY_SECONDS):
     """Make a peewee database for a db_url (SQLite gets WAL, a busy timeout and IMMEDIATE writes)."""
     if url.startswith("sqlite"):
         # Deferred transactions fail with "database is locked" when two writers upgrade at once;
-        # IMMEDIATE takes the write lock at BEGIN and waits (timeout) instead.
-        return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=15, lock_type="IMMEDIATE", check_same_thread=False)
+        # IMMEDIATE takes the write lock at BEGIN and waits (up to busy_seconds) instead.
+        return connect_url(url, pragmas=SQLITE_PRAGMAS, timeout=busy_seconds, lock_type="IMMEDIATE", check_same_thread=False)
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         # A pool bounds what one process holds (the server's default limit is 100 connections for every
         # worker and host together) and keeps them warm; a request waits for a free one rather than failing.
@@ -59,10 +63,10 @@ def release(db=None) -> None:
         db.close_all()
 
 
-def bind(url: str):
+def bind(url: str, busy_seconds: float = BUSY_SECONDS):
     """Point the proxy at the database named by ``url`` and return it (SQLite switched to WAL once)."""
     previous = database.obj
-    db = open_database(url)
+    db = open_database(url, busy_seconds)
     changes.count_writes(db)  # an idle poll of this process sees its own writes at once (history/changes.py)
     database.initialize(db)
     if previous is not None and hasattr(previous, "close_idle"):
@@ -71,6 +75,20 @@ def bind(url: str):
         with connection():
             database.execute_sql("PRAGMA journal_mode=wal")
     return db
+
+
+def is_busy(error: Exception) -> bool:
+    """Whether a database error means the store is held by another writer (try again soon), not broken.
+
+    SQLite says "database is locked" (or "busy") once the busy timeout has passed; PostgreSQL reports a
+    lock_timeout or a full connection pool. Nothing was written by the statement that failed.
+    """
+    if type(error).__name__ == "MaxConnectionsExceeded":
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    message = str(error).lower()
+    return any(sign in message for sign in ("database is locked", "database is busy", "lock timeout"))
 
 
 def is_sqlite() -> bool:
@@ -154,7 +172,7 @@ def close_after_request(exc) -> None:
 
 def init_app(app):
     """Bind the database, migrate it, and close the request's connection (opened by its first query) in teardown."""
-    bind(app.config["DATABASE_URL"])
+    bind(app.config["DATABASE_URL"], app.config["STUDIO"].busy_seconds)
     with connection():
         migrate()
     app.teardown_request(close_after_request)

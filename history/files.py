@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import sys
+import stat
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
+
+from history import text
 
 STUDIO_FOLDER = "comfyui-studio"
 # What an output_dir may look like: one folder name, no separators, no leading dot.
@@ -30,6 +33,9 @@ def _check_text(name: str, what: str) -> str:
         raise UnsafePath(f"{what} contains a backslash")
     if len(name) > 1024:
         raise UnsafePath(f"{what} is too long")
+    if not text.is_valid(name):
+        # A lone surrogate: no file name we serve or record has one, and the OS could not encode it.
+        raise UnsafePath(f"{what} is not valid Unicode text")
     return name
 
 
@@ -77,7 +83,7 @@ def job_folders(output_root: Path, output_dirs) -> dict[str, Path | UnsafePath]:
     """job_folder for many names, resolving ``comfyui-studio/`` once: each name's folder, or why it is refused.
 
     A name that passes check_output_dir has no separator and no '..', so joined to the resolved studio
-    folder it stays inside; a folder that is itself a symlink is refused where it is removed (_clear_folder).
+    folder it stays inside; a folder that is itself a symlink is checked by link_target where it matters.
     """
     studio = safe_join(output_root, STUDIO_FOLDER)
     found: dict[str, Path | UnsafePath] = {}
@@ -151,81 +157,112 @@ def tombstone_of(folder: Path) -> Path:
     return folder.with_name(f"{TOMBSTONE_PREFIX}{folder.name}")
 
 
-def remove_folder(folder: Path, then=None) -> tuple[int, int]:
-    """Delete a job folder and everything in it; return (files, bytes) removed. Missing is not an error.
+def link_target(entry: Path) -> Path | None:
+    """Where a job folder that is a symlink leads (another folder directly in ``comfyui-studio/``), None when
+    it is no link; raise UnsafePath when it leads anywhere else."""
+    if not entry.is_symlink():
+        return None
+    try:
+        target = entry.resolve(strict=False)
+    except (OSError, RuntimeError) as error:
+        raise UnsafePath(f"{entry.name} is a link that cannot be followed: {error}") from None
+    if target.parent != entry.parent:
+        raise UnsafePath(f"output_dir leads outside {STUDIO_FOLDER}/: {entry.name!r}")
+    return target
 
-    Crash-consistent, with ``then`` (the record's removal) run once the files are gone:
-    1. make the tombstone ``.deleting-<name>/`` beside the folder, 2. move the folder into it (one atomic
-    rename), 3. remove the moved folder, 4. ``then()``, 5. remove the empty tombstone. A process killed
-    anywhere leaves the whole folder (1), or a tombstone while the record still exists (2-4), which the
-    next delete of the job or the start-up sweep (jobs.finish_interrupted_deletes) carries on from, or an
-    empty tombstone and no record (5). A removal that fails (permissions) puts back what is left and raises.
+
+def move_to_tombstone(entry: Path) -> bool:
+    """Steps 1-2 of a delete: make ``.deleting-<name>/`` beside a job folder and move the folder in (one
+    atomic rename; a link is moved as the link). Answer whether there was a folder to move.
+
+    Run while the delete holds the record (jobs.delete_jobs), so a job is never without its files and
+    still listed; a process killed after the move leaves the tombstone for the start-up sweep.
     """
-    removed = _clear_folder(folder)
-    if then is not None:
-        then()
-    _drop_tombstone(tombstone_of(folder))
-    return removed
-
-
-def remove_folders(folders: list[Path], then) -> dict[Path, tuple[int, int] | Exception]:
-    """Delete many job folders as remove_folder deletes one, with one ``then(removed)`` for all that went.
-
-    Steps 1-3 run for each folder, then ``then`` gets the folders whose files are gone (the caller removes
-    their records in one transaction), then their tombstones go: a crash leaves each job as remove_folder
-    would. Answers (files, bytes) per folder, or the error that kept it (it is then whole, as before).
-    """
-    results: dict[Path, tuple[int, int] | Exception] = {}
-    for folder in folders:
-        try:
-            results[folder] = _clear_folder(folder)
-        except (OSError, UnsafePath) as error:
-            results[folder] = error
-    cleared = [folder for folder, result in results.items() if not isinstance(result, Exception)]
-    then(cleared)
-    for folder in cleared:
-        _drop_tombstone(tombstone_of(folder))
-    return results
-
-
-def _clear_folder(folder: Path) -> tuple[int, int]:
-    """Steps 1-3 of remove_folder: the folder moved into its tombstone and removed there; (files, bytes)."""
-    tombstone = tombstone_of(folder)
-    moved = tombstone / folder.name
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise UnsafePath(f"{folder.name} is not a folder")
-    if folder.exists():
-        files, size = folder_usage(folder)
+    tombstone = tombstone_of(entry)
+    if not os.path.lexists(entry):
+        return False
+    if not entry.is_symlink() and not entry.is_dir():
+        raise UnsafePath(f"{entry.name} is not a folder")
+    tombstone.mkdir(exist_ok=True)
+    try:
+        os.replace(entry, tombstone / entry.name)
+    except FileNotFoundError:
+        # Another process's start-up sweep dropped the tombstone while it was still empty: make it again.
         tombstone.mkdir(exist_ok=True)
+        os.replace(entry, tombstone / entry.name)
+    return True
+
+
+def put_back(entry: Path) -> None:
+    """Undo move_to_tombstone (the record could not be removed after all): the job stays whole."""
+    tombstone = tombstone_of(entry)
+    if os.path.lexists(tombstone / entry.name) and not os.path.lexists(entry):
+        os.replace(tombstone / entry.name, entry)
+    _drop_tombstone(tombstone)
+
+
+@dataclass
+class Cleared:
+    """What clearing a tombstone removed, and what it could not (paths relative to the job folder)."""
+
+    files: int = 0
+    bytes: int = 0
+    pending: list[str] = field(default_factory=list)
+
+
+def clear_tombstone(entry: Path) -> Cleared:
+    """Steps 3-4 of a delete: remove what the job folder's tombstone holds, then the tombstone.
+
+    Links are removed as links, never followed. What cannot be removed (a read-only subfolder, say) is
+    left in the tombstone and named in ``pending``; the start-up sweep (jobs.finish_interrupted_deletes)
+    tries again. A file another process removed first is not an error: that is the goal.
+    """
+    tombstone = tombstone_of(entry)
+    moved = tombstone / entry.name
+    cleared = Cleared()
+
+    def remove(path: str, is_folder: bool) -> None:
         try:
-            os.replace(folder, moved)
+            size = 0 if is_folder else os.lstat(path).st_size
+            (os.rmdir if is_folder else os.unlink)(path)
         except FileNotFoundError:
-            # Another process's start-up sweep dropped the tombstone while it was still empty: make it again.
-            tombstone.mkdir(exist_ok=True)
-            os.replace(folder, moved)
-    else:
-        files, size = folder_usage(moved)  # a delete that a crash interrupted, or nothing at all
-    if moved.exists() or moved.is_symlink():
-        try:
-            _rmtree(moved)
+            return
         except OSError:
-            if (moved.exists() or moved.is_symlink()) and not folder.exists():
-                os.replace(moved, folder)
-                _drop_tombstone(tombstone)
-            raise
-    return files, size
+            if not (is_folder and _has_entries(path)):  # a folder that still holds files is pending through them
+                cleared.pending.append(os.path.relpath(path, moved))
+            return
+        if not is_folder:
+            cleared.files += 1
+            cleared.bytes += size
+
+    try:
+        top = os.lstat(moved)
+    except FileNotFoundError:
+        top = None
+    if top is not None and stat.S_ISDIR(top.st_mode):
+        unreadable = []
+        for dirpath, dirnames, filenames in os.walk(moved, topdown=False, onerror=unreadable.append):
+            for name in filenames:
+                remove(os.path.join(dirpath, name), is_folder=False)
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                remove(path, is_folder=not os.path.islink(path))
+        cleared.pending.extend(os.path.relpath(error.filename, moved) for error in unreadable if error.filename)
+        remove(str(moved), is_folder=True)
+        if os.path.lexists(moved) and not cleared.pending:
+            cleared.pending.append(".")
+    elif top is not None:
+        remove(str(moved), is_folder=False)  # a link (an alias of another folder) or a lone file
+    _drop_tombstone(tombstone)
+    return cleared
 
 
-def _rmtree(path: Path) -> None:
-    """shutil.rmtree, except that a file another process removed first is not an error (it is the goal)."""
-    def ignore_vanished(function, name, error):
-        if not isinstance(error, FileNotFoundError):
-            raise error
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=ignore_vanished)
-    else:
-        shutil.rmtree(path, onerror=lambda function, name, info: ignore_vanished(function, name, info[1]))
+def _has_entries(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 def _drop_tombstone(tombstone: Path) -> None:
@@ -254,20 +291,62 @@ def interrupted_deletes(output_root: Path) -> list[tuple[Path, str]]:
     """(job folder, its name) for every delete a killed process left half done under ``comfyui-studio/``.
 
     A tombstone beside its job's whole folder never got the folder moved in: it is dropped here and the
-    job stays as it is. The caller finishes the others (files, then records, then the tombstone).
+    job stays as it is. The caller finishes the others (records, then files, then the tombstone).
     """
     found = []
     for tombstone, name in _tombstones(output_root):
         folder = tombstone.parent / name
-        if folder.is_dir() and not (tombstone / name).exists():
+        if folder.is_dir() and not os.path.lexists(tombstone / name):
             _drop_tombstone(tombstone)
         else:
             found.append((folder, name))
     return found
 
 
+def regular_file(path: Path, within: Path | None = None) -> os.stat_result | None:
+    """The stat of ``path`` when it is a regular file, else None; nothing is opened.
+
+    A FIFO, socket or device is not a file to read (opening a FIFO blocks until a writer comes). A symlink
+    counts only when it leads to a regular file inside ``within``; without ``within``, never.
+    """
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if within is None:
+                return None
+            target = Path(path).resolve(strict=True)
+            if Path(within).resolve() not in target.parents:
+                return None
+            st = os.stat(target)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, socket, device or folder where a file was expected."""
+
+
+def open_regular(path: Path):
+    """Open a regular file for reading in binary; raise OSError (NotRegularFile for anything else).
+
+    The open itself never blocks (O_NONBLOCK: a FIFO swapped in after a check cannot hang the thread),
+    and the type is checked on the open file, so what is read is what was checked.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def job_files(folder: Path) -> list[Path]:
-    """The regular files directly in a job folder, by name; hidden names and links leading out are left out."""
+    """The regular files directly in a job folder, by name; hidden names, links leading out and anything
+    that is not a regular file are left out. Names are as on disk (shown through text.repair_text)."""
     found = []
     try:
         entries = list(os.scandir(folder))
@@ -276,12 +355,9 @@ def job_files(folder: Path) -> list[Path]:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        try:
-            resolved = safe_join(folder, entry.name, what="file")
-        except UnsafePath:
-            continue
-        if resolved.is_file():
-            found.append(Path(folder) / entry.name)
+        path = Path(folder) / entry.name
+        if regular_file(path, within=folder) is not None:
+            found.append(path)
     return sorted(found, key=lambda path: path.name)
 
 

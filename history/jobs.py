@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
-
 from peewee import SQL
+from peewee import DatabaseError
 from peewee import fn
 
 from history import files
 from history import search
+from history import text
 from history.db import connection
 from history.db import database
+from history.db import is_busy
 from history.db import is_sqlite
 from history.models import ACTIVE_STATUSES
 from history.models import COMPLETED
@@ -507,6 +509,15 @@ def job_record(prompt_id: str) -> dict | None:
 
 # ---- delete -------------------------------------------------------------------------------------
 
+class StoreBusy(Exception):
+    """Another process holds the store's write lock past the busy timeout; ``report`` says what was done
+    before (each job in it is whole or gone, and nothing of the job that met the lock was touched)."""
+
+    def __init__(self, report: "DeleteReport"):
+        super().__init__("the job store is busy with another writer; try again in a moment")
+        self.report = report
+
+
 @dataclass
 class DeleteReport:
     """What a batch delete did, in the API's shape."""
@@ -516,6 +527,7 @@ class DeleteReport:
     failed: list[dict] = field(default_factory=list)
     files_removed: int = 0
     bytes_freed: int = 0
+    pending: list[dict] = field(default_factory=list)
     deleted_jobs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -526,6 +538,7 @@ class DeleteReport:
             "failed": self.failed,
             "files_removed": self.files_removed,
             "bytes_freed": self.bytes_freed,
+            "pending": self.pending,
         }
 
 
@@ -534,19 +547,19 @@ def fold_ids(prompt_ids: list[str]) -> list[str]:
     return list(dict.fromkeys(prompt_ids))
 
 
+def job_ids(prompt_ids: list[str]) -> list[str]:
+    """The ids among ``prompt_ids`` that can name a job (the rest match none, and never reach a query)."""
+    return [prompt_id for prompt_id in fold_ids(prompt_ids) if isinstance(prompt_id, str) and PROMPT_ID_PATTERN.match(prompt_id)]
+
+
 def delete_usage(prompt_ids: list[str], output_root: Path) -> dict:
     """Count the jobs, files and bytes a delete of these ids would remove (for the confirm dialog)."""
-    jobs = list(Job.select().where(Job.prompt_id.in_(fold_ids(prompt_ids))))
-    usage = {"jobs": 0, "files": 0, "bytes": 0}
-    for job in jobs:
-        if job.status in ACTIVE_STATUSES:
-            continue
-        usage["jobs"] += 1
-        if job.output_dir:
-            try:
-                count, size = files.folder_usage(files.job_folder(output_root, job.output_dir))
-            except files.UnsafePath:
-                continue
+    jobs = [job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids))) if job.status not in ACTIVE_STATUSES]
+    plan = _plan_folders(jobs, output_root)
+    usage = {"jobs": len(jobs), "files": 0, "bytes": 0}
+    for entry in dict.fromkeys(where for where in plan.values() if isinstance(where, Path)):
+        if not entry.is_symlink():
+            count, size = files.folder_usage(entry)
             usage["files"] += count
             usage["bytes"] += size
     return usage
@@ -558,26 +571,74 @@ DELETE_BATCH = 500
 def delete_jobs(
     prompt_ids: list[str], output_root: Path, keep_starred: bool = False, batch: int | None = None
 ) -> DeleteReport:
-    """Delete jobs and their output folders: the files first, the record only once they are gone.
+    """Delete jobs and their output folders: records and folders leave together, files are removed after.
 
-    A job whose folder cannot be removed keeps its record and is reported in ``failed`` with the reason;
-    queued and running jobs are refused (and starred ones, with ``keep_starred``). A folder that another
-    job's record names too stays until its last record goes. Work goes ``batch`` jobs at a time (one
-    query to read them, one transaction to remove their records), so 100,000 jobs take one request.
-    A process killed mid-way leaves each job whole or in its tombstone (files.remove_folders), and a later
-    delete of the same id, or finish_interrupted_deletes at start-up, completes it.
+    Per batch of ``batch`` jobs (one query to read them): one transaction takes what it needs to remove
+    the records first (SQLite's write lock at BEGIN IMMEDIATE, waiting up to the busy timeout; the rows on
+    PostgreSQL), then moves each folder into its tombstone (one rename each), deletes the records and
+    commits; only then are the tombstones' files removed. So a job is whole (record and folder) until the
+    commit, and deleted after it. A store that stays locked raises StoreBusy with what earlier batches did,
+    before this batch has touched anything. A folder that cannot be moved keeps its job whole (``failed``);
+    files that cannot be removed afterwards (a read-only subfolder) stay in the tombstone, are listed in
+    ``pending`` and are removed by the start-up sweep (finish_interrupted_deletes), which also finishes what
+    a process killed at any step left. Queued and running jobs are refused (and starred ones, with
+    ``keep_starred``). A folder that another record names too, directly or through a link, stays until
+    its last record goes; a job folder that is a link is removed as the link, never followed.
     """
     report = DeleteReport()
     ids = fold_ids(prompt_ids)
     batch = batch or DELETE_BATCH
     for start in range(0, len(ids), batch):
-        _delete_batch(ids[start:start + batch], output_root, keep_starred, report)
+        try:
+            _delete_batch(ids[start:start + batch], output_root, keep_starred, report)
+        except DatabaseError as error:
+            if is_busy(error):
+                raise StoreBusy(report) from error
+            raise
     return report
+
+
+def _plan_folders(doomed: list[Job], output_root: Path) -> dict[str, object]:
+    """prompt_id -> the folder entry its delete removes, None (the record only) or a refusal entry.
+
+    The entry is the folder's own name under ``comfyui-studio/`` (resolved once per batch), never followed:
+    a link is removed as a link. A folder goes with its last record: imports can make two records name one
+    folder, or a link name another record's folder.
+    """
+    entries = files.job_folders(output_root, {job.output_dir for job in doomed if job.output_dir})
+    names: dict[str, set[str]] = {}
+    plan: dict[str, object] = {}
+    for job in doomed:
+        entry = entries.get(job.output_dir) if job.output_dir else None
+        try:
+            if isinstance(entry, files.UnsafePath):
+                raise entry
+            target = files.link_target(entry) if entry is not None else None
+        except files.UnsafePath as error:
+            plan[job.prompt_id] = {"prompt_id": job.prompt_id, "error": f"refused: {error}", "status": 400}
+            continue
+        plan[job.prompt_id] = entry
+        if entry is not None:
+            names[job.prompt_id] = {job.output_dir} | ({target.name} if target is not None else set())
+    every_name = sorted(set().union(*names.values())) if names else []
+    holders = collections.Counter()
+    for start in range(0, len(every_name), DELETE_BATCH):
+        holders.update(dict(
+            Job.select(Job.output_dir, fn.COUNT(SQL("*")))
+            .where(Job.output_dir.in_(every_name[start:start + DELETE_BATCH]))
+            .group_by(Job.output_dir)
+            .tuples()
+        ))
+    going = collections.Counter(job.output_dir for job in doomed if job.prompt_id in names)
+    for prompt_id, known_as in names.items():
+        if any(holders[name] > going[name] for name in known_as):
+            plan[prompt_id] = None
+    return plan
 
 
 def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, report: DeleteReport) -> None:
     """Delete one batch of jobs (see delete_jobs), adding to ``report`` in the order of the ids."""
-    found = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(prompt_ids))}
+    found = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids)))}
     doomed = []
     for prompt_id in prompt_ids:
         job = found.get(prompt_id)
@@ -589,82 +650,87 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
             report.failed.append({"prompt_id": prompt_id, "error": "job is starred; unstar it or include starred jobs", "status": 409})
         else:
             doomed.append(job)
-    # A folder goes with its last record: imports can make two records name one folder.
-    holders = dict(
-        Job.select(Job.output_dir, fn.COUNT(SQL("*")))
-        .where(Job.output_dir.in_(list({job.output_dir for job in doomed if job.output_dir})))
-        .group_by(Job.output_dir)
-        .tuples()
-    )
-    going = collections.Counter(job.output_dir for job in doomed if job.output_dir)
-    folder_of = files.job_folders(output_root, going)
-    outcome: dict[str, object] = {}  # prompt_id -> the job's folder, None (record only) or an error entry
-    for job in doomed:
-        if not job.output_dir or holders.get(job.output_dir, 0) > going[job.output_dir]:
-            outcome[job.prompt_id] = None
-        elif isinstance(folder_of[job.output_dir], files.UnsafePath):
-            outcome[job.prompt_id] = {"prompt_id": job.prompt_id, "error": f"refused: {folder_of[job.output_dir]}", "status": 400}
-        else:
-            outcome[job.prompt_id] = folder_of[job.output_dir]
-
-    def remove_records(cleared: list[Path]) -> None:
-        cleared = set(cleared)
-        gone = [prompt_id for prompt_id, where in outcome.items() if where is None or (isinstance(where, Path) and where in cleared)]
+    if not doomed:
+        return
+    plan = _plan_folders(doomed, output_root)
+    moved: list[Path] = []
+    refused: dict[str, dict] = {}
+    gone: list[str] = []
+    try:
         with database.atomic():
-            Job.delete().where(Job.prompt_id.in_(gone) & Job.status.not_in(ACTIVE_STATUSES)).execute()
-
-    folders = list(dict.fromkeys(where for where in outcome.values() if isinstance(where, Path)))
-    results = files.remove_folders(folders, then=remove_records)
-    for folder, result in results.items():
-        if not isinstance(result, Exception):
-            report.files_removed += result[0]
-            report.bytes_freed += result[1]
+            # What the records' removal needs, before any file is touched: SQLite's write lock came with
+            # BEGIN IMMEDIATE; on PostgreSQL the rows are locked here, and a status that changed is seen.
+            query = Job.select(Job.prompt_id).where(Job.prompt_id.in_([job.prompt_id for job in doomed]) & Job.status.not_in(ACTIVE_STATUSES))
+            held = {prompt_id for (prompt_id,) in (query if is_sqlite() else query.for_update()).tuples()}
+            for job in doomed:
+                where = plan[job.prompt_id]
+                if job.prompt_id not in held:
+                    continue
+                if isinstance(where, dict):
+                    refused[job.prompt_id] = where
+                    continue
+                if isinstance(where, Path) and where not in moved:
+                    try:
+                        if files.move_to_tombstone(where):
+                            moved.append(where)
+                    except (OSError, files.UnsafePath) as error:
+                        refused[job.prompt_id] = _move_refusal(job.prompt_id, error)
+                        continue
+                gone.append(job.prompt_id)
+            for start in range(0, len(gone), DELETE_BATCH):
+                Job.delete().where(Job.prompt_id.in_(gone[start:start + DELETE_BATCH])).execute()
+    except BaseException:
+        for entry in moved:
+            files.put_back(entry)  # nothing was committed: every job stays whole
+        raise
+    gone_ids = set(gone)
+    for entry in dict.fromkeys(moved):
+        cleared = files.clear_tombstone(entry)
+        report.files_removed += cleared.files
+        report.bytes_freed += cleared.bytes
+        if cleared.pending:
+            owner = next(job.prompt_id for job in doomed if plan[job.prompt_id] == entry)
+            log.warning("delete of %s left %d files for the start-up sweep", owner, len(cleared.pending))
+            report.pending.append({"prompt_id": owner, "files": cleared.pending[:20], "count": len(cleared.pending)})
     for job in doomed:
-        where = outcome[job.prompt_id]
-        result = results.get(where) if isinstance(where, Path) else None
-        if isinstance(where, dict):
-            report.failed.append(where)
-        elif isinstance(result, files.UnsafePath):
-            report.failed.append({"prompt_id": job.prompt_id, "error": f"refused: {result}", "status": 400})
-        elif isinstance(result, OSError):
-            log.warning("could not delete files of %s: %s", job.prompt_id, result)
-            report.failed.append({
-                "prompt_id": job.prompt_id, "error": f"could not delete its files: {result.strerror or result}", "status": 500,
-            })
-        else:
+        if job.prompt_id in gone_ids:
             report.deleted.append(job.prompt_id)
             report.deleted_jobs.append(job.to_dict())
+        elif job.prompt_id in refused:
+            report.failed.append(refused[job.prompt_id])
+        else:
+            report.not_found.append(job.prompt_id)  # deleted (or started again) by someone else meanwhile
+
+
+def _move_refusal(prompt_id: str, error: Exception) -> dict:
+    """The ``failed`` entry of a job whose folder could not be moved aside (it is whole, its record kept)."""
+    if isinstance(error, files.UnsafePath):
+        return {"prompt_id": prompt_id, "error": f"refused: {error}", "status": 400}
+    log.warning("could not move the files of %s aside: %s", prompt_id, error)
+    return {"prompt_id": prompt_id, "error": f"could not delete its files: {error.strerror or error}", "status": 500}
 
 
 def finish_interrupted_deletes(output_root: Path) -> int:
-    """Finish the deletes a killed process left in tombstones; return how many jobs' deletes were finished.
+    """Finish the deletes a killed process (or a permission) left in tombstones; return how many were found.
 
-    A tombstone beside its job's folder never got the folder moved in: it is dropped and the job stays whole.
-    Otherwise the folder is (partly) removed already, so its records go and the tombstone after them.
+    A tombstone beside its job's whole folder never got the folder moved in: it is dropped and the job
+    stays whole. Otherwise the folder was moved in, so the delete goes on: its records go, then the files
+    (what still cannot be removed stays for the next start).
     """
     finished = 0
-    for folder, name in files.interrupted_deletes(output_root):
-
-        def remove_records(name=name):
+    studio = Path(output_root) / files.STUDIO_FOLDER
+    for _folder, name in files.interrupted_deletes(output_root):
+        try:
             with database.atomic():
                 Job.delete().where((Job.output_dir == name) & Job.status.not_in(ACTIVE_STATUSES)).execute()
-
-        try:
-            files.remove_folder(folder, then=remove_records)
-        except (OSError, files.UnsafePath) as error:
+        except DatabaseError as error:
             log.warning("could not finish the interrupted delete of %s: %s", name, error)
             continue
+        cleared = files.clear_tombstone(studio / name)
+        if cleared.pending:
+            log.warning("the interrupted delete of %s still has %d files it cannot remove", name, len(cleared.pending))
         finished += 1
     return finished
-
-
-def _folder_shared(job: Job) -> bool:
-    """Whether another record names the same output folder (imports can make that happen)."""
-    return (
-        Job.select(Job.prompt_id)
-        .where((Job.output_dir == job.output_dir) & (Job.prompt_id != job.prompt_id))
-        .exists()
-    )
 
 
 # ---- import / export ----------------------------------------------------------------------------
@@ -710,6 +776,9 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     """Check one record in the API's shape and return the model's field values; raise InvalidRecord."""
     if not isinstance(record, dict):
         raise InvalidRecord("a record must be a JSON object")
+    problem = text.find_invalid(record, "record")
+    if problem is not None:
+        raise InvalidRecord(f"{problem.field.removeprefix('record.')}: {problem.problem}")
     unknown = set(record) - set(RECORD_FIELDS)
     if unknown:
         raise InvalidRecord(f"unknown fields: {', '.join(sorted(unknown))}")
@@ -797,7 +866,11 @@ IMPORT_BATCH = 500  # rows per INSERT ... ON CONFLICT (well under SQLite's 32,76
 
 
 def import_records(records, output_root: Path | None = None) -> ImportReport:
-    """Upsert records in the API's shape by prompt_id, validating each one on its own."""
+    """Upsert records in the API's shape by prompt_id, validating each one on its own.
+
+    Only ended jobs are imported: a queued or running record names work that no executor of this store
+    holds (it would stay queued, undeletable, until a restart marked it stalled), so it is refused.
+    """
     report = ImportReport()
     if not isinstance(records, list):
         raise InvalidRecord("an import must be a JSON array of records")
@@ -806,6 +879,11 @@ def import_records(records, output_root: Path | None = None) -> ImportReport:
     for index, record in enumerate(records):
         try:
             values = validate_record(record, output_root)
+            if values["status"] in ACTIVE_STATUSES:
+                raise InvalidRecord(
+                    f"status {values['status']}: only ended jobs ({', '.join(HISTORY_STATUSES)}) are imported; "
+                    "export it again once it has ended"
+                )
         except InvalidRecord as error:
             ident = record.get("prompt_id") if isinstance(record, dict) else None
             report.refused.append({"index": index, "prompt_id": ident, "error": str(error)})
@@ -855,7 +933,7 @@ def export_records(
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if prompt_ids is not None:
-        query = query.where(Job.prompt_id.in_(prompt_ids))
+        query = query.where(Job.prompt_id.in_(job_ids(prompt_ids)))
     for job in query.iterator():
         yield job.to_dict()
 

@@ -118,11 +118,19 @@ class Studio:
     def delete(self, delete) -> jobs.DeleteReport:
         """Run ``delete()`` (a jobs.delete_* call), timed and counted, and publish job.deleted for each job gone."""
         with self.metrics.delete_duration.time():
-            report = delete()
+            try:
+                report = delete()
+            except jobs.StoreBusy as busy:
+                self._announce_deleted(busy.report)  # the jobs deleted before the lock was met are gone: say so
+                raise
+        self._announce_deleted(report)
+        return report
+
+    def _announce_deleted(self, report: jobs.DeleteReport) -> None:
+        """Count and publish job.deleted for each job a delete removed."""
         self.metrics.deleted_jobs.inc(len(report.deleted))
         for record in report.deleted_jobs:
             self.bus.publish("job.deleted", record)
-        return report
 
     def delete_jobs(self, prompt_ids: list[str]) -> jobs.DeleteReport:
         """Delete these jobs with their files (jobs.delete_jobs), as delete() does."""

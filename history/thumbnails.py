@@ -21,6 +21,8 @@ from pathlib import Path
 from PIL import Image
 from PIL import ImageOps
 
+from history import files
+
 log = logging.getLogger(__name__)
 
 # Bump when the output of render() changes: every cached thumbnail and every ?v= URL changes with it.
@@ -79,12 +81,10 @@ def make_thumbnail(source: Path, cache_dir: Path, recipe: str = "card") -> Path 
     on first use; None when it cannot be made."""
     try:
         resolved = Path(source).resolve(strict=True)
-        with open(resolved, "rb") as handle:
-            # Key and pixels come from the same open file, so a source replaced meanwhile cannot
-            # leave its new pixels under its old key.
+        # open_regular refuses a FIFO, socket or device without blocking on it. Key and pixels come from
+        # the same open file, so a source replaced meanwhile cannot leave its new pixels under its old key.
+        with files.open_regular(resolved) as handle:
             st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return None
             target = cache_path(cache_dir, resolved, st, recipe)
             if target.is_file():
                 return target
@@ -185,7 +185,7 @@ def _write(thumbnail: Image.Image, target: Path) -> Path:
 def image_size(path: Path) -> tuple[int, int] | None:
     """The pixel size from an image's header (no decode), or None when it is not a readable image."""
     try:
-        with Image.open(path) as image:
+        with files.open_regular(path) as handle, Image.open(handle) as image:
             return image.size
     except Exception:  # noqa: BLE001 - same reasoning as render(): any failure means "not known"
         return None

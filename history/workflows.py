@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from history import text
 from history.files import STUDIO_FOLDER
 from history.jobs import WORKFLOW_ID_PATTERN
 
@@ -249,6 +250,8 @@ def _coerce(spec: dict, value, name: str):
             raise ValidationError(name, f"must be at most {limit} characters")
         if "\x00" in value:
             raise ValidationError(name, "contains a NUL character")
+        if not text.is_valid(value):
+            raise ValidationError(name, "is not valid Unicode text (it holds a lone surrogate); send UTF-8")
         return value
     if kind == "boolean":
         if not isinstance(value, bool):

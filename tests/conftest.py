@@ -66,14 +66,16 @@ def database_kind() -> str:
 
 
 @pytest.fixture
-def app_config(tmp_path, database_kind) -> dict:
-    """The settings of the test app: a fresh data folder, no demo jobs, a fast poll."""
+def app_config(request, tmp_path, database_kind) -> dict:
+    """The settings of the test app: a fresh data folder, no demo jobs, a fast poll (and, parametrized
+    indirectly, the settings a test adds)."""
     config = {
         "TESTING": True,
         "STUDIO_DATA_DIR": str(tmp_path / "data"),
         "STUDIO_DEMO": "0",
         "STUDIO_POLL_SECONDS": "5",
     }
+    config.update(getattr(request, "param", None) or {})
     if database_kind == "postgres":
         reset_postgres(POSTGRES_URL)
         config["STUDIO_DATABASE_URL"] = POSTGRES_URL
@@ -198,6 +200,30 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@contextlib.contextmanager
+def unremovable(folder: Path, restore_under: Path):
+    """Make nothing inside ``folder`` removable for the length of the block, as a read-only folder does;
+    afterwards everything under ``restore_under`` is removable again (a delete may have moved ``folder``).
+
+    A non-root user gets the real thing (chmod 555); root ignores folder modes, so there the folder is
+    made immutable (chattr +i), which refuses root too.
+    """
+    import subprocess
+
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        if root:
+            subprocess.run(["chattr", "-R", "-i", str(restore_under)], check=True)
+        else:
+            subprocess.run(["chmod", "-R", "u+w", str(restore_under)], check=True)
 
 
 _counter = itertools.count()

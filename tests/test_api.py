@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 
 import pytest
 
 from history.models import Job
 from tests.conftest import BASE_TIME
+from tests.conftest import unremovable
 from tests.conftest import write_image
 
 RECORD_KEYS = [
@@ -208,19 +210,37 @@ def test_delete_refuses_active_jobs(client, make_job, settings, status):
     assert Job.get_or_none(Job.prompt_id == job.prompt_id) is not None
 
 
-def test_delete_keeps_record_when_files_cannot_be_removed(client, make_job, settings, monkeypatch):
-    # Root ignores folder permissions here, so a read-only folder is simulated at the one call that removes it.
+def test_delete_keeps_record_and_folder_when_the_folder_cannot_be_moved_aside(client, make_job, settings, monkeypatch):
+    # Root ignores folder permissions here, so a read-only comfyui-studio/ is simulated at the one call that moves it.
     job = make_job(files=2)
 
-    def refuse(path, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied", str(source))
 
-    monkeypatch.setattr("history.files.shutil.rmtree", refuse)
+    monkeypatch.setattr("history.files.os.replace", refuse)
     response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
     failed = response.json["failed"]
     assert failed and failed[0]["prompt_id"] == job.prompt_id
     assert "Permission denied" in failed[0]["error"]
     assert Job.get_or_none(Job.prompt_id == job.prompt_id) is not None
+    assert len(list(folder_of(settings, job).iterdir())) == 2
+
+
+def test_a_read_only_subfolder_leaves_its_files_pending_and_the_job_deleted(client, make_job, settings):
+    job = make_job(files=1)
+    locked = folder_of(settings, job) / "locked"
+    write_image(locked / "kept.png")
+    with unremovable(locked, settings.output_dir):
+        response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
+        assert response.status_code == 200
+        assert response.json["deleted"] == [job.prompt_id]
+        assert response.json["pending"] == [{"prompt_id": job.prompt_id, "files": ["locked/kept.png"], "count": 1}]
+        assert Job.get_or_none(Job.prompt_id == job.prompt_id) is None
+        assert not folder_of(settings, job).exists()  # not listed anywhere: only the hidden tombstone holds it
+    from history import jobs
+
+    assert jobs.finish_interrupted_deletes(settings.output_dir) == 1  # the start-up sweep, once it can
+    assert sorted(p.name for p in (settings.output_dir / "comfyui-studio").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -291,3 +311,57 @@ def test_delete_rejects_more_than_10000_ids(client):
     response = client.post("/api/admin/history/delete", json={"prompt_ids": [f"id-{n}" for n in range(10_001)]})
     assert response.status_code == 413
     assert "10000" in response.json["error"]
+
+
+def test_deleting_a_record_whose_folder_is_a_link_to_another_jobs_folder_keeps_that_jobs_files(client, make_job, settings):
+    """An imported record's output_dir may be a symlink to another job's folder: removing it never follows the link."""
+    real = make_job(files=2)
+    studio = settings.output_dir / "comfyui-studio"
+    (studio / "20261128_999999_alias").symlink_to(studio / real.output_dir, target_is_directory=True)
+    alias = make_job(files=0, output_dir="20261128_999999_alias")
+    response = client.post("/api/admin/history/delete", json={"prompt_ids": [alias.prompt_id]})
+    assert response.json["deleted"] == [alias.prompt_id] and response.json["files_removed"] == 0
+    assert len(list((studio / real.output_dir).iterdir())) == 2
+    assert Job.get_or_none(Job.prompt_id == real.prompt_id) is not None
+
+
+def test_deleting_a_link_no_record_shares_removes_the_link_alone(client, make_job, settings, tmp_path):
+    studio = settings.output_dir / "comfyui-studio"
+    target = studio / "20261128_000000_unrecorded"
+    write_image(target / "keep.png")
+    (studio / "20261128_999998_alias").symlink_to(target, target_is_directory=True)
+    alias = make_job(files=0, output_dir="20261128_999998_alias")
+    usage = client.post("/api/admin/history/usage", json={"prompt_ids": [alias.prompt_id]}).json
+    assert usage == {"jobs": 1, "files": 0, "bytes": 0}
+    response = client.post("/api/admin/history/delete", json={"prompt_ids": [alias.prompt_id]})
+    assert response.json["deleted"] == [alias.prompt_id]
+    assert not os.path.lexists(studio / "20261128_999998_alias")
+    assert (target / "keep.png").is_file()
+
+
+@pytest.mark.sqlite_only  # SQLite's write lock: another process in BEGIN IMMEDIATE past the busy timeout
+@pytest.mark.parametrize("app_config", [{"STUDIO_BUSY_SECONDS": "0.1"}], indirect=True)
+def test_a_store_locked_past_the_busy_timeout_is_503_with_retry_after_and_nothing_changes(client, make_job, settings, db):
+    import sqlite3
+
+    jobs = [make_job(files=1) for _ in range(3)]
+    writer = sqlite3.connect(settings.data_dir / "studio.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        db.close()
+        writes = [
+            ("/api/admin/history/delete", {"prompt_ids": [job.prompt_id for job in jobs]}),
+            ("/api/run/txt2img-example/execute", {"params": {}}),
+        ]
+        for url, body in writes:
+            response = client.post(url, json=body)
+            assert response.status_code == 503, (url, response.status_code)
+            assert response.headers["Retry-After"] and "busy" in response.json["error"]
+        assert response.json.get("deleted") is None
+    finally:
+        writer.rollback()
+        writer.close()
+    db.connect(reuse_if_open=True)
+    assert Job.select().count() == 3
+    for job in jobs:
+        assert folder_of(settings, job).is_dir() and len(list(folder_of(settings, job).iterdir())) == 1

@@ -15,7 +15,7 @@ from history import create_app
 from history.config import ConfigError
 from history.config import load_settings
 from history.db import migration_steps
-from history.models import STATUSES
+from history.models import HISTORY_STATUSES
 from history.models import Job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def record(number: int, status: str) -> dict:
 
 
 def test_export_of_300_imported_records_equals_the_import(runner, tmp_path, db):
-    records = [record(number, STATUSES[number % len(STATUSES)]) for number in range(300)]
+    records = [record(number, HISTORY_STATUSES[number % len(HISTORY_STATUSES)]) for number in range(300)]
     source = tmp_path / "in.json"
     source.write_text(json.dumps(records))
     result = runner.invoke(args=["history", "import", str(source)])
@@ -87,6 +87,17 @@ def test_an_id_twice_in_one_import_keeps_the_later_record(runner, tmp_path, db):
     job = Job.get_by_id("job-0005")
     assert job.status == "completed" and job.workflow_name == "the later one"
     assert Job.select().count() == 2
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_an_import_refuses_queued_and_running_records(runner, tmp_path, db, status):
+    """No executor of this store holds them: imported, they would stay active (and undeletable) until a restart."""
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps([record(1, "completed"), record(2, status)]))
+    result = runner.invoke(args=["history", "import", str(source)])
+    assert result.exit_code == 1
+    assert "refused 1" in result.output and f"status {status}: only ended jobs" in result.output
+    assert [job.prompt_id for job in Job.select()] == ["job-0001"]
 
 
 def test_import_from_stdin(runner, db):

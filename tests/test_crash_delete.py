@@ -1,15 +1,20 @@
 """A batch delete killed with SIGKILL at random points leaves every job whole or gone, once the app starts again.
 
 A subprocess deletes 300 jobs through the API and is killed either at its N-th file-system or database
-step (before or after the step: every boundary of files.remove_folder and the record's DELETE/COMMIT can
-be hit) or after a random delay. Then each job's record is checked against its folder: before recovery
-only the documented states appear (whole, gone, or the record beside its tombstone); after a start-up
-(create_app runs jobs.finish_interrupted_deletes) each job is whole or gone; a later delete of the same
-ids removes the rest. Rounds and seed: STUDIO_TEST_CRASH_ROUNDS (default 4; halved on PostgreSQL) and
-STUDIO_TEST_CRASH_SEED.
+step (before or after the step: every boundary of the record's BEGIN/DELETE/COMMIT and of the folder's
+move to its tombstone and removal can be hit) or after a random delay. The same runs again (100 jobs)
+with read-only subfolders in some jobs, and on SQLite with another writer taking the write lock at a
+random step and holding it past the busy timeout (STUDIO_BUSY_SECONDS, 0.2 s here): that delete answers
+503 with Retry-After and what it did, and stops. Then each job's record is checked against its folder:
+before recovery only the documented states appear (whole, gone, the record beside its tombstone, or a
+tombstone left after its record); after a start-up (create_app runs jobs.finish_interrupted_deletes)
+each job is whole or gone; a later delete of the same ids removes the rest. Rounds and seed:
+STUDIO_TEST_CRASH_ROUNDS (default 4), STUDIO_TEST_CRASH_FAULT_ROUNDS (default 2; each halved on
+PostgreSQL, at least 2) and STUDIO_TEST_CRASH_SEED.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -17,8 +22,10 @@ import random
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pytest
 
 from history import files
 from history.db import database
@@ -27,7 +34,9 @@ from tests.conftest import another_app
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS_PER_ROUND = 300
+FAULT_JOBS_PER_ROUND = 100
 ROUNDS = int(os.environ.get("STUDIO_TEST_CRASH_ROUNDS", "4"))
+FAULT_ROUNDS = int(os.environ.get("STUDIO_TEST_CRASH_FAULT_ROUNDS", "2"))
 SEED = int(os.environ.get("STUDIO_TEST_CRASH_SEED", "20261128"))
 
 WORKER = r"""
@@ -37,6 +46,7 @@ import peewee
 kill_after = int(sys.argv[1])
 config = json.loads(sys.argv[2])
 prompt_ids = json.loads(sys.argv[3])
+lock_at = int(sys.argv[4])  # at this step another connection takes the write lock and keeps it
 
 from history import create_app
 
@@ -45,10 +55,23 @@ client = app.test_client()
 steps = [0]
 
 
+held = []
+
+
 def step():
     steps[0] += 1
     if steps[0] == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
+    if lock_at and steps[0] >= lock_at and not held:
+        import sqlite3
+
+        writer = sqlite3.connect(config["STUDIO_DATA_DIR"] + "/studio.db", isolation_level=None, timeout=0)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # held past the busy timeout: every later write must wait and fail
+        except sqlite3.OperationalError:
+            writer.close()  # the delete holds the lock in this step: take it at the next one
+        else:
+            held.append(writer)
 
 
 def counted(function):
@@ -69,19 +92,23 @@ print("ready", flush=True)
 started = time.monotonic()
 response = client.post("/api/admin/history/delete", json={"prompt_ids": prompt_ids}, headers={"Origin": "http://localhost"})
 print(json.dumps({"steps": steps[0], "status": response.status_code, "seconds": time.monotonic() - started,
-                  "deleted": len(response.json["deleted"]), "failed": response.json["failed"]}), flush=True)
+                  "deleted": response.json.get("deleted"), "failed": response.json.get("failed"),
+                  "retry_after": response.headers.get("Retry-After")}), flush=True)
 app.extensions["studio"].stop()
 """
 
 CONTENTS = {"final_00001_.png": b"\x89PNG first", "final_00002_.png": b"\x89PNG second" * 50, "sub/mask.bin": b"\0" * 700}
 
 
-def make_jobs(settings, round_number: int) -> dict[str, str]:
-    """Insert JOBS_PER_ROUND completed jobs with real files; return {prompt_id: output_dir}."""
+def make_jobs(settings, round_number: int, read_only_every: int = 0, count: int = JOBS_PER_ROUND) -> dict[str, str]:
+    """Insert ``count`` completed jobs with real files; return {prompt_id: output_dir}.
+
+    With ``read_only_every``, the ``sub/`` folder of every so many jobs cannot be emptied (tests.conftest.unremovable).
+    """
     base = datetime.datetime(2026, 11, 28, 12, tzinfo=datetime.timezone.utc)
     rows = {}
     records = []
-    for index in range(JOBS_PER_ROUND):
+    for index in range(count):
         prompt_id = f"crash-{round_number}-{index:04d}"
         output_dir = f"20261128_{round_number:02d}{index:04d}_crash"
         folder = settings.output_dir / files.STUDIO_FOLDER / output_dir
@@ -95,10 +122,20 @@ def make_jobs(settings, round_number: int) -> dict[str, str]:
             "outputs": refs, "output_dir": output_dir,
         })
         rows[prompt_id] = output_dir
+        if read_only_every and index % read_only_every == 0:
+            lock_folder(folder / "sub")
     with database.atomic():
         for start in range(0, len(records), 100):
             Job.insert_many(records[start:start + 100]).execute()
     return rows
+
+
+def lock_folder(folder: Path) -> None:
+    """Make ``folder``'s entries unremovable (see tests.conftest.unremovable, whose block undoes it)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
 
 
 def folder_state(folder: Path) -> str:
@@ -133,11 +170,12 @@ def job_states(settings, rows: dict[str, str]) -> dict[str, str]:
     return states
 
 
-def run_worker(app_config, prompt_ids, kill_after: int, delay: float | None):
-    """Run the deleting subprocess; kill it at its ``kill_after``-th step or after ``delay`` seconds."""
+def run_worker(app_config, prompt_ids, kill_after: int, delay: float | None, lock_at: int = 0):
+    """Run the deleting subprocess; kill it at its ``kill_after``-th step or after ``delay`` seconds; from its
+    ``lock_at``-th step on, another connection holds the SQLite write lock."""
     config = {k: v for k, v in app_config.items() if k.startswith("STUDIO_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(kill_after), json.dumps(config), json.dumps(prompt_ids)],
+        [sys.executable, "-c", WORKER, str(kill_after), json.dumps(config), json.dumps(prompt_ids), str(lock_at)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -150,58 +188,115 @@ def run_worker(app_config, prompt_ids, kill_after: int, delay: float | None):
     return proc.returncode, out, err
 
 
-def test_a_killed_batch_delete_leaves_each_job_whole_or_gone(app, app_config, settings, database_kind, db):
-    rng = random.Random(SEED)
-    rounds = ROUNDS if database_kind == "sqlite" else max(2, ROUNDS // 2)
-    # A first, unkilled run measures how many steps and seconds a delete of 300 jobs takes here.
-    rows = make_jobs(settings, 0)
-    db.close()
+@pytest.fixture
+def app_config(app_config):
+    """The test app's settings, with a busy timeout short enough that a held lock is met at once."""
+    return {**app_config, "STUDIO_BUSY_SECONDS": "0.2"}
+
+
+@pytest.mark.parametrize("fault", ["none", "read-only"])
+def test_a_killed_batch_delete_leaves_each_job_whole_or_gone(app, app_config, database_kind, fault):
+    """Kill -9 at random steps, plainly and with read-only subfolders in some jobs."""
+    run_rounds(app, app_config, database_kind, fault)
+
+
+@pytest.mark.sqlite_only  # a write lock held past the busy timeout is SQLite's way of being busy
+def test_a_killed_batch_delete_under_a_held_write_lock_leaves_each_job_whole_or_gone(app, app_config, database_kind):
+    """Another writer takes the lock partway and holds it: the delete answers 503 and stops, or is killed."""
+    run_rounds(app, app_config, database_kind, "locked")
+
+
+def run_rounds(app, app_config, database_kind, fault):
+    settings = app.config["STUDIO"]
+    rng = random.Random(f"{SEED}-{fault}")
+    rounds = ROUNDS if fault == "none" else FAULT_ROUNDS
+    rounds = rounds if database_kind == "sqlite" else max(2, rounds // 2)
+    read_only_every = 7 if fault == "read-only" else 0
+    count = JOBS_PER_ROUND if fault == "none" else FAULT_JOBS_PER_ROUND
+    # A first, unkilled run measures how many steps and seconds a delete of these jobs takes here.
+    database.connect(reuse_if_open=True)
+    rows = make_jobs(settings, 0, count=count)
+    database.close()
     code, out, err = run_worker(app_config, list(rows), kill_after=0, delay=None)
     assert code == 0, err
     measured = json.loads(out.splitlines()[-1])
-    assert measured["deleted"] == JOBS_PER_ROUND and measured["failed"] == []
+    assert len(measured["deleted"]) == count and measured["failed"] == []
     assert set(job_states(settings, rows).values()) == {"gone"}
 
-    summary = {"rounds": 0, "killed": 0, "whole": 0, "gone": 0, "tombstoned_before_restart": 0}
-    for round_number in range(1, rounds + 1):
-        database.connect(reuse_if_open=True)
-        rows = make_jobs(settings, round_number)
-        database.close()
-        if round_number % 2:
-            kill_after, delay = rng.randint(1, measured["steps"]), None
-        else:
-            kill_after, delay = 0, rng.uniform(0, measured["seconds"])
-        code, out, err = run_worker(app_config, list(rows), kill_after, delay)
-        summary["rounds"] += 1
-        summary["killed"] += code == -signal.SIGKILL
-        assert code in (0, -signal.SIGKILL), err
+    summary = Counter()
+    with unremovable_tree(settings.output_dir) as release_locks:
+        for round_number in range(1, rounds + 1):
+            database.connect(reuse_if_open=True)
+            rows = make_jobs(settings, round_number, read_only_every, count)
+            database.close()
+            lock_at = rng.randint(1, measured["steps"]) if fault == "locked" else 0
+            if lock_at:
+                # Killed just around the moment the lock is met, or let run into it and answer 503.
+                kill_after, delay = (lock_at + rng.randint(0, 4), None) if round_number % 2 else (0, None)
+            elif round_number % 2:
+                kill_after, delay = rng.randint(1, measured["steps"]), None
+            else:
+                kill_after, delay = 0, rng.uniform(0, measured["seconds"])
+            code, out, err = run_worker(app_config, list(rows), kill_after, delay, lock_at)
+            summary["rounds"] += 1
+            summary["killed"] += code == -signal.SIGKILL
+            assert code in (0, -signal.SIGKILL), err
 
-        before = job_states(settings, rows)
-        broken = {k: v for k, v in before.items() if v.startswith("BROKEN") or v == "whole+stray-tombstone"}
-        assert not broken, (kill_after, delay, list(broken.items())[:5])
-        summary["tombstoned_before_restart"] += sum(v == "tombstoned" for v in before.values())
+            before = job_states(settings, rows)
+            broken = {k: v for k, v in before.items() if v.startswith("BROKEN") or v == "whole+stray-tombstone"}
+            assert not broken, (fault, kill_after, delay, lock_at, list(broken.items())[:5])
+            summary["tombstoned_before_restart"] += sum(v in ("tombstoned", "gone+tombstone") for v in before.values())
+            if code == 0:
+                answer = json.loads(out.splitlines()[-1])
+                gone = {k for k, v in before.items() if v.startswith("gone")}
+                assert set(answer["deleted"] or ()) == gone, (fault, lock_at, answer)  # what it says is what happened
+                if answer["status"] == 503:
+                    summary["busy"] += 1
+                    assert answer["retry_after"] and answer["failed"] == []
+                    assert len(gone) < count  # it stopped at the lock: the rest are whole
+                else:
+                    assert answer["status"] == 200, answer
 
-        with another_app(app_config) as restarted:  # its start-up sweep finishes interrupted deletes
-            after = job_states(settings, rows)
-            assert set(after.values()) <= {"whole", "gone"}, (kill_after, delay, sorted(set(after.values())))
-            # Nothing but whole job folders is left: no tombstone, no orphan folder of this round.
-            studio = settings.output_dir / files.STUDIO_FOLDER
-            assert not [entry.name for entry in studio.iterdir() if entry.name.startswith(files.TOMBSTONE_PREFIX)]
-            assert {p.name for p in studio.iterdir() if p.name.endswith("_crash")} == {
-                rows[k] for k, v in after.items() if v == "whole"
-            }
-            summary["whole"] += sum(v == "whole" for v in after.values())
-            summary["gone"] += sum(v == "gone" for v in after.values())
+            release_locks()  # the permission is fixed; the next start-up sweep finishes what was left
+            with another_app(app_config) as restarted:  # its start-up sweep finishes interrupted deletes
+                after = job_states(settings, rows)
+                assert set(after.values()) <= {"whole", "gone"}, (fault, kill_after, delay, sorted(set(after.values())))
+                # Nothing but whole job folders is left: no tombstone, no orphan folder of this round.
+                studio = settings.output_dir / files.STUDIO_FOLDER
+                assert not [entry.name for entry in studio.iterdir() if entry.name.startswith(files.TOMBSTONE_PREFIX)]
+                assert {p.name for p in studio.iterdir() if p.name.endswith("_crash")} == {
+                    rows[k] for k, v in after.items() if v == "whole"
+                }
+                summary["whole"] += sum(v == "whole" for v in after.values())
+                summary["gone"] += sum(v == "gone" for v in after.values())
 
-            # A later delete of the same ids finishes the work.
-            client = restarted.test_client()
-            response = client.post(
-                "/api/admin/history/delete", json={"prompt_ids": list(rows)}, headers={"Origin": "http://localhost"}
-            )
-            assert response.status_code == 200 and response.json["failed"] == []
-            assert set(job_states(settings, rows).values()) == {"gone"}
-    print(f"\ncrash-delete ({database_kind}): {measured['steps']} steps per 300-job delete; {summary}")
+                # A later delete of the same ids finishes the work.
+                client = restarted.test_client()
+                response = client.post(
+                    "/api/admin/history/delete", json={"prompt_ids": list(rows)}, headers={"Origin": "http://localhost"}
+                )
+                assert response.status_code == 200 and response.json["failed"] == []
+                assert set(job_states(settings, rows).values()) == {"gone"}
+    print(f"\ncrash-delete ({database_kind}, {fault}): {measured['steps']} steps per {count}-job delete; {dict(summary)}")
     assert summary["killed"] >= rounds // 2
+    if fault == "locked":
+        assert summary["busy"] + summary["killed"] == rounds and summary["busy"] >= 1
+
+
+@contextlib.contextmanager
+def unremovable_tree(root: Path):
+    """Yield a function that makes everything under ``root`` removable again (undoing lock_folder)."""
+
+    def release():
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-R", "-i", str(root)], check=True, capture_output=True)
+        else:
+            subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 # ---- each state a killed delete can leave, finished by the start-up sweep ------------------------------
@@ -231,16 +326,21 @@ def test_the_sweep_finishes_each_state_a_killed_delete_can_leave(app, make_job, 
     assert sorted(p.name for p in studio.iterdir()) == [never_moved.output_dir]
 
 
-def test_a_failed_removal_puts_the_folder_back_and_keeps_the_record(client, make_job, settings, monkeypatch):
+def test_a_failed_commit_puts_the_folder_back_and_keeps_the_record(app, make_job, settings, monkeypatch):
+    import peewee
+
     job = make_job(files=2)
     folder = settings.output_dir / files.STUDIO_FOLDER / job.output_dir
 
-    def refuse(path, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
+    def fail(self):
+        raise peewee.OperationalError("disk I/O error")
 
-    monkeypatch.setattr("history.files.shutil.rmtree", refuse)
-    response = client.post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]})
-    assert response.json["failed"][0]["prompt_id"] == job.prompt_id
+    monkeypatch.setattr(peewee.Database, "commit", fail)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = app.test_client().post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]},
+                                      headers={"Origin": "http://localhost"})
+    monkeypatch.undo()
+    assert response.status_code == 500  # a broken disk is a server fault, not a busy store
     assert Job.get_or_none(Job.prompt_id == job.prompt_id) is not None
     assert len(list(folder.iterdir())) == 2
     assert not (folder.parent / f"{files.TOMBSTONE_PREFIX}{job.output_dir}").exists()

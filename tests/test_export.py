@@ -152,3 +152,18 @@ def test_a_multipart_retry_like_the_pages_button_is_guarded_too(client, make_job
     second = client.post(url, data={"retry_of": original.prompt_id}, content_type="multipart/form-data", headers=headers)
     assert second.status_code == 409
     assert second.json["prompt_id"] == first.json["prompt_id"]
+
+
+@pytest.mark.parametrize("output_dir", ["出力_20261128", "café-run", 'quote"semi;colon'])
+def test_package_of_a_folder_named_outside_latin1_is_named_by_rfc6266_filename_star(client, make_job, output_dir):
+    """Content-Disposition is Latin-1 on the wire: a record's odd output_dir (an older store, an import) must not break it."""
+    from urllib.parse import unquote
+
+    job = make_job(files=0, output_dir=output_dir)
+    response, archive = package(client, job)
+    disposition = response.headers["Content-Disposition"]
+    disposition.encode("latin-1")
+    ascii_part, _, exact = disposition.partition("; filename*=UTF-8''")
+    assert ascii_part.startswith('attachment; filename="') and ascii_part.count('"') == 2
+    assert unquote(exact) == f"{output_dir}.zip"
+    assert archive.namelist() == ["job.json"]

@@ -201,11 +201,11 @@ def load_image(context, image=None, upload=None):
         path = files.input_file(context.input_root, image)
     except files.UnsafePath:
         raise NodeError(f"Invalid image file: {image}") from None
-    if not path.is_file():
+    if files.regular_file(path) is None:
         raise NodeError(f"Invalid image file: {image}")
     frames = []
     try:
-        with Image.open(path) as source:
+        with files.open_regular(path) as handle, Image.open(handle) as source:
             for frame in ImageSequence.Iterator(source):
                 frame = ImageOps.exif_transpose(frame).convert("RGB")
                 if frames and frame.size != frames[0].size:

@@ -30,6 +30,7 @@ import simple_websocket
 from simple_websocket.ws import Base as WebSocketBase
 from wsproto import ConnectionType
 
+from history import text
 from history.executors.base import Executor
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
@@ -358,8 +359,8 @@ class ComfyUIExecutor(Executor):
         if not isinstance(message, str):
             return None  # binary preview images
         try:
-            frame = json.loads(message)
-        except ValueError:
+            frame = text.repair(json.loads(message))
+        except (ValueError, RecursionError):
             log.debug("Ignoring a non-JSON frame from ComfyUI: %.80r", message)
             return None
         if not isinstance(frame, dict) or not isinstance(frame.get("data"), dict):
@@ -637,14 +638,15 @@ def _time(data: dict) -> datetime.datetime:
 
 def _parse(body: bytes):
     """An HTTP body as JSON, or as text when it is not JSON."""
-    text = body.decode("utf-8", "replace")
+    decoded = body.decode("utf-8", "replace")
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        # ComfyUI's answers are reported, not refused: text UTF-8 cannot encode becomes U+FFFD.
+        return text.repair(json.loads(decoded))
+    except (ValueError, RecursionError):
+        return decoded
 
 
 def _short(answer) -> str:
     """An answer cut short for an error message."""
-    text = answer if isinstance(answer, str) else json.dumps(answer)
-    return text[:200] or "(empty)"
+    shown = answer if isinstance(answer, str) else json.dumps(answer)
+    return shown[:200] or "(empty)"

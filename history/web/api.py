@@ -19,6 +19,7 @@ from werkzeug.datastructures import MultiDict
 from history import files
 from history import jobs
 from history import openapi
+from history import text
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.studio import UnknownWorkflow
@@ -375,7 +376,7 @@ def package_members(job) -> list[tuple[str, object]]:
             path = files.input_file(settings.input_dir, job.input_image)
         except files.UnsafePath:
             path = None
-        if path is not None and path.is_file():
+        if path is not None and files.regular_file(path) is not None:
             members.append((f"input/{path.name}", path))
     if job.output_dir:
         try:
@@ -384,7 +385,8 @@ def package_members(job) -> list[tuple[str, object]]:
             folder = None
         if folder is not None:
             for path in files.job_files(folder):
-                members.append((f"output/{path.name}", path))
+                # A name on disk that is not valid UTF-8 goes into the zip with U+FFFD in its place.
+                members.append((f"output/{text.repair_text(path.name)}", path))
     return members
 
 
@@ -402,7 +404,7 @@ def _zip_chunks(members: list[tuple[str, object]]):
                     if isinstance(source, bytes):
                         member.write(source)
                     else:
-                        with open(source, "rb") as handle:
+                        with files.open_regular(source) as handle:
                             while chunk := handle.read(PACKAGE_CHUNK_BYTES):
                                 member.write(chunk)
                                 yield stream.take()
@@ -422,8 +424,16 @@ def _zip_time(source) -> tuple[int, int, int, int, int, int]:
 
 
 def _attachment(filename: str) -> str:
-    """A Content-Disposition value for a download (the names here are plain ASCII folder names and ids)."""
-    return f'attachment; filename="{filename}"'
+    """A Content-Disposition value for a download: a plain ASCII ``filename`` and, for any other name, the
+    exact one in RFC 6266's ``filename*`` (RFC 5987 UTF-8), which every current browser prefers."""
+    from urllib.parse import quote
+
+    name = text.repair_text(filename)
+    fallback = "".join(char if " " <= char <= "~" and char not in '"\\;%' else "_" for char in name)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return value
 
 
 @bp.get("/api/admin/history/<prompt_id>/package")

@@ -6,13 +6,19 @@ from flask import current_app
 from flask import jsonify
 from flask import make_response
 from flask import request
+from peewee import OperationalError
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
+
+from history import jobs
+from history.db import is_busy
 
 # Blueprints whose every answer is JSON, errors included (monitoring: a scraper gets a 401, not the login page).
 JSON_BLUEPRINTS = frozenset({"api", "monitoring"})
 # The headers an HTTP error carries that a client acts on; they survive the change to JSON.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+BUSY_RETRY_SECONDS = 5
 
 
 def _api_root() -> str:
@@ -69,7 +75,35 @@ def too_large(error: RequestEntityTooLarge):
     return refusal(413, f"the request body is larger than {limit // (1024 * 1024) or 1} MiB; send a smaller one")
 
 
+def store_busy(error):
+    """503 with Retry-After when another process holds the store past the busy timeout; nothing was written.
+
+    A batch delete that met the lock partway (jobs.StoreBusy) also says which jobs it had deleted. Any
+    other database error is a real fault: it goes on to Flask's 500.
+    """
+    if not isinstance(error, jobs.StoreBusy) and not is_busy(error):
+        raise error
+    message = f"the job store is busy with another writer; nothing was changed; try again in {BUSY_RETRY_SECONDS} s"
+    extra = {}
+    if isinstance(error, jobs.StoreBusy):
+        extra = error.report.to_dict()  # each job in it is whole or gone
+        if error.report.deleted:
+            message = (
+                f"the job store is busy with another writer; only the jobs in deleted were deleted; "
+                f"try again in {BUSY_RETRY_SECONDS} s"
+            )
+    retry = {"Retry-After": str(BUSY_RETRY_SECONDS)}
+    if wants_json():
+        response = jsonify(error=message, **extra)
+        response.status_code = 503
+        response.headers.update(retry)
+        return response
+    return plain(503, message, **retry)
+
+
 def init_app(app: Flask) -> None:
     """Install the error handlers."""
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(413, too_large)
+    for busy in (OperationalError, MaxConnectionsExceeded, jobs.StoreBusy):
+        app.register_error_handler(busy, store_busy)
