@@ -47,6 +47,8 @@ kill_after = int(sys.argv[1])
 config = json.loads(sys.argv[2])
 prompt_ids = json.loads(sys.argv[3])
 lock_at = int(sys.argv[4])  # at this step another connection takes the write lock and keeps it
+import history.jobs
+history.jobs.DELETE_BATCH = int(sys.argv[5])  # several batches, so a lock can be met between two
 
 from history import create_app
 
@@ -170,12 +172,12 @@ def job_states(settings, rows: dict[str, str]) -> dict[str, str]:
     return states
 
 
-def run_worker(app_config, prompt_ids, kill_after: int, delay: float | None, lock_at: int = 0):
+def run_worker(app_config, prompt_ids, kill_after: int, delay: float | None, lock_at: int = 0, batch: int = 500):
     """Run the deleting subprocess; kill it at its ``kill_after``-th step or after ``delay`` seconds; from its
     ``lock_at``-th step on, another connection holds the SQLite write lock."""
     config = {k: v for k, v in app_config.items() if k.startswith("STUDIO_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(kill_after), json.dumps(config), json.dumps(prompt_ids), str(lock_at)],
+        [sys.executable, "-c", WORKER, str(kill_after), json.dumps(config), json.dumps(prompt_ids), str(lock_at), str(batch)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -213,11 +215,12 @@ def run_rounds(app, app_config, database_kind, fault):
     rounds = rounds if database_kind == "sqlite" else max(2, rounds // 2)
     read_only_every = 7 if fault == "read-only" else 0
     count = JOBS_PER_ROUND if fault == "none" else FAULT_JOBS_PER_ROUND
+    batch = 10 if fault == "locked" else 500
     # A first, unkilled run measures how many steps and seconds a delete of these jobs takes here.
     database.connect(reuse_if_open=True)
     rows = make_jobs(settings, 0, count=count)
     database.close()
-    code, out, err = run_worker(app_config, list(rows), kill_after=0, delay=None)
+    code, out, err = run_worker(app_config, list(rows), kill_after=0, delay=None, batch=batch)
     assert code == 0, err
     measured = json.loads(out.splitlines()[-1])
     assert len(measured["deleted"]) == count and measured["failed"] == []
@@ -237,7 +240,7 @@ def run_rounds(app, app_config, database_kind, fault):
                 kill_after, delay = rng.randint(1, measured["steps"]), None
             else:
                 kill_after, delay = 0, rng.uniform(0, measured["seconds"])
-            code, out, err = run_worker(app_config, list(rows), kill_after, delay, lock_at)
+            code, out, err = run_worker(app_config, list(rows), kill_after, delay, lock_at, batch)
             summary["rounds"] += 1
             summary["killed"] += code == -signal.SIGKILL
             assert code in (0, -signal.SIGKILL), err
