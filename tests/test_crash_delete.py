@@ -87,8 +87,11 @@ def counted(function):
 
 for name in ("mkdir", "replace", "rename", "unlink", "rmdir"):
     setattr(os, name, counted(getattr(os, name)))
-peewee.Database.execute_sql = counted(peewee.Database.execute_sql)
-peewee.Database.commit = counted(peewee.Database.commit)
+from history.db import database
+
+# The bound database's own methods (history/changes.py wraps them per instance, so the class is not enough).
+database.obj.execute_sql = counted(database.obj.execute_sql)
+database.obj.commit = counted(database.obj.commit)
 
 print("ready", flush=True)
 started = time.monotonic()
@@ -338,7 +341,7 @@ def test_a_failed_commit_puts_the_folder_back_and_keeps_the_record(app, make_job
     def fail(self):
         raise peewee.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(peewee.Database, "commit", fail)
+    monkeypatch.setattr(database.obj, "commit", fail.__get__(database.obj))
     app.config["PROPAGATE_EXCEPTIONS"] = False
     response = app.test_client().post("/api/admin/history/delete", json={"prompt_ids": [job.prompt_id]},
                                       headers={"Origin": "http://localhost"})
