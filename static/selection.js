@@ -95,7 +95,7 @@
       event.preventDefault();
       return move(key === "j" || key === "ArrowDown" ? 1 : -1, card);
     }
-    if (key === "Delete" && document.querySelector("#job-list input.job-select:checked")) {
+    if (key === "Delete" && document.querySelector("#job-list input.job-select:checked, #matching-selection input")) {
       event.preventDefault();
       return document.getElementById("delete-selected").click(); // the server's confirm dialog, as a click asks
     }

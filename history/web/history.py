@@ -22,10 +22,7 @@ from history import jobs
 from history.db import database
 from history.db import is_sqlite
 from history.events import LIST_EVENTS
-from history.executors.base import ExecutorRejected
-from history.executors.base import ExecutorUnavailable
 from history.models import card_images
-from history.studio import UnknownWorkflow
 from history.studio import studio
 from history.web import cards
 from history.web import charts
@@ -35,7 +32,6 @@ from history.web.api import read_bulk_form
 from history.web.api import retry_jobs
 from history.web import templating
 from history.web.compare import compare_rows
-from history.workflows import ValidationError
 
 bp = Blueprint("history", __name__)
 log = logging.getLogger(__name__)
@@ -349,29 +345,24 @@ def _selected_ids() -> list[str]:
 @bp.post("/admin/history/delete/confirm")
 def history_delete_confirm():
     """Ask to confirm a batch delete: the dialog naming the selected jobs with the files and bytes they hold."""
+    try:  # the filter form comes along, so the delete answers the list the reader is looking at
+        list_args = jobs.HistoryFilter.from_args(request.form).query_args()
+    except jobs.InvalidQuery as error:
+        abort(400, str(error))
     matching = matching_fields(request.form)
     if matching is not None:  # "Select all N matching": confirm a delete over the filter instead
-        try:  # the filter form comes along, so the delete answers the list the reader is looking at
-            list_args = jobs.HistoryFilter.from_args(request.form).query_args()
-        except jobs.InvalidQuery as error:
-            abort(400, str(error))
         context = bulk_context("delete", "list", read_bulk_form(matching), list_args=list_args)
         if not _wants_fragment():
             return _render_page(**context)
         return _fragment_headers(make_response(render_template("bulk_confirm.html", **context)))
     prompt_ids = _selected_ids()
-    form = request.form
-    try:  # the filter form comes along, so the delete answers the list the reader is looking at
-        history_filter = jobs.HistoryFilter.parse(form.getlist("status"), form.get("workflow_id"), form.get("q"))
-    except jobs.InvalidQuery as error:
-        abort(400, str(error))
     usage = jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir)
     confirm = {
         "prompt_ids": prompt_ids,
         "count": len(prompt_ids),
         "files": usage["files"],
         "bytes": usage["bytes"],
-        "delete_url": url_for("history.history_delete", **history_filter.query_args()),
+        "delete_url": url_for("history.history_delete", **list_args),
     }
     if not _wants_fragment():
         return _render_page(confirm=confirm, checked_ids=prompt_ids)  # without scripts: the page, dialog open
@@ -401,26 +392,16 @@ def history_retry(prompt_id: str):
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
     if not job.is_retryable:
         abort(409, f"job {prompt_id[:12]} is {job.status}: only failed and stalled jobs are retried")
-    the_studio = studio()
-    error, status = None, 200
-    refusal = the_studio.retry_guard.check(prompt_id)
-    if refusal is not None:
-        # A retry made seconds ago is no error: the note says where it is. One still on its way is.
-        error, status = (None if refusal.prompt_id else refusal.message), 409
-    else:
-        try:
-            the_studio.execute(job.workflow_id, None, None, retry_of=prompt_id)
-        except (UnknownWorkflow, ValidationError, ExecutorRejected) as failure:
-            error, status = str(failure), 400
-        except ExecutorUnavailable as failure:
-            error, status = str(failure), 503
-        if error is not None:
-            the_studio.retry_guard.release(prompt_id)
+    # One retry, guarded as the API's are (a second one within seconds is refused with the retry it made).
+    _queued, failed = retry_jobs([prompt_id])
+    refusal = failed[0] if failed else {}
+    # A retry made seconds ago is no error: the note, from the store, says where it is.
+    error = None if refusal.get("retried_as") else refusal.get("error")
     if not request.htmx:
         return redirect(url_for("history.history_job", prompt_id=prompt_id), 303)
     retry = cards.retry_state(job, jobs.latest_retry(prompt_id), error)
     body = "".join(render_template("retry_button.html", retry=retry, place=place, oob=True) for place in ("card", "overlay"))
-    return _fragment_headers(make_response(body, status))
+    return _fragment_headers(make_response(body, refusal.get("status", 200)))
 
 
 # ---- Keeping what matters: stars, bulk actions over a filter, Failures, Storage, Compare ---------------
