@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 THREADS ?= 64
+# gthread holds a thread per open websocket (fine for tens of viewers); WORKER=gevent serves a thousand.
+WORKER ?= gthread
+CONNECTIONS ?= 2000
 
 .PHONY: install run test bench screenshots demo serve chromium clean
 
@@ -26,7 +29,7 @@ demo: install
 serve: install
 	@# The same refusal as `python app.py`: no open address without STUDIO_ADMIN_PASSWORD (INSECURE=1 overrides).
 	@$(PY) -c 'import os, sys, app; why = app.exposure_refusal("$(HOST)", os.environ.get("STUDIO_ADMIN_PASSWORD"), bool("$(INSECURE)")); why and sys.exit("studio-history: " + why.replace("pass --insecure", "set INSECURE=1"))'
-	$(VENV)/bin/gunicorn -w 1 -k gthread --threads $(THREADS) --no-control-socket -b $(HOST):$(PORT) 'app:create_app()'
+	$(VENV)/bin/gunicorn -w 1 -k $(WORKER) $(if $(filter gevent,$(WORKER)),--worker-connections $(CONNECTIONS),--threads $(THREADS)) --no-control-socket -b $(HOST):$(PORT) 'app:create_app()'
 
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
@@ -43,8 +46,9 @@ test: install chromium
 	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# MILLION=1 adds the 1,000,000-job tier to the scale targets (about two minutes more).
 bench: install chromium
-	$(PY) -m bench
+	STUDIO_BENCH_MILLION=$(MILLION) $(PY) -m bench
 
 screenshots: install chromium
 	$(PY) -m bench.screenshots

@@ -11,6 +11,7 @@ import argparse
 import datetime
 import http.client
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -245,3 +246,89 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- thumbnails on arrival: a page of imported jobs in Chromium ----------------------------------
+
+# When every thumbnail of the page has loaded, relative to the moment the list was in the document.
+THUMBS_LOADED = """
+() => {
+  const thumbs = [...document.querySelectorAll('#job-list img.job-thumb')];
+  if (!thumbs.length || !thumbs.every(img => img.complete && img.naturalWidth > 0)) return null;
+  const nav = performance.getEntriesByType('navigation')[0];
+  const loads = performance.getEntriesByType('resource').filter(entry => entry.name.includes('/media/thumb/'));
+  return {count: thumbs.length, list: nav.domInteractive, last: Math.max(...loads.map(entry => entry.responseEnd))};
+}
+"""
+
+
+def page_after_import(count: int = 50, size: int = 1024) -> dict:
+    """Import ``count`` old jobs with the CLI (a subprocess), open the page in Chromium, and time its thumbnails.
+
+    "after": the import made them (this studio). "before": the same page with the thumbnail cache emptied,
+    so each is made when the browser asks (as before). Prints and answers both, in ms after the list.
+    """
+    import json
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    from bench.events import CHROMIUM
+    from bench.events import CHROMIUM_ARGS
+    from history import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench-arrival-") as data_dir:
+        app = create_app({"STUDIO_DATA_DIR": data_dir, "STUDIO_DEMO": "0", "START_RUNNER": False})
+        settings = app.config["STUDIO"]
+        rows = write_outputs(settings.output_dir, count, size)
+        records = [{**row, **{key: row[key].isoformat() for key in ("queued_at", "started_at", "finished_at")}} for row in rows]
+        source = Path(data_dir) / "old-jobs.json"
+        source.write_text(json.dumps(records))
+        started = time.perf_counter()
+        env = {**os.environ, "STUDIO_DATA_DIR": data_dir, "STUDIO_DEMO": "0"}
+        done = subprocess.run([sys.executable, "-m", "flask", "--app", "app:create_app()", "history", "import", str(source)],
+                              cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=600)
+        import_seconds = time.perf_counter() - started
+        assert done.returncode == 0, done.stderr
+        app.extensions["studio"].stop()
+        # The production server, as `make serve` runs it (keep-alive, a thread per connection).
+        from bench.load import free_port
+
+        port = free_port()
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-w", "1", "-k", "gthread", "--threads", "16",
+             "--no-control-socket", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:create_app()"],
+            cwd=Path(__file__).resolve().parent.parent, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=5).connect()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("gunicorn did not start")
+                    time.sleep(0.2)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                for label in ("after", "before"):
+                    if label == "before":
+                        shutil.rmtree(settings.thumbnail_dir, ignore_errors=True)
+                    # A fresh context (no HTTP cache) tall enough that no thumbnail waits for a scroll (loading=lazy).
+                    context = browser.new_context(viewport={"width": 1280, "height": 120 * count})
+                    page = context.new_page()
+                    page.goto(f"http://127.0.0.1:{port}/admin/history")
+                    result = page.wait_for_function(THUMBS_LOADED, timeout=60_000).json_value()
+                    figures[f"{label}_ms"] = result["last"] - result["list"]
+                    figures[f"{label}_count"] = result["count"]
+                    context.close()
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+    print(f"  import of {count} old jobs ({size}x{size} outputs) by the CLI: {import_seconds:.1f} s ({done.stdout.strip().splitlines()[-1]})")
+    print(f"  all {figures['after_count']} thumbnails loaded {figures['after_ms']:.0f} ms after the list (made at import)")
+    print(f"  all {figures['before_count']} thumbnails loaded {figures['before_ms']:.0f} ms after the list (cache emptied: made on request)")
+    return figures
