@@ -27,6 +27,14 @@ def encode(event_type: str, data: dict, ts: float | None = None) -> str:
     return json.dumps({"type": event_type, "data": data, "ts": ts if ts is not None else time.time()})
 
 
+def event_type_of(message: str) -> str | None:
+    """The ``type`` of an encoded event, or None."""
+    try:
+        return json.loads(message).get("type")
+    except (ValueError, AttributeError):
+        return None
+
+
 def published_at(message: str) -> float | None:
     """The ``ts`` of an encoded event, read from its end without parsing the whole frame; None if absent."""
     head, found, tail = message.rpartition('"ts": ')
@@ -39,8 +47,9 @@ def published_at(message: str) -> float | None:
 class Subscription:
     """One subscriber's queue of encoded events; drops the oldest when the subscriber falls behind."""
 
-    def __init__(self, bus: "EventBus", maxsize: int = SUBSCRIBER_QUEUE_SIZE):
+    def __init__(self, bus: "EventBus", maxsize: int = SUBSCRIBER_QUEUE_SIZE, types: frozenset[str] | None = None):
         self.bus = bus
+        self.types = types  # None: every event; else only these (a history page needs LIST_EVENTS alone)
         self.queue: queue.Queue[str] = queue.Queue(maxsize=maxsize)
         self.dropped = 0
         self.closed = threading.Event()
@@ -90,9 +99,9 @@ class EventBus:
         self.delivered = 0  # events handed out so far: each follows a write (history/changes.py reads it)
         self._listeners: list = []
 
-    def subscribe(self) -> Subscription:
-        """A new subscription; close it when done."""
-        subscription = Subscription(self)
+    def subscribe(self, types=None) -> Subscription:
+        """A new subscription (to every event, or to these ``types``); close it when done."""
+        subscription = Subscription(self, types=frozenset(types) if types else None)
         with self._lock:
             self._subscribers.add(subscription)
         return subscription
@@ -116,16 +125,19 @@ class EventBus:
         """Send an event to every subscriber."""
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}")
-        self.deliver(encode(event_type, data))
+        self.deliver(encode(event_type, data), event_type)
 
-    def deliver(self, message: str) -> None:
-        """Hand an encoded event to the local subscribers."""
+    def deliver(self, message: str, event_type: str | None = None) -> None:
+        """Hand an encoded event to the local subscribers that want its type."""
         with self._lock:
             self.delivered += 1
             subscribers = list(self._subscribers)
             listeners = list(self._listeners)
+        if event_type is None and any(subscription.types for subscription in subscribers):
+            event_type = event_type_of(message)
         for subscription in subscribers:
-            subscription.put(message)
+            if subscription.types is None or event_type in subscription.types:
+                subscription.put(message)
         for listener in listeners:
             try:
                 listener(message)

@@ -77,7 +77,7 @@ class PostgresEventBus(EventBus):
         """Deliver locally at once, then tell the other processes."""
         ts = time.time()
         message = encode(event_type, data, ts)
-        super().deliver(message)
+        super().deliver(message, event_type)
         envelope = json.dumps({"sender": self.sender, "message": message})
         if len(envelope.encode()) > NOTIFY_LIMIT:
             by_id = {"type": event_type, "prompt_id": data.get("prompt_id"), "ts": ts}

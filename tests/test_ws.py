@@ -78,3 +78,17 @@ def test_a_closed_client_is_unsubscribed(app, live_server):
     wait_for_subscribers(app, 1)
     socket.close()
     wait_for(lambda: not app.extensions["studio"].bus.subscriber_count, 5, "the handler dropping its subscription after the client left")
+
+
+def test_a_page_that_asks_for_list_events_hears_only_those(app, live_server):
+    # The history page connects with ?events=... (the events that change its list): a run sends it one frame.
+    narrow = websocket.create_connection(f"ws://{live_server.host}/ws?events=job.completed,job.failed,no.such", timeout=10)
+    every = websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10)
+    try:
+        wait_for_subscribers(app, 2)
+        prompt_id = post_json(live_server.host, "/api/run/txt2img-example/execute", {"params": {"seed": 3}})["prompt_id"]
+        assert len(receive_until(every, prompt_id, "job.completed")) > 1
+        assert [frame["type"] for frame in receive_until(narrow, prompt_id, "job.completed")] == ["job.completed"]
+    finally:
+        narrow.close()
+        every.close()

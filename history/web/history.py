@@ -71,9 +71,10 @@ STORE_ERROR = "The job store cannot be read right now. Reload the page in a mome
 
 
 def _events_url() -> str | None:
-    """The websocket's path, when the websocket blueprint is installed."""
+    """The websocket's path for the events that change the list, when the websocket blueprint is installed."""
     endpoint = templating.endpoint_for("/ws")
-    return url_for(endpoint) if endpoint else None
+    # Only what refreshes the list: a thousand open pages are sent one frame per finished job, not six.
+    return url_for(endpoint, events=",".join(LIST_EVENTS)) if endpoint else None
 
 
 def _history_filter() -> jobs.HistoryFilter:

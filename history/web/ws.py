@@ -1,4 +1,4 @@
-"""The websocket: job events as JSON text frames ``{"type", "data", "ts"}`` at /ws.
+"""The websocket: job events as JSON text frames ``{"type", "data", "ts"}`` at /ws (``?events=`` narrows the types).
 
 One Subscription per connection; the bus only queues messages, and this route's own thread is the
 only one that calls ``send`` (flask-sock's rule). Pings (SOCK_SERVER_OPTIONS ping_interval) keep it
@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint
+from flask import request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from history.db import database
+from history.events import EVENT_TYPES
 from history.studio import studio
 from history.web import guard
 
@@ -31,6 +33,15 @@ def authorize_websocket() -> tuple[bool, float | None]:
     return True, guard.login_ends_at()
 
 
+def wanted_types() -> list[str] | None:
+    """The event types the client asked for (``?events=job.completed,job.failed``), or None for all."""
+    raw = request.args.get("events")
+    if not raw:
+        return None
+    # Unknown names are left out rather than refused: a page written for a newer studio still connects.
+    return [name for name in raw.split(",") if name in EVENT_TYPES] or None
+
+
 @sock.route("/ws", bp=bp)
 def events(ws):
     """Send every job event of this studio to the client until it goes away."""
@@ -42,7 +53,7 @@ def events(ws):
         ws.close(reason=1008, message="login required")
         return
     metrics = studio().metrics
-    subscription = studio().bus.subscribe()
+    subscription = studio().bus.subscribe(wanted_types())
     metrics.websockets_open.inc()
     try:
         while ws.connected and not subscription.closed.is_set():
