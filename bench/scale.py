@@ -142,11 +142,13 @@ def tier(count: int, repeat: int) -> dict:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     app = create_app({"TESTING": True, "START_RUNNER": False, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0"})
+    cpu = time.process_time()
     fill_seconds = fill_jobs(count, output_root=app.config["STUDIO"].output_dir, files_for=60)
+    fill_cpu = time.process_time() - cpu  # SQLite works in this process: its CPU, whatever else the machine runs
     client = LoopbackClient(app)
     forget = lambda: app.extensions.pop("history.rendered_lists", None)  # noqa: E731 - a render each time
     try:
-        figures = {"fill_s": fill_seconds}
+        figures = {"fill_s": fill_seconds, "fill_cpu_s": fill_cpu}
         figures["first_page"] = median_ms(client, "/admin/history", {}, max(5, repeat // 20), 200)
         etag = client.get("/admin/history/list", headers=HTMX).headers["ETag"].strip('"')
         figures["idle"] = median_ms(client, "/admin/history/list", {**HTMX, "X-List-ETag": etag}, repeat, 204)
@@ -175,7 +177,8 @@ def tier(count: int, repeat: int) -> dict:
 
 
 ROWS = (
-    ("fill (bench/fill.py)", "fill_s", "s"),
+    ("fill (bench/fill.py), wall", "fill_s", "s"),
+    ("fill, CPU time of the filling process", "fill_cpu_s", "s"),
     ("first page /admin/history (50 cards)", "first_page", "ms"),
     ("idle poll (204)", "idle", "ms"),
     ("changed poll (renders 50 cards)", "changed", "ms"),
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
          verdict(large["first_page"] <= 1.3 * small["first_page"])),
         (f"3. idle poll at {largest} vs {counts[0]:,}", f"{large['idle'] / small['idle']:.2f}x", "<= 1.3x", "",
          verdict(large["idle"] <= 1.3 * small["idle"])),
-        (f"3. fill {largest} jobs", f"{large['fill_s']:.0f} s", "< 120 s at 1,000,000", "",
+        (f"3. fill {largest} jobs", f"{large['fill_s']:.0f} s wall, {large['fill_cpu_s']:.0f} s CPU", "< 120 s at 1,000,000", "",
          verdict(large["fill_s"] < 120) if args.million else "(run with --million)"),
     ]
     if load is not None:
