@@ -25,10 +25,13 @@ from history.config import ConfigError
 from history.config import parse_age
 from history.db import connection
 from history.db import init_db_command
+from history.executors.base import ExecutorUnavailable
+from history.executors.comfyui import ComfyUIExecutor
 from history.models import HISTORY_STATUSES
 from history.models import STATUSES
 from history.models import iso
 from history.models import known_status
+from history.studio import studio
 from history.web.login import api_token_command
 
 history_cli = AppGroup("history", help="Manage the job store.")
@@ -126,6 +129,28 @@ def prune_command(older_than, statuses, workflow_id, include_starred, dry_run):
         click.echo(f"kept {failure['prompt_id']}: {failure['error']}", err=True)
     click.echo(f"{len(report.deleted)} jobs removed, {report.files_removed} files, {report.bytes_freed:,} bytes freed")
     if report.failed:
+        sys.exit(1)
+
+
+@history_cli.command("import-comfyui")
+@click.argument("url", required=False)
+@click.option("--page-size", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="history entries asked for per request")
+def import_comfyui_command(url, page_size):
+    """Read a ComfyUI server's whole /history into the store (default: STUDIO_COMFYUI_URL), adding what it lacks."""
+    url = (url or current_app.config["STUDIO"].comfyui_url or "").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise click.UsageError("give the ComfyUI server's URL (http://127.0.0.1:8188) or set STUDIO_COMFYUI_URL")
+    # Only HTTP: no websocket, and nothing of a running server's jobs is touched.
+    reader = ComfyUIExecutor(studio().runner, url)
+    try:
+        taken, refused = reader.import_history(page_size)
+    except ExecutorUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    for entry in refused:
+        click.echo(f"refused {entry['prompt_id']}: {entry['error']}", err=True)
+    click.echo(f"took {taken} prompts from {url}, refused {len(refused)}")
+    if refused:
         sys.exit(1)
 
 

@@ -186,6 +186,9 @@ VARIABLES = (
              "uploaded input images (ComfyUI's input/)"),
     Variable("STUDIO_COMFYUI_URL", "comfyui_url", "str | None", comfyui_url, "unset",
              "a ComfyUI server (http://127.0.0.1:8188); unset means the built-in executor"),
+    Variable("STUDIO_COMFYUI_OBSERVE", "comfyui_observe", bool, flag("1"), "1",
+             "also record the prompts other clients queue on that ComfyUI, and import its history on the first "
+             "connection; 0 turns it off"),
     Variable("STUDIO_WORKFLOWS_DIR", "workflows_dir", Path, workflows_dir, "history/workflows", "folder of workflow definitions"),
     Variable("STUDIO_BUSY_SECONDS", "busy_seconds", float, number("15", minimum=0.0), "15",
              "how long a write waits for another process's SQLite write lock before answering 503"),

@@ -193,6 +193,40 @@ def move_to_tombstone(entry: Path) -> bool:
     return True
 
 
+def remove_listed_files(paths: list[Path], output_root: Path) -> tuple[int, int]:
+    """Delete exactly these files (resolved inside the output folder by output_file), then every folder
+    they leave empty, up to but never including the output folder; answer (files, bytes) removed.
+
+    For jobs that have no folder of their own (prompts other ComfyUI clients queued): their files are
+    wherever ComfyUI saved them. A file already gone is not an error; a link or a non-file is left alone.
+    """
+    root = Path(output_root).resolve()
+    removed, freed = 0, 0
+    parents = set()
+    for path in paths:
+        path = Path(path)
+        if root not in path.parents:
+            raise UnsafePath(f"{path.name} is outside the output folder")
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        os.unlink(path)
+        removed += 1
+        freed += info.st_size
+        parents.add(path.parent)
+    for folder in sorted(parents, key=lambda folder: len(folder.parts), reverse=True):
+        while folder != root and root in folder.parents:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+            folder = folder.parent
+    return removed, freed
+
+
 def put_back(entry: Path) -> None:
     """Undo move_to_tombstone (the record could not be removed after all): the job stays whole."""
     tombstone = tombstone_of(entry)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import hashlib
+import json
 import logging
+import operator
 import re
 from dataclasses import dataclass
 from dataclasses import field
@@ -35,6 +38,8 @@ from history.models import iso
 from history.models import known_status
 from history.models import STATUSES
 from history.models import Job
+from history.models import JobDeleted
+from history.models import JobGraph
 from history.models import best_output
 from history.models import clean_ref
 
@@ -557,6 +562,14 @@ def delete_usage(prompt_ids: list[str], output_root: Path) -> dict:
     jobs = [job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids))) if job.status not in ACTIVE_STATUSES]
     plan = _plan_folders(jobs, output_root)
     usage = {"jobs": len(jobs), "files": 0, "bytes": 0}
+    for paths in listed_files(jobs, output_root).values():
+        for path in paths:
+            try:
+                size = path.lstat().st_size
+            except OSError:
+                continue
+            usage["files"] += 1
+            usage["bytes"] += size
     for entry in dict.fromkeys(where for where in plan.values() if isinstance(where, Path)):
         if not entry.is_symlink():
             count, size = files.folder_usage(entry)
@@ -653,6 +666,8 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
     if not doomed:
         return
     plan = _plan_folders(doomed, output_root)
+    # Jobs with no folder of their own (other ComfyUI clients' prompts) lose exactly their listed files.
+    listed = listed_files(doomed, output_root)
     moved: list[Path] = []
     refused: dict[str, dict] = {}
     gone: list[str] = []
@@ -679,11 +694,24 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
                 gone.append(job.prompt_id)
             for start in range(0, len(gone), DELETE_BATCH):
                 Job.delete().where(Job.prompt_id.in_(gone[start:start + DELETE_BATCH])).execute()
+                JobGraph.delete().where(JobGraph.prompt_id.in_(gone[start:start + DELETE_BATCH])).execute()
+            remember_deleted(gone)
     except BaseException:
         for entry in moved:
             files.put_back(entry)  # nothing was committed: every job stays whole
         raise
     gone_ids = set(gone)
+    for prompt_id, paths in listed.items():
+        if prompt_id not in gone_ids:
+            continue
+        try:
+            count, size = files.remove_listed_files(paths, output_root)
+        except (OSError, files.UnsafePath) as error:
+            log.warning("delete of %s left its listed files: %s", prompt_id, error)
+            report.pending.append({"prompt_id": prompt_id, "files": [path.name for path in paths[:20]], "count": len(paths)})
+            continue
+        report.files_removed += count
+        report.bytes_freed += size
     for entry in dict.fromkeys(moved):
         cleared = files.clear_tombstone(entry)
         report.files_removed += cleared.files
@@ -710,6 +738,62 @@ def _move_refusal(prompt_id: str, error: Exception) -> dict:
     return {"prompt_id": prompt_id, "error": f"could not delete its files: {error.strerror or error}", "status": 500}
 
 
+def listed_files(doomed: list[Job], output_root: Path) -> dict[str, list[Path]]:
+    """The files each folderless job of ``doomed`` lists that are its alone, by prompt_id.
+
+    Never a file that a record outside ``doomed`` lists too (a cached re-run lists the files of the run it
+    replays), never one inside another job's folder, never one outside the output folder.
+    """
+    folderless = [job for job in doomed if not job.output_dir and job.outputs]
+    if not folderless:
+        return {}
+    doomed_ids = [job.prompt_id for job in doomed]
+    wanted: dict[str, list[tuple[tuple, Path]]] = {}
+    names = set()
+    for job in folderless:
+        for ref in job.outputs or []:
+            if not isinstance(ref, dict) or ref.get("type", "output") != "output":
+                continue
+            try:
+                path = files.output_file(output_root, ref)
+            except files.UnsafePath:
+                continue
+            key = (str(ref.get("subfolder") or "").strip("/"), ref.get("filename"))
+            wanted.setdefault(job.prompt_id, []).append((key, path))
+            names.add(ref["filename"])
+    kept = set()
+    names = sorted(names)
+    for start in range(0, len(names), 100):
+        chunk = names[start:start + 100]
+        # A narrow LIKE first (JSON text of either store), then the exact references in Python.
+        text = Job.outputs.cast("text")
+        matches = [text.contains(name) for name in chunk] + [text.contains(json.dumps(name)[1:-1]) for name in chunk]
+        others = (
+            Job.select(Job.outputs)
+            .where(Job.prompt_id.not_in(doomed_ids) & functools.reduce(operator.or_, matches))
+            .tuples()
+        )
+        for (outputs,) in others:
+            for ref in outputs or []:
+                if isinstance(ref, dict):
+                    kept.add((str(ref.get("subfolder") or "").strip("/"), ref.get("filename")))
+    studio_folder = files.STUDIO_FOLDER + "/"
+    folders = {key[0][len(studio_folder):].split("/")[0] for entries in wanted.values() for key, _ in entries
+               if key[0].startswith(studio_folder)}
+    owned_folders = set()
+    if folders:
+        owned_folders = {row[0] for row in Job.select(Job.output_dir).where(Job.output_dir.in_(sorted(folders))).tuples()}
+    found = {}
+    for prompt_id, entries in wanted.items():
+        paths = []
+        for key, path in entries:
+            in_job_folder = key[0].startswith(studio_folder) and key[0][len(studio_folder):].split("/")[0] in owned_folders
+            if key not in kept and not in_job_folder and path not in paths:
+                paths.append(path)
+        found[prompt_id] = paths
+    return found
+
+
 def finish_interrupted_deletes(output_root: Path) -> int:
     """Finish the deletes a killed process (or a permission) left in tombstones; return how many were found.
 
@@ -722,7 +806,9 @@ def finish_interrupted_deletes(output_root: Path) -> int:
     for _folder, name in files.interrupted_deletes(output_root):
         try:
             with database.atomic():
-                Job.delete().where((Job.output_dir == name) & Job.status.not_in(ACTIVE_STATUSES)).execute()
+                ended = (Job.output_dir == name) & Job.status.not_in(ACTIVE_STATUSES)
+                remember_deleted([prompt_id for (prompt_id,) in Job.select(Job.prompt_id).where(ended).tuples()])
+                Job.delete().where(ended).execute()
         except DatabaseError as error:
             log.warning("could not finish the interrupted delete of %s: %s", name, error)
             continue
@@ -738,7 +824,7 @@ def finish_interrupted_deletes(output_root: Path) -> int:
 RECORD_FIELDS = (
     "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
     "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir", "error",
-    "retry_of",
+    "retry_of", "source",
 )
 
 
@@ -811,7 +897,7 @@ def validate_record(record, output_root: Path | None = None) -> dict:
         if not isinstance(value, dict):
             raise InvalidRecord(f"{key} must be an object")
         values[key] = value
-    for key in ("input_image", "error", "retry_of"):
+    for key in ("input_image", "error", "retry_of", "source"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise InvalidRecord(f"{key} must be a string or null")
@@ -1178,3 +1264,115 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
 def count_by_status() -> dict[str, int]:
     """How many jobs the store holds in each status (for /metrics)."""
     return dict(Job.select(Job.status, fn.COUNT(SQL("*"))).group_by(Job.status).order_by().tuples())
+
+
+# ---- prompts other clients queued on ComfyUI ------------------------------------------------------
+
+def unknown_ids(prompt_ids: list[str]) -> list[str]:
+    """The ids (in the order given) that no record has."""
+    ids = [prompt_id for prompt_id in dict.fromkeys(prompt_ids) if isinstance(prompt_id, str) and PROMPT_ID_PATTERN.match(prompt_id)]
+    known = set()
+    with connection():
+        for start in range(0, len(ids), DELETE_BATCH):
+            known.update(Job.select(Job.prompt_id).where(Job.prompt_id.in_(ids[start:start + DELETE_BATCH])).tuples())
+        known = {row[0] for row in known}
+        for start in range(0, len(ids), DELETE_BATCH):
+            chunk = ids[start:start + DELETE_BATCH]
+            known.update(row[0] for row in JobDeleted.select(JobDeleted.prompt_id).where(JobDeleted.prompt_id.in_(chunk)).tuples())
+    return [prompt_id for prompt_id in ids if prompt_id not in known]
+
+
+def _observed_values(record: dict, output_root: Path | None) -> tuple[dict, dict]:
+    """The job's and its graph's field values of an observed ComfyUI prompt; raise InvalidRecord."""
+    prompt_id = record.get("prompt_id")
+    if not isinstance(prompt_id, str) or not PROMPT_ID_PATTERN.match(prompt_id):
+        raise InvalidRecord("prompt_id must be 1-64 letters, digits, '_', '-', '.' or ':'")
+    outputs = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(record.get("outputs") or [])]
+    started_at, finished_at = record.get("started_at"), record.get("finished_at")
+    values = {
+        "prompt_id": prompt_id,
+        "workflow_id": record["workflow_id"],
+        "workflow_name": str(record.get("workflow_name") or "")[:200],
+        "queued_at": record.get("queued_at") or started_at or finished_at or datetime.datetime.now(datetime.timezone.utc),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration": max(0.0, (finished_at - started_at).total_seconds()) if started_at and finished_at else None,
+        "params": record.get("params") or {},
+        "seeds": record.get("seeds") or {},
+        "outputs": outputs,
+        "output": best_output(outputs),
+        "output_dir": None,
+        "error": record.get("error"),
+        "source": record.get("source"),
+    }
+    graph = {"prompt_id": prompt_id, "graph": record.get("graph"), "ui_workflow": record.get("ui_workflow")}
+    return values, graph
+
+
+def insert_observed(record: dict, status: str) -> Job | None:
+    """Record a prompt another client queued (queued or running) unless a record has its id; None then."""
+    try:
+        values, graph = _observed_values(record, None)
+    except InvalidRecord as error:
+        log.warning("not recording ComfyUI prompt %r: %s", record.get("prompt_id"), error)
+        return None
+    values["status"] = status
+    if status == "running":
+        values["started_at"] = values["started_at"] or values["queued_at"]
+    with connection(), database.atomic():
+        if Job.select().where(Job.prompt_id == values["prompt_id"]).exists():
+            return None
+        Job.insert(**values).execute()
+        save_graph(**graph)
+        return Job.get_by_id(values["prompt_id"])
+
+
+def insert_finished(records: list[dict], output_root: Path) -> tuple[list[Job], list[dict]]:
+    """Store finished prompts of other clients that no record has; answer (the jobs made, the refused)."""
+    taken, refused = [], []
+    for record in records:
+        try:
+            values, graph = _observed_values(record, output_root)
+            status = known_status(record.get("status"))
+            if status not in HISTORY_STATUSES:
+                raise InvalidRecord(f"status {record.get('status')!r} is not an end")
+        except InvalidRecord as error:
+            refused.append({"prompt_id": record.get("prompt_id"), "error": str(error)})
+            continue
+        values["status"] = status
+        # Measured once, as it is taken, like a job that ends here.
+        values["bytes"] = files.job_bytes(output_root, None, values["outputs"])
+        with connection(), database.atomic():
+            if Job.select().where(Job.prompt_id == values["prompt_id"]).exists():
+                continue
+            Job.insert(**values).execute()
+            save_graph(**graph)
+            taken.append(Job.get_by_id(values["prompt_id"]))
+    return taken, refused
+
+
+def remember_deleted(prompt_ids: list[str]) -> None:
+    """Note deleted ids (inside the caller's transaction) so that ComfyUI's history never brings them back."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for start in range(0, len(prompt_ids), DELETE_BATCH):
+        rows = [{"prompt_id": prompt_id, "deleted_at": now} for prompt_id in prompt_ids[start:start + DELETE_BATCH]]
+        if rows:
+            JobDeleted.insert_many(rows).on_conflict_ignore().execute()
+
+
+def save_graph(prompt_id: str, graph: dict | None, ui_workflow: dict | None = None) -> None:
+    """Keep a job's API-format graph (and UI workflow) for prompt.json, workflow.json and Retry."""
+    with connection(), database.atomic():
+        (
+            JobGraph.insert(prompt_id=prompt_id, graph=graph, ui_workflow=ui_workflow)
+            .on_conflict(conflict_target=[JobGraph.prompt_id], update={JobGraph.graph: graph, JobGraph.ui_workflow: ui_workflow})
+            .execute()
+        )
+
+
+def graph_of(prompt_id: str) -> JobGraph | None:
+    """A job's kept graph and UI workflow, or None (jobs recorded before graphs were kept)."""
+    if not isinstance(prompt_id, str) or not PROMPT_ID_PATTERN.match(prompt_id):
+        return None
+    with connection():
+        return JobGraph.get_or_none(JobGraph.prompt_id == prompt_id)

@@ -85,6 +85,8 @@ class Job(BaseModel):
     # The size of the job's files, measured when it ends or is imported (None until then), so totals
     # are a sum over the store and never a walk of the disk.
     bytes = BigIntegerField(null=True)
+    # Where a prompt another client queued came from ("ComfyUI's page on http://..."); None for the studio's own.
+    source = TextField(null=True)
 
     class Meta:
         table_name = "job"
@@ -132,7 +134,30 @@ class Job(BaseModel):
             "output_dir": self.output_dir,
             "error": self.error,
             "retry_of": self.retry_of,
+            "source": self.source,
         }
+
+
+
+class JobGraph(BaseModel):
+    """A job's API-format graph (what ComfyUI's /prompt takes) and its UI workflow, where one came along."""
+
+    prompt_id = CharField(primary_key=True, max_length=64)
+    graph = JSONField(null=True)
+    ui_workflow = JSONField(null=True)
+
+    class Meta:
+        table_name = "job_graph"
+
+
+class JobDeleted(BaseModel):
+    """The id of a deleted job: an observer reading ComfyUI's history (which still lists it) skips it."""
+
+    prompt_id = CharField(primary_key=True, max_length=64)
+    deleted_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "job_deleted"
 
 
 def iso(value: datetime.datetime | None) -> str | None:

@@ -130,7 +130,7 @@ SCHEMAS = {
         "required": [
             "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
             "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir",
-            "error", "retry_of",
+            "error", "retry_of", "source",
         ],
         "properties": {
             "prompt_id": {"type": "string"},
@@ -152,6 +152,10 @@ SCHEMAS = {
             "output_dir": {"type": ["string", "null"]},
             "error": {"type": ["string", "null"]},
             "retry_of": {"type": ["string", "null"]},
+            "source": {
+                "type": ["string", "null"],
+                "description": "where a prompt another ComfyUI client queued came from; null for the studio's own",
+            },
         },
     },
     "DeleteReport": {
@@ -490,6 +494,26 @@ PATHS = {
             "responses": _answers(*GUARDED, 404, **{"200": {
                 "description": "the zip, streamed",
                 "content": {"application/zip": {"schema": {"type": "string", "contentMediaType": "application/zip"}}},
+            }}),
+        },
+    },
+    "/api/admin/history/{prompt_id}/prompt.json": {
+        "get": {
+            "operationId": "getJobPrompt",
+            "summary": "A job's API-format graph (what ComfyUI's /prompt takes), as a download",
+            "parameters": [PROMPT_ID],
+            "responses": _answers(*GUARDED, 404, **{"200": {
+                "description": "the graph", "content": {"application/json": {"schema": {"type": "object"}}},
+            }}),
+        },
+    },
+    "/api/admin/history/{prompt_id}/workflow.json": {
+        "get": {
+            "operationId": "getJobWorkflow",
+            "summary": "The UI workflow ComfyUI's page embedded in a job (its page opens it by drag and drop)",
+            "parameters": [PROMPT_ID],
+            "responses": _answers(*GUARDED, 404, **{"200": {
+                "description": "the UI workflow", "content": {"application/json": {"schema": {"type": "object"}}},
             }}),
         },
     },

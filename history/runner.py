@@ -31,6 +31,11 @@ from history.models import utcnow
 log = logging.getLogger(__name__)
 
 
+def saved_outputs(outputs) -> list[dict]:
+    """The files that last (``type: "output"``): ComfyUI empties temp/ at every start, so previews are never a job's."""
+    return [ref for ref in outputs or [] if isinstance(ref, dict) and ref.get("type", "output") == "output"]
+
+
 def new_output_dir(now: datetime.datetime | None = None) -> str:
     """A fresh job folder name: ``YYYYMMDD_HHMMSS_<6 hex>`` (UTC)."""
     now = now or utcnow()
@@ -88,14 +93,23 @@ class Runner:
     # ---- the Reporter interface ------------------------------------------------------------------
 
     def started(self, prompt_id: str, at: datetime.datetime) -> None:
-        """Record that a job runs, and say so."""
-        job = jobs.update_active(prompt_id, lambda job: {"status": RUNNING, "started_at": job.started_at or at})
+        """Record that a job runs, and say so once (a process that took over a running job says nothing)."""
+        was = {}
+
+        def change(job: Job) -> dict:
+            was["status"] = job.status
+            # The earliest start anyone reported: another client's job seen running in /queue gets its
+            # real start from ComfyUI's history later.
+            return {"status": RUNNING, "started_at": min(job.started_at, at) if job.started_at else at}
+
+        job = jobs.update_active(prompt_id, change)
         if job is None:
             self.unfollow(prompt_id)
             return
         self.follow(prompt_id, running=True)
-        self.metrics.executions_started.inc()
-        self.bus.publish("job.started", job.to_dict())
+        if was.get("status") != RUNNING:
+            self.metrics.executions_started.inc()
+            self.bus.publish("job.started", job.to_dict())
 
     def progress(self, prompt_id: str, node: str | None, value: int, maximum: int) -> None:
         """Keep a job's progress in memory (it is per process and short-lived) and say so."""
@@ -109,7 +123,7 @@ class Runner:
 
     def completed(self, prompt_id: str, outputs: list[dict], at: datetime.datetime) -> None:
         """Record a finished job with its files, and say so."""
-        outputs = list(outputs or [])
+        outputs = saved_outputs(outputs)
         # Made before the event goes out, so the page that shows the new card finds its thumbnail ready.
         self.warm_thumbnail(outputs)
         self._finish(prompt_id, at, COMPLETED, "job.completed", {
@@ -131,10 +145,45 @@ class Runner:
         if thumbnails.can_thumbnail(source.name):
             thumbnails.make_thumbnail(source, settings.thumbnail_dir)  # never raises; None when it cannot
 
-    def failed(self, prompt_id: str, error: str, at: datetime.datetime, status: str = ERROR) -> None:
-        """Record a failed (``error``) or lost (``stalled``) job, and say so."""
+    def failed(
+        self, prompt_id: str, error: str, at: datetime.datetime, status: str = ERROR, outputs: list[dict] | None = None
+    ) -> None:
+        """Record a failed (``error``) or lost (``stalled``) job with what it saved before, and say so."""
         status = STALLED if status == STALLED else ERROR
-        self._finish(prompt_id, at, status, "job.stalled" if status == STALLED else "job.failed", {"error": str(error)})
+        values = {"error": str(error)}
+        saved = saved_outputs(outputs)
+        if saved:
+            values.update(outputs=[clean_ref(ref) for ref in saved], output=best_output(saved))
+        self._finish(prompt_id, at, status, "job.stalled" if status == STALLED else "job.failed", values)
+
+    # ---- prompts other clients queued on ComfyUI --------------------------------------------------
+
+    def observed(self, record: dict, status: str) -> bool:
+        """Record a prompt another client queued as queued or running, and say so; False if the store has it."""
+        job = jobs.insert_observed(record, status)
+        if job is None:
+            return False
+        self.follow(job.prompt_id, running=job.status == RUNNING)
+        self.bus.publish("job.queued", job.to_dict())
+        if job.status == RUNNING:
+            self.bus.publish("job.started", job.to_dict())
+        return True
+
+    def unknown(self, prompt_ids: list[str]) -> list[str]:
+        """The ids the store has no record of."""
+        return jobs.unknown_ids(prompt_ids)
+
+    def recorded(self, records: list[dict], announce: bool = True) -> tuple[int, list[dict]]:
+        """Store finished prompts of other clients that the store lacks; publish each end when ``announce``."""
+        for record in records:
+            record["outputs"] = saved_outputs(record.get("outputs"))
+            if announce:
+                self.warm_thumbnail(record["outputs"])
+        taken, refused = jobs.insert_finished(records, self.settings.output_dir)
+        if announce:
+            for job in taken:
+                self.bus.publish("job.completed" if job.status == COMPLETED else "job.failed", job.to_dict())
+        return len(taken), refused
 
     def _finish(self, prompt_id: str, at: datetime.datetime, status: str, event: str, values: dict) -> Job | None:
         def change(job: Job) -> dict:

@@ -20,6 +20,7 @@ from history.arrivals import ThumbnailMaker
 from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
+from history.executors.comfyui_graph import COMFYUI_WORKFLOW_ID
 from history.metrics import Metrics
 from history.models import Job
 from history.models import utcnow
@@ -27,6 +28,7 @@ from history.retention import RetentionTimer
 from history.retry_guard import RetryGuard
 from history.runner import Runner
 from history.runner import new_output_dir
+from history.workflows import RetryPlan
 from history.workflows import ValidationError
 from history.workflows import build_graph
 from history.workflows import load_workflows
@@ -138,6 +140,10 @@ class Studio:
 
     def retry_plan(self, job: Job):
         """What a Retry of ``job`` would run now (workflows.plan_retry), or why it cannot run."""
+        if job.workflow_id == COMFYUI_WORKFLOW_ID:
+            # Its own graph runs again as it was; only a ComfyUI server can run it.
+            reason = None if self.settings.comfyui_url else "it ran on ComfyUI; set STUDIO_COMFYUI_URL to run it again"
+            return RetryPlan(params=dict(job.params or {}), input_image=job.input_image, reason=reason)
         return plan_retry(self.workflows.get(job.workflow_id), job.params, job.input_image)
 
     def execute(self, workflow_id: str, params=None, input_image: str | None = None, retry_of: str | None = None) -> Job:
@@ -147,6 +153,8 @@ class Studio:
         / ExecutorRejected, in which case no record is left behind. A retry (``retry_of``) reuses the
         original's resolved seeds, input image and (when none are given) parameters.
         """
+        if workflow_id == COMFYUI_WORKFLOW_ID:
+            return self.rerun_comfyui_prompt(retry_of)
         workflow = self.workflow(workflow_id)
         previous_seeds = None
         notes: list[str] = []
@@ -189,6 +197,7 @@ class Studio:
             output_dir=output_dir,
             retry_of=retry_of,
         )
+        jobs.save_graph(prompt_id, graph)
         record = job.to_dict()
         self.runner.follow(prompt_id)
         self.bus.publish("job.queued", record)
@@ -203,6 +212,48 @@ class Studio:
         if retry_of is not None:
             self.bus.publish("job.retried", record)
         job.retry_notes = notes
+        return job
+
+    def rerun_comfyui_prompt(self, retry_of) -> Job:
+        """Retry a prompt another ComfyUI client queued: post its own graph again (same seeds), as ours.
+
+        Its files go wherever its graph saves them, like the original's; the new record lists them.
+        """
+        original = jobs.get_job(retry_of) if isinstance(retry_of, str) else None
+        if original is None or original.workflow_id != COMFYUI_WORKFLOW_ID:
+            raise ValidationError("retry_of", f"no ComfyUI job with prompt_id {retry_of!r} (only a retry can run one)")
+        if not self.settings.comfyui_url:
+            raise ValidationError("retry_of", "this job ran on ComfyUI; set STUDIO_COMFYUI_URL to run it again")
+        kept = jobs.graph_of(original.prompt_id)
+        if kept is None or not isinstance(kept.graph, dict) or not kept.graph:
+            raise ValidationError("retry_of", f"job {retry_of} has no graph kept to run again")
+        prompt_id = str(uuid.uuid4())
+        job = jobs.record_queued(
+            prompt_id=prompt_id,
+            workflow_id=COMFYUI_WORKFLOW_ID,
+            workflow_name=original.workflow_name,
+            queued_at=utcnow(),
+            params=original.params,
+            seeds=original.seeds,
+            outputs=[],
+            output_dir=None,
+            retry_of=original.prompt_id,
+            source=original.source,
+        )
+        jobs.save_graph(prompt_id, kept.graph, kept.ui_workflow)
+        record = job.to_dict()
+        self.runner.follow(prompt_id)
+        self.bus.publish("job.queued", record)
+        extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}} if kept.ui_workflow else None
+        try:
+            self.executor.submit(Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data))
+        except Exception:
+            self.runner.unfollow(prompt_id)
+            jobs.discard_queued(prompt_id)
+            self.bus.publish("job.deleted", record)
+            raise
+        self.bus.publish("job.retried", record)
+        job.retry_notes = []
         return job
 
 

@@ -238,6 +238,7 @@ class ComfyUIDouble:
         self._sockets: dict = {}  # clientId -> _Socket getting frames (ComfyUI keeps the newest per id)
         self._open: list = []  # every open _Socket
         self._refusing = False
+        self.refused_sockets = 0  # websocket connects turned away while refusing
         self._pending: list = []
         self._running: _Prompt | None = None
         self._last_node = None
@@ -354,8 +355,12 @@ class ComfyUIDouble:
         with self._cond:
             self._refusing = False
 
-    def restart(self) -> None:
-        """Behave like a restarted ComfyUI: queue, running prompt, history and cache are gone; sockets drop."""
+    def restart(self, down: bool = False) -> None:
+        """Behave like a restarted ComfyUI: queue, running prompt, history and cache are gone; sockets drop.
+
+        With ``down``, websockets are refused until accept_connections(), as while the real one starts
+        again (12_restart_mid_job: the old socket ends with code 1005, then connects are refused).
+        """
         with self._cond:
             self._generation += 1
             self._pending.clear()
@@ -367,7 +372,7 @@ class ComfyUIDouble:
             self._pause_node = None
             self._number = 0
             self._cond.notify_all()
-        self.drop_connections()
+        self.drop_connections(refuse=down)
 
     def history(self, prompt_id: str) -> dict | None:
         """ComfyUI's history record of a prompt."""
@@ -379,6 +384,8 @@ class ComfyUIDouble:
     def _make_app(self) -> Flask:
         """Build the Flask app with ComfyUI's routes."""
         app = Flask("comfyui_double")
+        # aiohttp keeps a dict's order (10_history_paging: /history lists oldest first); Flask would sort keys.
+        app.json.sort_keys = False
         sock = Sock(app)
         double = self
 
@@ -388,6 +395,7 @@ class ComfyUIDouble:
             body = request.get_json(silent=True) if request.method == "POST" else None
             double.requests.append((request.method, request.full_path.rstrip("?"), body))
             if request.path == "/ws" and double._refusing:
+                double.refused_sockets += 1
                 return Response("ComfyUI is restarting", status=503)
             return None
 
@@ -428,11 +436,13 @@ class ComfyUIDouble:
             """List finished prompts, oldest first."""
             with double._cond:
                 items = list(double._history.items())
-            offset = request.args.get("offset", 0, type=int)
+            offset = request.args.get("offset", -1, type=int)
             max_items = request.args.get("max_items", type=int)
-            end = len(items) - offset
-            start = max(0, end - max_items) if max_items is not None else 0
-            return jsonify(dict(items[start:end]))
+            # 10_history_paging: offset counts from the oldest entry; without one, max_items takes the newest.
+            if offset < 0:
+                offset = max(0, len(items) - max_items) if max_items is not None else 0
+            end = offset + max_items if max_items is not None else len(items)
+            return jsonify(dict(items[offset:end]))
 
         @app.get("/history/<prompt_id>")
         def get_history_item(prompt_id):

@@ -43,6 +43,7 @@ def record(number: int, status: str) -> dict:
         "output_dir": f"d{number}",
         "error": "boom" if status in ("error", "stalled") else None,
         "retry_of": f"job-{number - 1:04d}" if number % 7 == 0 and number else None,
+        "source": "a script on http://127.0.0.1:8188" if number % 13 == 0 else None,
     }
 
 

@@ -26,7 +26,11 @@ from tests.comfyui_double import transcript
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.executors.base import Submission
+from history.executors.comfyui import DIED
 from history.executors.comfyui import FORGOTTEN
+from history.executors.comfyui import REMOVED
+from history.executors.comfyui import history_outcome
+from history.executors.comfyui import history_pages
 from history.executors.comfyui import ComfyUIExecutor
 from history.executors.comfyui import output_refs
 
@@ -40,6 +44,7 @@ class RecordingReporter:
 
     def __init__(self):
         self.calls = []
+        self.stored = set()
         self._changed = threading.Condition()
 
     def _record(self, *call) -> None:
@@ -56,8 +61,33 @@ class RecordingReporter:
     def completed(self, prompt_id, outputs, at):
         self._record("completed", prompt_id, outputs, at)
 
-    def failed(self, prompt_id, error, at, status="error"):
-        self._record("failed", prompt_id, error, at, status)
+    def failed(self, prompt_id, error, at, status="error", outputs=None):
+        self._record("failed", prompt_id, error, at, status, outputs or [])
+
+    # What an observer asks of the store: this reporter's store is the jobs it heard of.
+    def observed(self, record, status):
+        if record["prompt_id"] in self.known():
+            return False
+        self._record("observed", record["prompt_id"], record, status)
+        return True
+
+    def unknown(self, prompt_ids):
+        known = self.known()
+        return [prompt_id for prompt_id in prompt_ids if prompt_id not in known]
+
+    def recorded(self, records, announce=True):
+        for record in records:
+            self._record("recorded", record["prompt_id"], record, announce)
+        return len(records), []
+
+    def known(self) -> set:
+        with self._changed:
+            return {call[1] for call in self.calls} | self.stored
+
+    def submitted(self, prompt_id) -> None:
+        """Note a job as the store has it before it is posted."""
+        with self._changed:
+            self.stored.add(prompt_id)
 
     def of(self, prompt_id) -> list:
         """The calls about one job."""
@@ -85,10 +115,20 @@ class RecordingReporter:
             elif call[0] == "completed":
                 record.update(status="completed", outputs=call[2], finished_at=call[3])
             elif call[0] == "failed":
-                record.update(status=call[4], error=call[2], finished_at=call[3])
+                record.update(status=call[4], error=call[2], finished_at=call[3], outputs=call[5])
         if record["started_at"]:
             record["duration"] = (record["finished_at"] - record["started_at"]).total_seconds()
         return record
+
+
+def wait_until(condition, timeout=WAIT) -> bool:
+    """Wait for a condition that no event announces."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
 
 
 def save_graph(name="final", color=0xFF8800, batch=2, title=None, prefix=None) -> dict:
@@ -146,6 +186,14 @@ def make_executor(comfyui):
 
     def make(reporter, pending=(), url=None, connect=True):
         executor = ComfyUIExecutor(reporter, url or comfyui.url, reconnect_delay=0.05, http_timeout=WAIT)
+        submit = executor.submit
+
+        def submit_as_the_studio_does(job):
+            # The studio stores a job before it posts it: an observer never takes it for another client's.
+            reporter.submitted(job.prompt_id)
+            submit(job)
+
+        executor.submit = submit_as_the_studio_does
         executor.max_reconnect_delay = 0.2
         executor.orphan_poll_seconds = 0.2
         made.append(executor)
@@ -403,11 +451,17 @@ def test_restart_that_forgot_a_running_job_makes_it_stalled(comfyui, executor, r
     executor.submit(job)
     assert comfyui.wait_paused(WAIT)
 
-    comfyui.restart()
+    went_down = datetime.datetime.now(datetime.timezone.utc)
+    comfyui.restart(down=True)  # 12_restart_mid_job: the socket ends, connects are refused while it starts
+    assert wait_until(lambda: comfyui.refused_sockets >= 3)
+    back_up = datetime.datetime.now(datetime.timezone.utc)
+    comfyui.accept_connections()
 
     record = reporter.job(job.prompt_id)
-    assert (record["status"], record["error"]) == ("stalled", FORGOTTEN)
-    assert "no longer knows this job" in record["error"]
+    assert (record["status"], record["error"]) == ("stalled", DIED)
+    # It ends when it was last known alive, so its duration never counts the outage.
+    assert went_down <= record["finished_at"] < back_up
+    assert [call[0] for call in reporter.of(job.prompt_id)].count("started") == 1
 
 
 def test_start_up_reconciles_what_the_store_has_as_queued_or_running(comfyui, make_executor):
@@ -602,3 +656,64 @@ def test_a_job_end_waits_for_its_start_that_another_thread_is_still_storing(comf
     record = reporter.job(job.prompt_id)
     assert [call[0] for call in reporter.of(job.prompt_id) if call[0] != "progress"] == ["started", "completed"]
     assert record["status"] == "completed" and record["duration"] >= 0
+
+
+# -- what a person found wrong with the studio's own jobs -------------------------------------------
+
+
+def test_a_run_that_fails_after_a_save_reports_the_files_it_saved(comfyui, executor, reporter):
+    graph = save_graph(name="kept")
+    graph["9"] = graph.pop("3")  # saved first: ComfyUI runs output nodes highest id first (03_preview_and_save)
+    graph["4"] = {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}}
+    graph["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": f"{SUBFOLDER}/never"}}
+    comfyui.fail_at("4")
+    job = submission(graph)
+    executor.submit(job)
+
+    record = reporter.job(job.prompt_id)
+    assert record["status"] == "error"
+    assert [ref["filename"] for ref in record["outputs"]] == ["kept_00001_.png", "kept_00002_.png"]
+    # The reconcile path reads the same from ComfyUI's history.
+    outcome = history_outcome(comfyui.history(job.prompt_id), graph)
+    assert (outcome["status"], outcome["outputs"]) == ("error", record["outputs"])
+
+
+def test_a_queued_job_another_client_deletes_from_the_queue_settles_within_seconds(comfyui, executor, reporter):
+    comfyui.hold()
+    job = submission(save_graph())
+    executor.submit(job)
+    post_json(comfyui.url + "/queue", {"delete": [job.prompt_id]})  # 11_queue_delete_by_other_client
+
+    record = reporter.job(job.prompt_id, timeout=3)
+    assert (record["status"], record["error"]) == ("error", REMOVED)
+    assert record["started_at"] is None
+    comfyui.release()
+
+
+def test_reconnect_attempts_stay_frequent_so_jobs_reconcile_soon_after_comfyui_answers(comfyui, reporter):
+    assert ComfyUIExecutor(reporter, comfyui.url).max_reconnect_delay <= 2.0
+
+
+def test_history_pages_read_every_entry_oldest_first_as_recorded(comfyui):
+    recorded = transcript("10_history_paging.json")
+    # The recording: offset counts from the oldest entry, and a short page ends the history.
+    assert [page["ids"] for page in recorded["pages"]] == [
+        recorded["posted_in_order"][:100], recorded["posted_in_order"][100:], []]
+    assert recorded["newest_3"] == recorded["posted_in_order"][-3:]
+    ids = [post_json(comfyui.url + "/prompt", {"prompt": save_graph(color=number, batch=1)})["prompt_id"] for number in range(7)]
+    assert comfyui.wait_idle(WAIT)
+    executor = ComfyUIExecutor(RecordingReporter(), comfyui.url)
+    pages = list(history_pages(executor._request, page_size=3))
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [prompt_id for page in pages for prompt_id in page] == ids
+    assert list(get_json(comfyui.url + "/history?max_items=3")) == ids[-3:]
+
+
+def test_an_observer_gets_status_frames_only_for_other_clients_prompts(comfyui):
+    recorded = transcript("09_other_clients.json")
+    assert "execution_start" not in recorded["studio_ws_types_in_order"]
+    assert "execution_start" in recorded["page_ws_types_in_order"]
+    # Both prompts' graphs are in /queue and /history with the page's UI workflow in extra_data.
+    page_id = recorded["prompt_A_page_with_ui_workflow"]
+    entry = next(call["body"][page_id] for call in recorded["http"] if call["path"] == f"/history/{page_id}")
+    assert "workflow" in entry["prompt"][3]["extra_pnginfo"]

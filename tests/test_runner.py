@@ -270,3 +270,36 @@ def test_a_cli_command_never_reconciles_a_servers_jobs(app_config, make_job, db)
         assert result.exit_code == 0, result.output
         assert not cli_app.extensions["studio"].started
     assert record(db, running.prompt_id)["status"] == "running"
+
+
+# -- what ComfyUI reports: saved files, previews, one start ----------------------------------------------
+
+SAVED = {"filename": "final_00001_.png", "subfolder": "comfyui-studio/x", "type": "output"}
+PREVIEW = {"filename": "ComfyUI_temp_abcde_00001_.png", "subfolder": "", "type": "temp"}
+
+
+def test_previews_are_never_a_jobs_outputs(app, make_job, db):
+    job = make_job(status="running", files=0)
+    app.extensions["studio"].runner.completed(job.prompt_id, [PREVIEW, SAVED], utcnow())
+    stored = record(db, job.prompt_id)
+    assert stored["outputs"] == [SAVED] and stored["output"] == SAVED
+
+
+def test_a_job_that_failed_after_saving_keeps_what_it_saved(app, make_job, db):
+    job = make_job(status="running", files=0)
+    app.extensions["studio"].runner.failed(job.prompt_id, "node Upscale (#3): boom", utcnow(), outputs=[PREVIEW, SAVED])
+    stored = record(db, job.prompt_id)
+    assert (stored["status"], stored["outputs"], stored["output"]) == ("error", [SAVED], SAVED)
+
+
+def test_a_process_that_takes_over_a_running_job_does_not_say_it_started_again(app, make_job, db):
+    job = make_job(status="running", files=0)
+    runner = app.extensions["studio"].runner
+    with app.extensions["studio"].bus.subscribe() as events:
+        runner.started(job.prompt_id, utcnow())  # what a reconcile after a studio restart reports
+        assert [event["type"] for event in drain(events)] == []
+    queued = make_job(status="queued", files=0)
+    with app.extensions["studio"].bus.subscribe() as events:
+        runner.started(queued.prompt_id, utcnow())
+        runner.started(queued.prompt_id, utcnow())
+        assert [event["type"] for event in drain(events)] == ["job.started"]

@@ -35,8 +35,10 @@ class Submission:
     prompt_id: str
     workflow_id: str
     graph: dict
-    output_dir: str
+    output_dir: str | None
     input_image: str | None = None
+    # ComfyUI's extra_data (its UI workflow under extra_pnginfo), re-posted with a retried ComfyUI job.
+    extra_data: dict | None = None
 
 
 class Reporter(Protocol):
@@ -50,8 +52,22 @@ class Reporter(Protocol):
         """``outputs``: every ``{filename, subfolder, type}`` in node order; a ref may carry
         ``"animated": True`` (ComfyUI's flag for animated images), which marks it as a video."""
 
-    def failed(self, prompt_id: str, error: str, at: datetime.datetime, status: str = "error") -> None:
-        """``status`` is ``error`` (the run failed or was interrupted) or ``stalled`` (lost)."""
+    def failed(
+        self, prompt_id: str, error: str, at: datetime.datetime, status: str = "error", outputs: list[dict] | None = None
+    ) -> None:
+        """``status`` is ``error`` (the run failed or was interrupted) or ``stalled`` (lost); ``outputs``
+        are the files saved before it failed (they are the job's as much as a completed job's)."""
+
+    def observed(self, record: dict, status: str) -> bool:
+        """Record a prompt another client queued (``comfyui_graph.observed_record``) as ``queued`` or
+        ``running``; answer whether it is new to the store (then the executor follows it)."""
+
+    def unknown(self, prompt_ids: list[str]) -> list[str]:
+        """The ids the store has no record of (so an observer knows what to read)."""
+
+    def recorded(self, records: list[dict], announce: bool = True) -> "tuple[int, list[dict]]":
+        """Store finished prompts of other clients (observed_record with status, times, outputs, error)
+        that the store does not have; answer (taken, refused). ``announce`` publishes each as it ends."""
 
 
 class Executor:

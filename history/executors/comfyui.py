@@ -37,6 +37,7 @@ from history.executors.base import ExecutorUnavailable
 from history.executors.base import Reporter
 from history.executors.base import Submission
 from history.executors.base import utcnow
+from history.executors.comfyui_graph import observed_record
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ FORGOTTEN = (
     "ComfyUI no longer knows this job: it is neither queued, running nor in its history "
     "(ComfyUI was probably restarted while the job waited or ran)"
 )
+DIED = (
+    "ComfyUI went away while this job ran (it was restarted or crashed) and no longer knows it; "
+    "its end is when the studio last knew it alive"
+)
+REMOVED = "removed from ComfyUI's queue before it ran (another client deleted it)"
+# How many of ComfyUI's newest history entries a sweep reads (after a status frame, and every poll):
+# what finished since the last look, including prompts that ran between two looks at /queue.
+RECENT_HISTORY = 8
+HISTORY_PAGE = 100
 
 
 @dataclass
@@ -69,6 +79,9 @@ class _Job:
     current_node: str | None = None
     nodes_done: set = field(default_factory=set)
     outputs: dict = field(default_factory=dict)
+    # The last moment the job was known alive (the socket that carried its news closed then): a job
+    # ComfyUI lost while it was down ends there, so its duration never counts the outage.
+    alive_at: datetime.datetime | None = None
     # Held while the job's start or end is reported: the socket thread and a reconcile (on another
     # thread) can both learn of a job, and its end must not be stored before its start is.
     reporting: threading.Lock = field(default_factory=threading.Lock)
@@ -131,7 +144,11 @@ class ComfyUIExecutor(Executor):
     # How often jobs whose frames cannot reach us (found at start-up, posted by another client) are
     # looked up in /history; tests lower it.
     orphan_poll_seconds = 5.0
-    max_reconnect_delay = 30.0
+    # Reconnect attempts stay frequent (a refused connect costs nothing), so jobs are reconciled within
+    # about this long after ComfyUI answers again, never after a 30 s backoff.
+    max_reconnect_delay = 2.0
+    # Status frames come in bursts (2-3 per queue change): one sweep of /queue and /history per burst.
+    sweep_delay = 0.1
     ping_interval = 20.0
     # How long a submit waits for the websocket to open first, so the job's frames (its real start
     # time among them) reach us; past that it posts anyway and a reconcile fills in what was missed.
@@ -144,6 +161,7 @@ class ComfyUIExecutor(Executor):
         client_id: str | None = None,
         reconnect_delay: float = 1.0,
         http_timeout: float = 10.0,
+        observe: bool = True,
     ):
         super().__init__(reporter)
         self.base_url = base_url.rstrip("/")
@@ -161,6 +179,11 @@ class ComfyUIExecutor(Executor):
         self._connected = threading.Event()
         self._connection: _Connection | None = None
         self._thread: threading.Thread | None = None
+        # Observing: record the prompts other clients queue, and import the history on the first connection.
+        self.observe = observe
+        self._imported = False
+        self._sweep_due: float | None = None
+        self._lost_at: datetime.datetime | None = None
 
     # -- the Executor interface ---------------------------------------------------------------
 
@@ -181,6 +204,8 @@ class ComfyUIExecutor(Executor):
         self._follow_in_background()
         self._connected.wait(min(self.connect_wait, self.http_timeout))
         body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        if submission.extra_data:
+            body["extra_data"] = submission.extra_data
         try:
             status, answer = self._request("POST", "/prompt", body)
         except ExecutorUnavailable:
@@ -311,6 +336,17 @@ class ComfyUIExecutor(Executor):
                 outage_logged = False
                 delay = self.reconnect_delay
                 self._connected.set()
+                if self.observe and not self._imported:
+                    # A new studio's page is full on the first day: take what ComfyUI already holds.
+                    taken, refused = self.import_history()
+                    self._imported = True
+                    if taken or refused:
+                        log.info("Imported %d prompts from ComfyUI's history (%d refused)", taken, len(refused))
+                elif self.observe:
+                    # Back after a drop: what other clients ran meanwhile, and what they queued.
+                    self._catch_up()
+                    self._observe_queue(self._request("GET", "/queue")[1])
+                self._sweep_due = None
                 self._read(connection)
             except ExecutorUnavailable as error:
                 log.warning("Could not reconcile jobs with ComfyUI: %s", error)
@@ -318,8 +354,12 @@ class ComfyUIExecutor(Executor):
                 pass
             finally:
                 self._connected.clear()
+                lost_at = utcnow()
                 with self._lock:
                     self._connection = None
+                    # Every job followed was known alive until now; what ComfyUI forgets meanwhile ends here.
+                    for job in self._jobs.values():
+                        job.alive_at = lost_at
                 connection.close_now()
             if not self._stopping.is_set():
                 log.warning("ComfyUI websocket closed; reconnecting in %.1f s", delay)
@@ -341,18 +381,120 @@ class ComfyUIExecutor(Executor):
         """Handle frames until the socket closes or the executor stops; poll jobs no frame will tell about."""
         last_poll = time.monotonic()
         while not self._stopping.is_set():
+            timeout = min(1.0, self.orphan_poll_seconds)
+            if self._sweep_due is not None:
+                timeout = max(0.0, min(timeout, self._sweep_due - time.monotonic()))
             try:
-                message = connection.receive(timeout=min(1.0, self.orphan_poll_seconds))
+                message = connection.receive(timeout=timeout)
             except simple_websocket.ConnectionClosed:
                 return
             if message is not None:
                 self._handle(message)
-            if time.monotonic() - last_poll >= self.orphan_poll_seconds:
-                last_poll = time.monotonic()
-                with self._lock:
-                    orphans = [job.prompt_id for job in self._jobs.values() if not job.owned]
-                if orphans:
-                    self._reconcile(orphans)
+            now = time.monotonic()
+            if now - last_poll >= self.orphan_poll_seconds:
+                # No frame tells of what other clients' prompts did between status frames, nor of a status
+                # frame we missed: look anyway, further back in the history.
+                last_poll = now
+                self._sweep_due = None
+                self._sweep(RECENT_HISTORY * 8)
+            elif self._sweep_due is not None and now >= self._sweep_due:
+                self._sweep_due = None
+                self._sweep(RECENT_HISTORY)
+
+    def _sweep(self, recent: int) -> None:
+        """After ComfyUI's queue changed: settle jobs that left it, and record what other clients queued and ran."""
+        try:
+            with self._lock:
+                # Jobs not started yet (a delete from the queue ends them) and other clients' jobs (no frame
+                # of theirs reaches us): where they are now.
+                watched = [job.prompt_id for job in self._jobs.values() if job.started is False or not job.owned]
+            queue = self._reconcile(watched, live=True)
+            if self.observe:
+                if queue is None:
+                    _, queue = self._request("GET", "/queue")
+                self._observe_queue(queue)
+                self._observe_history(recent)
+        except ExecutorUnavailable as error:
+            log.warning("Could not look at ComfyUI's queue: %s", error)
+        except Exception:  # a malformed answer must not end the socket thread
+            log.exception("Could not look at ComfyUI's queue and history")
+
+    # -- observing other clients ---------------------------------------------------------------
+
+    def _observe_queue(self, queue) -> None:
+        """Record the prompts in ComfyUI's queue that the studio has never seen, and follow them."""
+        running, pending = _queue_entries(queue)
+        entries = {**pending, **running}
+        fresh = [comfy_id for comfy_id, entry in entries.items()
+                 if self._job(comfy_id) is None and not _posted_by(entry, self.client_id)]
+        if not fresh:
+            return
+        for comfy_id in self.reporter.unknown(fresh):
+            entry = entries[comfy_id]
+            record = observed_record(entry, self.base_url, utcnow())
+            if record is None:
+                continue
+            status = "running" if comfy_id in running else "queued"
+            job = _Job(comfy_id, graph=record["graph"], started=status == "running", owned=False)
+            with self._lock:
+                if comfy_id in self._jobs:
+                    continue
+                self._jobs[comfy_id] = job
+            try:
+                taken = self.reporter.observed(record, status)
+            except Exception:
+                log.exception("Could not record ComfyUI prompt %s", comfy_id)
+                taken = False
+            if not taken:
+                self._settle(comfy_id)
+
+    def _catch_up(self) -> None:
+        """Record what ComfyUI ran while the socket was down: the newest entries, further back until one is known."""
+        size = RECENT_HISTORY * 8
+        while True:
+            _, history = self._request("GET", f"/history?max_items={size}")
+            if not isinstance(history, dict) or not history:
+                return
+            oldest = next(iter(history))
+            # The oldest of this look already in the store: the gap is covered.
+            covered = self._job(oldest) is not None or not self.reporter.unknown([oldest])
+            self._record_history(history, announce=True)
+            if covered or len(history) < size:
+                return
+            size *= 4
+
+    def _observe_history(self, recent: int) -> None:
+        """Record the newest finished prompts of ComfyUI's history that the studio has no record of."""
+        _, history = self._request("GET", f"/history?max_items={int(recent)}")
+        self._record_history(history, announce=True)
+
+    def _record_history(self, history, announce: bool) -> tuple[int, list[dict]]:
+        """Hand the entries of a /history page the store lacks to the reporter; answer (taken, refused)."""
+        if not isinstance(history, dict) or not history:
+            return 0, []
+        candidates = [prompt_id for prompt_id in history if isinstance(prompt_id, str) and self._job(prompt_id) is None]
+        if not candidates:
+            return 0, []
+        records, refused = [], []
+        for prompt_id in self.reporter.unknown(candidates):
+            record = finished_record(history.get(prompt_id), self.base_url)
+            if record is None:
+                refused.append({"prompt_id": prompt_id, "error": "not a ComfyUI history entry"})
+            else:
+                records.append(record)
+        if not records:
+            return 0, refused
+        taken, more_refused = self.reporter.recorded(records, announce=announce)
+        return taken, refused + list(more_refused)
+
+    def import_history(self, page_size: int = HISTORY_PAGE) -> tuple[int, list[dict]]:
+        """Read ComfyUI's whole /history, page by page, into the store (what it lacks); answer (taken, refused)."""
+        taken, refused = 0, []
+        for page in history_pages(self._request, page_size):
+            page_taken, page_refused = self._record_history(page, announce=False)
+            taken += page_taken
+            refused.extend(page_refused)
+        return taken, refused
 
     def _handle(self, message) -> str | None:
         """Handle one frame and answer its type; nothing a frame holds may end the thread."""
@@ -376,6 +518,12 @@ class ComfyUIExecutor(Executor):
 
     def _on_frame(self, kind: str, data: dict) -> None:
         """Turn one execution frame of a job we follow into reporter calls."""
+        if kind == "status":
+            # Every socket gets these when ComfyUI's queue changes: a prompt posted (by anyone), taken,
+            # finished or deleted. Look at /queue and /history once the burst is over.
+            if self._sweep_due is None:
+                self._sweep_due = time.monotonic() + self.sweep_delay
+            return
         job = self._job(data.get("prompt_id"))
         if job is None:
             return  # status frames, other clients' jobs, forgotten jobs, the reconnect "executing" hint
@@ -413,15 +561,21 @@ class ComfyUIExecutor(Executor):
                 self._report_end(job, "completed", output_refs(job.outputs), _time(data))
         elif kind == "execution_error":
             if self._settle(prompt_id):
-                self._report_end(job, "failed", error_message(data, job.graph), _time(data))
+                self._report_end(
+                    job, "failed", error_message(data, job.graph), _time(data), outputs=output_refs(job.outputs)
+                )
         elif kind == "execution_interrupted":
             if self._settle(prompt_id):
-                self._report_end(job, "failed", INTERRUPTED, _time(data))
+                self._report_end(job, "failed", INTERRUPTED, _time(data), outputs=output_refs(job.outputs))
 
     # -- reconcile ----------------------------------------------------------------------------
 
-    def _reconcile(self, prompt_ids: list[str]) -> None:
-        """Settle the given jobs from /queue and /history; the ones ComfyUI forgot become stalled."""
+    def _reconcile(self, prompt_ids: list[str], live: bool = False, queue=None) -> None:
+        """Settle the given jobs from /queue and /history; the ones ComfyUI forgot become stalled.
+
+        ``live``: the socket stayed open since these jobs were last seen, so one that never started and
+        is gone from the queue without a history entry was deleted from the queue, not lost in a restart.
+        """
         if not prompt_ids:
             return
         # Only jobs whose POST /prompt had answered before /queue is read can be judged by it: one posted
@@ -430,7 +584,8 @@ class ComfyUIExecutor(Executor):
             posted = {pid for pid in prompt_ids if pid in self._jobs and not self._jobs[pid].submitting}
         # /queue before /history: ComfyUI moves a job from its queue into its history under one lock,
         # so a job missing from the queue now is either in the history next or truly gone.
-        _, queue = self._request("GET", "/queue")
+        if queue is None:
+            _, queue = self._request("GET", "/queue")
         running, pending = _queue_entries(queue)
         for prompt_id in prompt_ids:
             with self._lock:
@@ -457,36 +612,34 @@ class ComfyUIExecutor(Executor):
             record = history.get(comfy_id) if isinstance(history, dict) else None
             if isinstance(record, dict) and record:
                 self._settle_from_history(job, record)
+            elif live and job.started is False:
+                if self._settle(prompt_id):
+                    self._report_end(job, "failed", REMOVED, utcnow())
+            elif live:
+                continue  # running a moment ago and not in the history yet: the next look settles it
             elif self._settle(prompt_id):
-                self._report_end(job, "failed", FORGOTTEN, utcnow(), status="stalled")
+                died = job.started is True and job.alive_at is not None
+                self._report_end(job, "failed", DIED if died else FORGOTTEN, job.alive_at or utcnow(), status="stalled")
+        return queue
 
     def _settle_from_history(self, job: _Job, record: dict) -> None:
         """Report a finished job's outcome as ComfyUI's history holds it."""
         if not self._settle(job.prompt_id):
             return
-        status = record.get("status") if isinstance(record.get("status"), dict) else {}
-        messages = {}
-        for message in status.get("messages") or []:
-            if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
-                messages[message[0]] = message[1]
         graph = job.graph
         prompt = record.get("prompt")
         if graph is None and isinstance(prompt, list) and len(prompt) > 2 and isinstance(prompt[2], dict):
             graph = prompt[2]
-        if job.started is not True and "execution_start" in messages:
-            self._report_started(job, _time(messages["execution_start"]))
-        if "execution_interrupted" in messages:
-            self._report_end(job, "failed", INTERRUPTED, _time(messages["execution_interrupted"]))
-        elif "execution_error" in messages:
-            error = messages["execution_error"]
-            self._report_end(job, "failed", error_message(error, graph), _time(error))
-        elif status.get("status_str") == "error":
-            self._report_end(job, "failed", "ComfyUI reported an error without details", utcnow())
+        outcome = history_outcome(record, graph)
+        if outcome["started_at"] is not None and (job.started is not True or not job.owned):
+            # For another client's job seen running in /queue, this is its real start (the runner keeps the earlier).
+            with job.reporting:
+                job.started = True
+                self._call("started", job.prompt_id, outcome["started_at"])
+        if outcome["status"] == "completed":
+            self._report_end(job, "completed", outcome["outputs"], outcome["finished_at"])
         else:
-            outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
-            by_node = {str(node): [output] for node, output in outputs.items() if isinstance(output, dict)}
-            finished = messages.get("execution_success") or {}
-            self._report_end(job, "completed", output_refs(by_node), _time(finished))
+            self._report_end(job, "failed", outcome["error"], outcome["finished_at"], outputs=outcome["outputs"])
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -602,6 +755,66 @@ def rejection_message(answer: dict, graph: dict | None) -> str:
         else:
             parts.append(str(error))
     return "ComfyUI rejected the workflow: " + "; ".join(parts)
+
+
+def history_outcome(record: dict, graph: dict | None) -> dict:
+    """A /history entry's end in the studio's words: status, error, saved files, start and finish times."""
+    status = record.get("status") if isinstance(record.get("status"), dict) else {}
+    messages = {}
+    for message in status.get("messages") or []:
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            messages[message[0]] = message[1]
+    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+    by_node = {str(node): [output] for node, output in outputs.items() if isinstance(output, dict)}
+    outcome = {
+        "status": "completed",
+        "error": None,
+        # Whatever the end, the files it saved are in the history and on disk: they are the job's.
+        "outputs": output_refs(by_node),
+        "started_at": _time(messages["execution_start"]) if "execution_start" in messages else None,
+    }
+    if "execution_interrupted" in messages:
+        outcome.update(status="error", error=INTERRUPTED, finished_at=_time(messages["execution_interrupted"]))
+    elif "execution_error" in messages:
+        error = messages["execution_error"]
+        outcome.update(status="error", error=error_message(error, graph), finished_at=_time(error))
+    elif status.get("status_str") == "error":
+        outcome.update(status="error", error="ComfyUI reported an error without details", finished_at=utcnow())
+    else:
+        outcome["finished_at"] = _time(messages.get("execution_success") or {})
+    return outcome
+
+
+def finished_record(entry, server: str) -> dict | None:
+    """The studio's record of one finished /history entry of another client, or None if it is not one."""
+    if not isinstance(entry, dict):
+        return None
+    record = observed_record(entry.get("prompt"), server)
+    if record is None:
+        return None
+    outcome = history_outcome(entry, record["graph"])
+    record.update(outcome)
+    # ComfyUI keeps no queue time; its start is the closest it tells.
+    record["queued_at"] = outcome["started_at"] or outcome["finished_at"]
+    return record
+
+
+def history_pages(request, page_size: int = HISTORY_PAGE):
+    """Yield ComfyUI's /history a page at a time, oldest first (``offset`` counts from the oldest entry)."""
+    offset = 0
+    while True:
+        _, page = request("GET", f"/history?max_items={int(page_size)}&offset={offset}")
+        if not isinstance(page, dict) or not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        offset += len(page)
+
+
+def _posted_by(entry: list, client_id: str) -> bool:
+    """Whether a queue entry was posted under this client id (one of ours whose POST has not answered yet)."""
+    return isinstance(entry[3], dict) and entry[3].get("client_id") == client_id
 
 
 def _queue_entries(queue) -> tuple[dict, dict]:

@@ -22,6 +22,7 @@ from history import openapi
 from history import text
 from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
+from history.executors.comfyui_graph import COMFYUI_WORKFLOW_ID
 from history.studio import UnknownWorkflow
 from history.studio import studio
 from history.workflows import MAX_UPLOAD_BYTES
@@ -313,7 +314,8 @@ def read_execute_request() -> tuple[object, object, object]:
 def execute(workflow_id: str):
     """Run a workflow: validate, record as queued, hand to the executor; answer 202 with the prompt id."""
     the_studio = studio()
-    if workflow_id not in the_studio.workflows:
+    # "comfyui" is the workflow of prompts other ComfyUI clients queued: only a retry of one runs it.
+    if workflow_id not in the_studio.workflows and workflow_id != COMFYUI_WORKFLOW_ID:
         abort(404, f"no workflow {workflow_id!r}: it is not installed in this studio")
     params, input_image, retry_of = read_execute_request()
     try:
@@ -378,6 +380,12 @@ def package_members(job) -> list[tuple[str, object]]:
             path = None
         if path is not None and files.regular_file(path) is not None:
             members.append((f"input/{path.name}", path))
+    kept = jobs.graph_of(job.prompt_id)
+    # The graph to take back to ComfyUI: prompt.json for /prompt, workflow.json for its page.
+    if kept is not None and kept.graph:
+        members.append(("prompt.json", (json.dumps(kept.graph, indent=2) + "\n").encode()))
+    if kept is not None and kept.ui_workflow:
+        members.append(("workflow.json", (json.dumps(kept.ui_workflow, indent=2) + "\n").encode()))
     if job.output_dir:
         try:
             folder = files.job_folder(settings.output_dir, job.output_dir)
@@ -386,6 +394,17 @@ def package_members(job) -> list[tuple[str, object]]:
         if folder is not None:
             for path in files.job_files(folder):
                 # A name on disk that is not valid UTF-8 goes into the zip with U+FFFD in its place.
+                members.append((f"output/{text.repair_text(path.name)}", path))
+    else:
+        # A prompt another client queued has no folder: its files are its listed outputs.
+        names = set()
+        for ref in job.outputs or []:
+            try:
+                path = files.output_file(settings.output_dir, ref)
+            except files.UnsafePath:
+                continue
+            if ref.get("type", "output") == "output" and files.regular_file(path) is not None and path.name not in names:
+                names.add(path.name)
                 members.append((f"output/{text.repair_text(path.name)}", path))
     return members
 
@@ -443,6 +462,32 @@ def history_package(prompt_id: str):
     members = package_members(job)
     response = Response(stream_with_context(_zip_chunks(members)), mimetype="application/zip")
     response.headers["Content-Disposition"] = _attachment(f"{job.output_dir or job.prompt_id}.zip")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/api/admin/history/<prompt_id>/prompt.json")
+def history_prompt_json(prompt_id: str):
+    """Download a job's API-format graph, what ComfyUI's /prompt takes."""
+    return _graph_download(prompt_id, "graph", "prompt")
+
+
+@bp.get("/api/admin/history/<prompt_id>/workflow.json")
+def history_workflow_json(prompt_id: str):
+    """Download the UI workflow ComfyUI's page embedded in a job, which its page opens by drag and drop."""
+    return _graph_download(prompt_id, "ui_workflow", "workflow")
+
+
+def _graph_download(prompt_id: str, field_name: str, name: str):
+    """A kept graph of a job as a JSON attachment, or a 404 that says why there is none."""
+    job = get_job_or_404(prompt_id)
+    kept = jobs.graph_of(job.prompt_id)
+    value = getattr(kept, field_name, None) if kept is not None else None
+    if not value:
+        what = "UI workflow (ComfyUI's page did not queue it)" if name == "workflow" else "graph kept"
+        abort(404, f"job {job.prompt_id} has no {what}")
+    response = current_app.response_class(json.dumps(value, indent=2) + "\n", mimetype="application/json")
+    response.headers["Content-Disposition"] = _attachment(f"{job.prompt_id}-{name}.json")
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -55,6 +55,16 @@ class Card:
     thumbnail_url: str | None
     image_count: int
     retry: RetryState | None
+    source: str | None = None  # where a prompt another ComfyUI client queued came from
+
+
+@dataclass(frozen=True)
+class GraphDownload:
+    """A graph to take back to ComfyUI: prompt.json (API format) or workflow.json (its page's UI workflow)."""
+
+    name: str
+    url: str
+    what: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,20 @@ class JobDetail:
     retried_as: list[Job] = field(default_factory=list)
     outputs: list = field(default_factory=list)  # media.OutputView, in node order
     input_image: InputImage | None = None
+    downloads: list[GraphDownload] = field(default_factory=list)
+
+
+def graph_downloads(job: Job) -> list[GraphDownload]:
+    """The graphs kept for a job that ComfyUI can take back."""
+    kept = jobs.graph_of(job.prompt_id)
+    downloads = []
+    if kept is not None and kept.graph:
+        downloads.append(GraphDownload("prompt.json", url_for("api.history_prompt_json", prompt_id=job.prompt_id),
+                                       "the API-format graph, what ComfyUI's /prompt takes"))
+    if kept is not None and kept.ui_workflow:
+        downloads.append(GraphDownload("workflow.json", url_for("api.history_workflow_json", prompt_id=job.prompt_id),
+                                       "the UI workflow: drop it on ComfyUI's page to open it"))
+    return downloads
 
 
 def retry_state(job: Job, latest_retry: str | None, error: str | None = None) -> RetryState | None:
@@ -118,6 +142,7 @@ def job_card(job: Job, latest_retry: str | None = None, compact: bool = False) -
         thumbnail_url=_thumbnail(job, images),
         image_count=len(images),
         retry=None if compact else retry_state(job, latest_retry),
+        source=job.source,
     )
 
 
@@ -146,4 +171,5 @@ def job_detail(job: Job, error: str | None = None) -> JobDetail:
         retried_as=retried_as,
         outputs=media.output_views(job),
         input_image=input_image,
+        downloads=graph_downloads(job),
     )
