@@ -256,3 +256,25 @@ def test_retry_that_cannot_run_says_why_before_the_click(page: Page, history_url
     open_overlay(page, history_url, job)
     expect(page.locator("#job-overlay .retry-btn")).to_be_disabled()
     expect(page.locator("#job-overlay .retry-unavailable")).to_have_text("workflow not installed")
+
+
+def test_an_imported_job_retries_and_the_note_says_what_was_fitted(page: Page, history_url, make_job, settings):
+    from history.models import Job
+    from tests.conftest import wait_for
+    from tests.conftest import write_image
+
+    write_image(settings.input_dir / "harbour.png", size=(96, 64))
+    original = make_job(status="stalled", files=0, workflow_id="img2vid-example", workflow_name="Image to video (imported)",
+                        input_image=None, seeds={},
+                        params={"input_image": "harbour.png", "width": 64, "height": 64, "frames_per_phase": 1,
+                                "lora_stack": [{"name": "film", "weight": 0.6}]})
+    open_overlay(at_width(page, 1024), history_url, original)
+    fitted = page.locator("#job-overlay .retry-fitted")
+    expect(fitted).to_contain_text("ignored lora_stack")
+    expect(fitted).to_contain_text("input image harbour.png taken from the parameters")
+    page.locator("#job-overlay .retry-btn").click()
+    retry = wait_for(lambda: Job.get_or_none(Job.retry_of == original.prompt_id), what="the retry's record")
+    expect(page.locator("#job-overlay .action-note").first).to_contain_text(retry.prompt_id[:12], timeout=WAIT_MS)
+    expect(fitted).to_contain_text("ignored lora_stack")
+    wait_for(lambda: Job.get_by_id(retry.prompt_id).status == "completed", what="the retry completes")
+    assert Job.get_by_id(retry.prompt_id).input_image == "harbour.png"
