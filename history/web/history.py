@@ -664,3 +664,20 @@ def history_compare():
         "compare.html", a=a, b=b, rows=rows, sections=sections, differing=sum(row.differs for row in rows),
         a_thumbs=thumbs[0], b_thumbs=thumbs[1],
     )
+
+
+@bp.get("/admin/history/jobs/<prompt_id>/outputs/<int:index>")
+def history_output(prompt_id: str, index: int):
+    """One output of a job in the viewer (htmx swaps it in, previous and next included); otherwise the file itself."""
+    job = jobs.get_job(prompt_id)
+    if job is None:
+        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    views = media.output_views(job)
+    if not 0 <= index < len(views):
+        abort(404, f"job {prompt_id[:12]} has {len(views)} output(s)")
+    if not _wants_fragment():
+        if views[index].url is None:
+            abort(404, f"{views[index].filename} is missing")
+        return redirect(views[index].url)
+    body = render_template("output_viewer.html", job=job, views=views, index=index)
+    return _fragment_headers(make_response(body))
