@@ -402,7 +402,7 @@ def _fit_value(spec: dict, value, name: str, notes: list[str]):
     except ValidationError as error:
         if "default" not in spec:
             raise
-        notes.append(f"{name}: used the default {spec['default']!r} ({error.message})")
+        notes.append(f"takes the default {spec['default']!r} for {name} ({error.message})")
         return copy.deepcopy(spec["default"])
 
 
@@ -426,7 +426,7 @@ def _fit_scenes(spec: dict, scenes, notes: list[str]):
             kept[key] = _fit_value(known[key], value, f"{spec['id']}[{index}].{key}", notes) if value is not None else value
         fitted.append(kept)
     for key in dropped:
-        notes.append(f"ignored {spec['id']}[].{key} (not a field of a scene now)")
+        notes.append(f"leaves out {spec['id']}[].{key} (not a field of a scene now)")
     return fitted
 
 
@@ -451,13 +451,13 @@ def plan_retry(workflow: Workflow | None, params, input_image: str | None) -> Re
         if key in image_keys:
             if image_spec is not None and input_image is None and isinstance(value, str) and value:
                 input_image = value
-                notes.append(f"input image {value} taken from the parameters")
+                notes.append(f"takes the input image {value} from the parameters")
             elif image_spec is None:
-                notes.append(f"ignored {key} ({workflow.id} takes no input image now)")
+                notes.append(f"leaves out {key} ({workflow.id} takes no input image now)")
             continue
         spec = workflow.input(key)
         if spec is None:
-            notes.append(f"ignored {key} (not an input of {workflow.id} now)")
+            notes.append(f"leaves out {key} (not an input of {workflow.id} now)")
             continue
         if spec["type"] == "scenes":
             clean[key] = _fit_scenes(spec, value, notes)
@@ -469,7 +469,7 @@ def plan_retry(workflow: Workflow | None, params, input_image: str | None) -> Re
             except ValidationError:
                 clean[key] = value  # no default to fall back on: validation names the field
     if input_image is not None and image_spec is None:
-        notes.append(f"ignored the input image {input_image} ({workflow.id} takes none now)")
+        notes.append(f"leaves out the input image {input_image} ({workflow.id} takes none now)")
         input_image = None
     return RetryPlan(params=clean, input_image=input_image, notes=notes)
 

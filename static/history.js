@@ -75,7 +75,7 @@
     event.target.querySelectorAll("[data-idle-text]").forEach(function (button) { button.textContent = button.dataset.idleText; });
   });
 
-  // What a failed answer (an HTTP status, or 0 when nothing answered) means for the LIVE pill, a page or a dialog.
+  // What a failed answer (an HTTP status, or 0 when nothing answered) means for the LIVE pill, a page, a dialog or a card that did not open.
   function answered(event, status) {
     var source = event.target;
     var words = status ? "HTTP " + status : "no answer";
@@ -87,6 +87,8 @@
     if (source.classList.contains("list-sentinel")) source.classList.toggle("is-failed", status !== null);
     var alert = status !== null && source.closest("dialog") && source.closest("dialog").querySelector("[role=alert]");
     if (alert) alert.textContent = "It did not go through (" + words + "); refresh to see what changed.";
+    var failed = source.classList.contains("job-open") && (source.parentNode.querySelector(".open-failed") || status !== null && source.insertAdjacentElement("afterend", document.createElement("span")));
+    if (failed) failed.outerHTML = status === null ? "" : '<span class="open-failed" role="alert">could not open this job (' + words + "); try again</span>";
   }
   document.addEventListener("htmx:after:request", function (event) {
     var status = event.detail.ctx.response ? event.detail.ctx.response.status : 0;
@@ -174,6 +176,7 @@
     var dialog = byId("job-overlay");
     var promptId = openerId || dialog.dataset.promptId;
     dialog.remove();
+    document.title = app.dataset.pageTitle; // the overlay's fragment had named its job in the title
     if (!fromHistory && history.state && history.state.studioOverlay) history.back();
     else if (!fromHistory && location.pathname !== pageUrl) history.pushState(null, "", pageUrl + location.search);
     var link = document.querySelector('.job-card[data-prompt-id="' + CSS.escape(promptId || "") + '"] .job-open');
@@ -225,6 +228,18 @@
       viewer.close();
     }
   });
+
+  document.addEventListener("keydown", function (event) { // the output viewer's arrow keys follow its previous and next links
+    var link = document.querySelector({ ArrowLeft: "#output-viewer[open] a.viewer-prev", ArrowRight: "#output-viewer[open] a.viewer-next" }[event.key] || "none");
+    if (link) link.click();
+  });
+  document.addEventListener("close", function (event) {
+    var viewer = event.target;
+    if (viewer.id !== "output-viewer" || viewer.open) return; // (upgradeDialogs closes it once to reopen it modal)
+    viewer.remove();
+    var item = document.querySelector('#job-overlay [data-viewer-index="' + viewer.dataset.index + '"]');
+    if (item) item.focus(); // back to the output it showed
+  }, true);
 
   // Copy buttons copy the text of the element they name (no user text ever sits in a script).
   function copyFrom(button) {

@@ -22,27 +22,27 @@ def test_an_input_image_kept_in_params_is_the_input_image(examples):
     plan = plan_retry(examples["img2vid-example"], {"input_image": "harbour.png", "width": 64}, None)
     assert plan.available and plan.input_image == "harbour.png"
     assert plan.params == {"width": 64}
-    assert plan.notes == ["input image harbour.png taken from the parameters"]
+    assert plan.notes == ["takes the input image harbour.png from the parameters"]
 
 
 def test_a_field_the_workflow_no_longer_declares_is_left_out_and_named(examples):
     params = {"positive_prompt": "a fox", "lora_stack": [{"name": "film", "weight": 0.6}], "seed": 7}
     plan = plan_retry(examples["txt2img-example"], params, None)
     assert plan.params == {"positive_prompt": "a fox", "seed": 7}
-    assert plan.notes == ["ignored lora_stack (not an input of txt2img-example now)"]
+    assert plan.notes == ["leaves out lora_stack (not an input of txt2img-example now)"]
 
 
 def test_a_value_that_no_longer_fits_takes_the_default_and_says_so(examples):
     plan = plan_retry(examples["txt2img-example"], {"width": 9000}, None)
     assert plan.params == {"width": 512}
-    assert plan.notes[0].startswith("width: used the default 512 (must be at most 2048)")
+    assert plan.notes[0].startswith("takes the default 512 for width (must be at most 2048)")
 
 
 def test_scene_fields_a_scene_no_longer_has_are_left_out(examples):
     scenes = [{"prompt": "dawn", "duration": 1.0, "seed": 3, "camera": "pan"}, {"prompt": "noon", "camera": "tilt"}]
     plan = plan_retry(examples["scenes-example"], {"scenes": scenes}, None)
     assert plan.params["scenes"] == [{"prompt": "dawn", "duration": 1.0, "seed": 3}, {"prompt": "noon"}]
-    assert plan.notes == ["ignored scenes[].camera (not a field of a scene now)"]
+    assert plan.notes == ["leaves out scenes[].camera (not a field of a scene now)"]
 
 
 def test_a_workflow_that_is_not_installed_makes_retry_unavailable():
@@ -59,8 +59,8 @@ def test_an_imported_image_to_video_job_retries_and_completes(client, make_job, 
     response = client.post("/api/run/img2vid-example/execute", json={"retry_of": original.prompt_id})
     assert response.status_code == 202, response.json
     assert response.json["notes"] == [
-        "input image harbour.png taken from the parameters",
-        "ignored lora_stack (not an input of img2vid-example now)",
+        "takes the input image harbour.png from the parameters",
+        "leaves out lora_stack (not an input of img2vid-example now)",
     ]
     retried = wait_until_ended(client, response.json["prompt_id"])
     assert retried["status"] == "completed" and retried["input_image"] == "harbour.png"

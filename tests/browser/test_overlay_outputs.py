@@ -104,7 +104,7 @@ def test_the_viewer_steps_through_the_outputs_and_esc_closes_it(page: Page, hist
     page.keyboard.press("Escape")
     expect(viewer).to_have_count(0)
     expect(page.locator("#job-overlay")).to_be_visible()
-    expect(page.locator("#job-overlay .output-item").first).to_be_focused()
+    expect(page.locator('#job-overlay [data-viewer-index="1"]')).to_be_focused()
 
 
 def test_opening_a_card_while_the_server_is_down_says_it_failed(page: Page, history_url, make_job):
