@@ -233,12 +233,10 @@
     var link = document.querySelector({ ArrowLeft: "#output-viewer[open] a.viewer-prev", ArrowRight: "#output-viewer[open] a.viewer-next" }[event.key] || "none");
     if (link) link.click();
   });
-  document.addEventListener("close", function (event) {
-    var viewer = event.target;
-    if (viewer.id !== "output-viewer" || viewer.open) return; // (upgradeDialogs closes it once to reopen it modal)
-    viewer.remove();
-    var item = document.querySelector('#job-overlay [data-viewer-index="' + viewer.dataset.index + '"]');
-    if (item) item.focus(); // back to the output it showed
+  document.addEventListener("close", function (event) { // a closed viewer goes; the focus returns to the output it showed
+    var viewer = event.target; // (upgradeDialogs closes it once to reopen it modal: it is open again by then)
+    var item = viewer.id === "output-viewer" && !viewer.open && document.querySelector('#job-overlay [data-viewer-index="' + viewer.dataset.index + '"]');
+    if (item) { viewer.remove(); item.focus(); }
   }, true);
 
   // Copy buttons copy the text of the element they name (no user text ever sits in a script).
