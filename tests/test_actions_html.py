@@ -130,3 +130,18 @@ def test_the_markup_version_is_a_digest_of_the_templates():
     one = markup_version(App({"job_card.html": "<article>{{ card.title }}</article>"}))
     assert one == markup_version(App({"job_card.html": "<article>{{ card.title }}</article>"}))
     assert one != markup_version(App({"job_card.html": "<article class=x>{{ card.title }}</article>"}))
+
+
+def test_the_overlays_retry_box_polls_itself_only_while_its_retry_is_queued(client, make_job):
+    original = make_job(status="error", files=0)
+    retry = make_job(status="queued", retry_of=original.prompt_id, minutes_ago=0)
+    url = f"/admin/history/jobs/{original.prompt_id}/retry"
+    box = soup(client.get(url + "?place=overlay", headers=HTMX)).select_one(".retry-box")
+    assert box["id"] == f"retry-overlay-{original.prompt_id}" and box["hx-get"] == url + "?place=overlay"
+    assert box.select_one(".action-note").get_text(" ", strip=True) == f"Queued as {retry.prompt_id[:12]} on the queue"
+    assert not soup(client.get(url + "?place=card", headers=HTMX)).select_one(".retry-box").has_attr("hx-get")  # the list polls cards
+    Job.update(status="completed").where(Job.prompt_id == retry.prompt_id).execute()
+    box = soup(client.get(url + "?place=overlay", headers=HTMX)).select_one(".retry-box")
+    assert not box.has_attr("hx-get")  # ended: it stops asking
+    assert box.select_one(".action-note").get_text(" ", strip=True) == f"Retried as {retry.prompt_id[:12]} : completed"
+    assert client.get(f"/admin/history/jobs/{retry.prompt_id}/retry").status_code == 404  # a completed job has no Retry

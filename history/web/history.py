@@ -405,6 +405,17 @@ def history_retry(prompt_id: str):
     return _fragment_headers(make_response(body, refusal.get("status", 200)))
 
 
+@bp.get("/admin/history/jobs/<prompt_id>/retry")
+def history_retry_box(prompt_id: str):
+    """One Retry box (``place``: card or overlay) as the store says now; the overlay's polls itself while its retry is queued."""
+    job = jobs.get_job(prompt_id)
+    place = request.args.get("place", "overlay")
+    if job is None or not job.is_retryable or place not in ("card", "overlay"):
+        abort(404, f"no failed or stalled job with prompt_id {prompt_id[:64]!r}")
+    retry = cards.retry_state(job, jobs.latest_retry(prompt_id))
+    return _fragment_headers(make_response(render_template("retry_button.html", retry=retry, place=place)))
+
+
 # ---- Keeping what matters: stars, bulk actions over a filter, Failures, Storage, Compare ---------------
 
 def _star_answer(job, status: int = 200):

@@ -388,3 +388,16 @@ def test_with_only_htmx_loaded_delete_and_retry_still_work(page: Page, history_u
     note = card(page, failed).locator(".action-note")
     expect(note).to_have_text(re.compile(r"^(Queued as|Retried as) "), timeout=WAIT_MS)
     assert Job.select().where(Job.retry_of == failed.prompt_id).count() == 1
+
+
+def test_the_overlays_retry_note_follows_the_retry_to_its_end(page: Page, history_url, make_job):
+    original = make_job(status="error", files=0, params={"positive_prompt": "again", "seed": 3}, seeds={"seed": 3})
+    open_history(page, history_url)
+    card(page, original).locator(".job-excerpt").click()
+    overlay = page.locator("#job-overlay")
+    overlay.locator(".retry-btn").click()
+    page.wait_for_function("() => document.querySelector('#job-overlay .action-note')", timeout=WAIT_MS)
+    retry = Job.get(Job.retry_of == original.prompt_id)
+    # The overlay is not part of the polled list: its Retry box asks again by itself until the retry ends.
+    expect(overlay.locator(".action-note")).to_have_text(f"Retried as {retry.prompt_id[:12]}: completed", timeout=WAIT_MS)
+    expect(card(page, original).locator(".action-note")).to_have_text(f"Retried as {retry.prompt_id[:12]}: completed")
