@@ -76,46 +76,14 @@ class HistoryFilter:
         cls, statuses=None, workflow_id=None, q=None, starred=None, queued_before=None, queued_after=None, cause=None
     ) -> "HistoryFilter":
         """Validate raw query values (lists of strings) into a filter; raise InvalidQuery."""
-        if isinstance(statuses, str):
-            statuses = [statuses]
-        if statuses is not None and not isinstance(statuses, (list, tuple)):
-            raise InvalidQuery("status must be a status or a list of statuses")
-        chosen = []
-        for raw in statuses or []:
-            if not isinstance(raw, str):
-                raise InvalidQuery("status must be a status or a list of statuses")
-            for given in raw.split(","):
-                given = given.strip()
-                if not given:
-                    continue
-                status = known_status(given)
-                if status is None:
-                    raise InvalidQuery(f"unknown status {given!r}; use one of {', '.join(STATUSES)}")
-                if status not in chosen:
-                    chosen.append(status)
-        if workflow_id in ("", None):
-            workflow_id = None
-        elif not isinstance(workflow_id, str) or not WORKFLOW_ID_PATTERN.match(workflow_id):
-            raise InvalidQuery(f"workflow_id {workflow_id!r} is not a workflow id")
-        if q is not None and not isinstance(q, str):
-            raise InvalidQuery("q must be a string")
-        q = (q or "").strip() or None
-        if q is not None and len(q) > MAX_QUERY_LENGTH:
-            raise InvalidQuery(f"q is longer than {MAX_QUERY_LENGTH} characters")
-        if q is not None and "\x00" in q:
-            raise InvalidQuery("q contains a NUL byte")
-        if cause in ("", None):
-            cause = None
-        elif not isinstance(cause, str) or not CAUSE_PATTERN.match(cause):
-            raise InvalidQuery("cause must be a cause id from the Failures view")
         return cls(
-            tuple(sorted(chosen, key=STATUSES.index)) or HISTORY_STATUSES,
-            workflow_id,
-            q,
+            parse_statuses(statuses) or HISTORY_STATUSES,
+            parse_workflow_id(workflow_id),
+            parse_search(q),
             parse_starred(starred),
             parse_instant(queued_before, "queued_before"),
             parse_instant(queued_after, "queued_after"),
-            cause,
+            parse_cause(cause),
         )
 
     @classmethod
@@ -176,6 +144,55 @@ class HistoryFilter:
 # The fields of a bulk request's filter, in HistoryFilter.parse's order.
 FILTER_FIELDS = ("status", "workflow_id", "q", "starred", "queued_before", "queued_after", "cause")
 CAUSE_PATTERN = re.compile(r"^[0-9a-f]{12}$")
+
+
+def parse_statuses(statuses) -> tuple[str, ...]:
+    """Statuses given as a list of (comma-separated) names, in the vocabulary's order; raise InvalidQuery."""
+    if isinstance(statuses, str):
+        statuses = [statuses]
+    if statuses is not None and not isinstance(statuses, (list, tuple)):
+        raise InvalidQuery("status must be a status or a list of statuses")
+    chosen = []
+    for raw in statuses or []:
+        if not isinstance(raw, str):
+            raise InvalidQuery("status must be a status or a list of statuses")
+        for given in filter(None, (part.strip() for part in raw.split(","))):
+            status = known_status(given)
+            if status is None:
+                raise InvalidQuery(f"unknown status {given!r}; use one of {', '.join(STATUSES)}")
+            if status not in chosen:
+                chosen.append(status)
+    return tuple(sorted(chosen, key=STATUSES.index))
+
+
+def parse_workflow_id(workflow_id) -> str | None:
+    """A workflow id, or None when blank; raise InvalidQuery."""
+    if workflow_id in ("", None):
+        return None
+    if not isinstance(workflow_id, str) or not WORKFLOW_ID_PATTERN.match(workflow_id):
+        raise InvalidQuery(f"workflow_id {workflow_id!r} is not a workflow id")
+    return workflow_id
+
+
+def parse_search(q) -> str | None:
+    """The search text, trimmed, or None when blank; raise InvalidQuery."""
+    if q is not None and not isinstance(q, str):
+        raise InvalidQuery("q must be a string")
+    q = (q or "").strip() or None
+    if q is not None and len(q) > MAX_QUERY_LENGTH:
+        raise InvalidQuery(f"q is longer than {MAX_QUERY_LENGTH} characters")
+    if q is not None and "\x00" in q:
+        raise InvalidQuery("q contains a NUL byte")
+    return q
+
+
+def parse_cause(cause) -> str | None:
+    """A failure cause id (the Failures view's), or None when blank; raise InvalidQuery."""
+    if cause in ("", None):
+        return None
+    if not isinstance(cause, str) or not CAUSE_PATTERN.match(cause):
+        raise InvalidQuery("cause must be a cause id from the Failures view")
+    return cause
 
 
 def parse_starred(raw) -> bool | None:
@@ -868,6 +885,17 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     unknown = set(record) - set(RECORD_FIELDS)
     if unknown:
         raise InvalidRecord(f"unknown fields: {', '.join(sorted(unknown))}")
+    values = _record_identity(record)
+    values.update(_record_times(record))
+    values.update(_record_inputs(record))
+    values.update(_record_files(record, output_root))
+    values["starred"] = _record_starred(record)
+    values["bytes"] = _record_bytes(record, values, output_root)
+    return values
+
+
+def _record_identity(record: dict) -> dict:
+    """prompt_id, workflow_id, workflow_name and status of a record."""
     prompt_id = record.get("prompt_id")
     if not isinstance(prompt_id, str) or not PROMPT_ID_PATTERN.match(prompt_id):
         raise InvalidRecord("prompt_id must be 1-64 letters, digits, '_', '-', '.' or ':'")
@@ -877,62 +905,88 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     status = known_status(record.get("status"))
     if status is None:
         raise InvalidRecord(f"status must be one of {', '.join(STATUSES)}")
-    values = {"prompt_id": prompt_id, "workflow_id": workflow_id, "status": status}
     name = record.get("workflow_name", "")
     if name is not None and not isinstance(name, str):
         raise InvalidRecord("workflow_name must be a string")
-    values["workflow_name"] = name or ""
-    values["queued_at"] = parse_time(record.get("queued_at"), "queued_at")
-    if values["queued_at"] is None:
+    return {"prompt_id": prompt_id, "workflow_id": workflow_id, "status": status, "workflow_name": name or ""}
+
+
+def _record_times(record: dict) -> dict:
+    """queued_at (required), started_at, finished_at and duration of a record."""
+    queued_at = parse_time(record.get("queued_at"), "queued_at")
+    if queued_at is None:
         raise InvalidRecord("queued_at is required")
-    values["started_at"] = parse_time(record.get("started_at"), "started_at")
-    values["finished_at"] = parse_time(record.get("finished_at"), "finished_at")
+    times = {
+        "queued_at": queued_at,
+        "started_at": parse_time(record.get("started_at"), "started_at"),
+        "finished_at": parse_time(record.get("finished_at"), "finished_at"),
+    }
     duration = record.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0):
         raise InvalidRecord("duration must be a number of seconds")
-    values["duration"] = float(duration) if duration is not None else None
+    times["duration"] = float(duration) if duration is not None else None
+    return times
+
+
+def _is_file_name(name: str) -> bool:
+    """Whether ``name`` is a bare file name (no folder, no NUL, not . or ..)."""
+    return not any(part in name for part in ("/", "\\", "\x00")) and name not in (".", "..")
+
+
+def _record_inputs(record: dict) -> dict:
+    """params and seeds (objects), input_image, error, retry_of and source (strings or null) of a record."""
+    inputs = {}
     for key in ("params", "seeds"):
-        value = record.get(key)
-        value = {} if value is None else value
+        value = {} if record.get(key) is None else record.get(key)
         if not isinstance(value, dict):
             raise InvalidRecord(f"{key} must be an object")
-        values[key] = value
+        inputs[key] = value
     for key in ("input_image", "error", "retry_of", "source"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise InvalidRecord(f"{key} must be a string or null")
-        values[key] = value
-    if values["input_image"] is not None:
-        if "/" in values["input_image"] or "\x00" in values["input_image"] or "\\" in values["input_image"] or values["input_image"] in (".", ".."):
-            raise InvalidRecord("input_image must be a file name in the input folder")
-    if values["retry_of"] is not None and not PROMPT_ID_PATTERN.match(values["retry_of"]):
+        inputs[key] = value
+    if inputs["input_image"] is not None and not _is_file_name(inputs["input_image"]):
+        raise InvalidRecord("input_image must be a file name in the input folder")
+    if inputs["retry_of"] is not None and not PROMPT_ID_PATTERN.match(inputs["retry_of"]):
         raise InvalidRecord("retry_of must be a prompt id")
+    return inputs
+
+
+def _record_files(record: dict, output_root: Path | None) -> dict:
+    """output_dir, outputs and output of a record, each reference checked (and found safe under ``output_root``)."""
     output_dir = record.get("output_dir")
     if output_dir is not None:
         try:
             files.check_output_dir(output_dir)
         except files.UnsafePath as error:
             raise InvalidRecord(str(error)) from None
-    values["output_dir"] = output_dir
-    outputs = record.get("outputs")
-    outputs = [] if outputs is None else outputs
+    outputs = [] if record.get("outputs") is None else record.get("outputs")
     if not isinstance(outputs, list):
         raise InvalidRecord("outputs must be an array")
-    values["outputs"] = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(outputs)]
+    checked = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(outputs)]
     output = record.get("output")
-    values["output"] = _check_ref(output, "output", output_root) if output is not None else best_output(values["outputs"])
+    best = _check_ref(output, "output", output_root) if output is not None else best_output(checked)
+    return {"output_dir": output_dir, "outputs": checked, "output": best}
+
+
+def _record_starred(record: dict) -> bool:
+    """Whether a record is starred (false when it does not say)."""
     starred = record.get("starred", False)
     if not isinstance(starred, bool):
         raise InvalidRecord("starred must be true or false")
-    values["starred"] = starred
+    return starred
+
+
+def _record_bytes(record: dict, values: dict, output_root: Path | None) -> int | None:
+    """The size of a record's files: measured on this disk when they are here, else the size it came with."""
     size = record.get("bytes")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise InvalidRecord("bytes must be a whole number of bytes or null")
-    if output_root is not None and status not in ACTIVE_STATUSES:
+    if output_root is not None and values["status"] not in ACTIVE_STATUSES:
         # Measured here, on this disk; a record whose files are not (yet) here keeps the size it came with.
-        size = files.job_bytes(output_root, output_dir, values["outputs"]) or size or 0
-    values["bytes"] = size
-    return values
+        size = files.job_bytes(output_root, values["output_dir"], values["outputs"]) or size or 0
+    return size
 
 
 @dataclass
