@@ -123,6 +123,7 @@ def _targets(spec: dict, graph: dict, where: str) -> list[dict]:
 
 
 def _check_input(spec, graph: dict, where: str, allow_scenes: bool = True) -> dict:
+    """Check one input of a manifest against its graph and return it with its label and targets."""
     if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or not spec["id"]:
         raise WorkflowError(f"{where}: every input needs an id")
     where = f"{where} {spec['id']!r}"
@@ -131,52 +132,65 @@ def _check_input(spec, graph: dict, where: str, allow_scenes: bool = True) -> di
     checked = dict(spec)
     checked.setdefault("label", spec["id"].replace("_", " ").capitalize())
     checked["maps_to"] = _targets(spec, graph, where)
-    if spec["type"] == "select":
-        options = spec.get("options")
-        if not isinstance(options, list) or not options:
-            raise WorkflowError(f"{where}: a select input needs options")
+    if spec["type"] == "select" and not (isinstance(spec.get("options"), list) and spec["options"]):
+        raise WorkflowError(f"{where}: a select input needs options")
     if spec["type"] == "scenes":
-        fields = spec.get("fields")
-        if not isinstance(fields, list) or not fields:
-            raise WorkflowError(f"{where}: a scenes input needs fields")
-        checked["fields"] = [_check_input(item, graph, f"{where} field", allow_scenes=False) for item in fields]
-        block = spec.get("block")
-        if not isinstance(block, list) or not block or any(node not in graph for node in block):
-            raise WorkflowError(f"{where}: block must list node ids of graph.json")
-        for name in ("output", "target"):
-            value = spec.get(name)
-            if not (isinstance(value, list) and len(value) == 2 and value[0] in graph):
-                raise WorkflowError(f"{where}: {name} must be [node_id, ...] of graph.json")
-        if spec["output"][0] not in block:
-            raise WorkflowError(f"{where}: output must be a node of the block")
-        checked.setdefault("min_items", 1)
-        checked.setdefault("max_items", 16)
-    else:
+        _check_scenes_input(spec, checked, graph, where)
+    elif spec["type"] != "image" and "default" in spec:
         # A bad default is the workflow author's mistake: report it at start-up, not on every run.
-        if spec["type"] not in ("image",) and "default" in spec:
-            try:
-                _coerce(checked, spec["default"], where)
-            except ValidationError as error:
-                raise WorkflowError(f"{where}: default {error.message}") from None
+        try:
+            _coerce(checked, spec["default"], where)
+        except ValidationError as error:
+            raise WorkflowError(f"{where}: default {error.message}") from None
     return checked
 
 
-def load_workflow(folder: Path) -> Workflow:
-    """Load one workflow folder; raise WorkflowError."""
+def _check_scenes_input(spec: dict, checked: dict, graph: dict, where: str) -> None:
+    """Check a scenes input: its fields, the block of nodes repeated per scene, and its output and target."""
+    fields = spec.get("fields")
+    if not isinstance(fields, list) or not fields:
+        raise WorkflowError(f"{where}: a scenes input needs fields")
+    checked["fields"] = [_check_input(item, graph, f"{where} field", allow_scenes=False) for item in fields]
+    block = spec.get("block")
+    if not isinstance(block, list) or not block or any(node not in graph for node in block):
+        raise WorkflowError(f"{where}: block must list node ids of graph.json")
+    for name in ("output", "target"):
+        value = spec.get(name)
+        if not (isinstance(value, list) and len(value) == 2 and value[0] in graph):
+            raise WorkflowError(f"{where}: {name} must be [node_id, ...] of graph.json")
+    if spec["output"][0] not in block:
+        raise WorkflowError(f"{where}: output must be a node of the block")
+    checked.setdefault("min_items", 1)
+    checked.setdefault("max_items", 16)
+
+
+def _read_json(folder: Path, name: str):
+    """A JSON file of a workflow folder; raise WorkflowError."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        graph = json.loads((folder / "graph.json").read_text(encoding="utf-8"))
+        return json.loads((folder / name).read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise WorkflowError(f"{folder.name}: {Path(error.filename).name} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise WorkflowError(f"{folder.name}: {error}") from None
-    if not isinstance(manifest, dict):
-        raise WorkflowError(f"{folder.name}: manifest.json must be an object")
+
+
+def _check_graph_nodes(folder: Path, graph) -> None:
+    """A ComfyUI API-format graph: an object of nodes, each with a class_type and inputs."""
     if not isinstance(graph, dict) or not graph:
         raise WorkflowError(f"{folder.name}: graph.json must be a ComfyUI API-format object")
     for node_id, node in graph.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs", {}), dict):
             raise WorkflowError(f"{folder.name}: graph node {node_id!r} needs a class_type and inputs")
+
+
+def _check_output_node(folder: Path, graph: dict) -> None:
+    """A graph saves (or previews) at least one output."""
+    if not any(node["class_type"] in SAVE_NODES or node["class_type"] == "PreviewImage" for node in graph.values()):
+        raise WorkflowError(f"{folder.name}: graph.json has no output node (SaveImage, SaveAnimatedWEBP, ...)")
+
+
+def _manifest_id_and_type(folder: Path, manifest: dict) -> tuple[str, str]:
+    """The manifest's id and type (static or dynamic); raise WorkflowError."""
     workflow_id = manifest.get("id")
     if not isinstance(workflow_id, str) or not workflow_id:
         raise WorkflowError(f"{folder.name}: manifest.json needs an id")
@@ -185,11 +199,15 @@ def load_workflow(folder: Path) -> Workflow:
     kind = manifest.get("type", "static")
     if kind not in WORKFLOW_TYPES:
         raise WorkflowError(f"{folder.name}: type must be static or dynamic")
+    return workflow_id, kind
+
+
+def _manifest_inputs(folder: Path, manifest: dict, graph: dict, kind: str) -> list[dict]:
+    """The manifest's inputs, each checked, with unique ids, at most one image and scenes only when dynamic."""
     inputs = manifest.get("inputs", [])
     if not isinstance(inputs, list):
         raise WorkflowError(f"{folder.name}: inputs must be a list")
-    where = f"{folder.name}: input"
-    checked = [_check_input(spec, graph, where) for spec in inputs]
+    checked = [_check_input(spec, graph, f"{folder.name}: input") for spec in inputs]
     ids = [spec["id"] for spec in checked]
     if len(set(ids)) != len(ids):
         raise WorkflowError(f"{folder.name}: input ids repeat")
@@ -197,8 +215,19 @@ def load_workflow(folder: Path) -> Workflow:
         raise WorkflowError(f"{folder.name}: at most one image input")
     if (kind == "dynamic") != any(spec["type"] == "scenes" for spec in checked):
         raise WorkflowError(f"{folder.name}: a dynamic workflow has one scenes input, a static one none")
-    if not any(node["class_type"] in SAVE_NODES or node["class_type"] == "PreviewImage" for node in graph.values()):
-        raise WorkflowError(f"{folder.name}: graph.json has no output node (SaveImage, SaveAnimatedWEBP, ...)")
+    return checked
+
+
+def load_workflow(folder: Path) -> Workflow:
+    """Load one workflow folder; raise WorkflowError."""
+    manifest = _read_json(folder, "manifest.json")
+    graph = _read_json(folder, "graph.json")
+    if not isinstance(manifest, dict):
+        raise WorkflowError(f"{folder.name}: manifest.json must be an object")
+    _check_graph_nodes(folder, graph)
+    workflow_id, kind = _manifest_id_and_type(folder, manifest)
+    checked = _manifest_inputs(folder, manifest, graph, kind)
+    _check_output_node(folder, graph)
     return Workflow(
         id=workflow_id,
         name=str(manifest.get("name") or workflow_id),
@@ -239,48 +268,89 @@ def load_workflows(directory: Path) -> tuple[dict[str, Workflow], list[str]]:
 
 # ---- validation ---------------------------------------------------------------------------------
 
-def _coerce(spec: dict, value, name: str):
-    """Check one value against its input spec and return it cleaned; raise ValidationError."""
-    kind = spec["type"]
-    if kind == "text":
-        if not isinstance(value, str):
-            raise ValidationError(name, "must be text")
-        limit = int(spec.get("max_length", DEFAULT_TEXT_LENGTH))
-        if len(value) > limit:
-            raise ValidationError(name, f"must be at most {limit} characters")
-        if "\x00" in value:
-            raise ValidationError(name, "contains a NUL character")
-        if not text.is_valid(value):
-            raise ValidationError(name, "is not valid Unicode text (it holds a lone surrogate); send UTF-8")
-        return value
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise ValidationError(name, "must be true or false")
-        return value
-    if kind == "select":
-        if value not in spec["options"]:
-            raise ValidationError(name, f"must be one of {', '.join(map(str, spec['options']))}")
-        return value
-    if kind in ("int", "seed"):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(name, "must be a whole number")
-        if kind == "seed":
-            if value != -1 and not 0 <= value <= int(spec.get("max", SEED_MAX)):
-                raise ValidationError(name, f"must be -1 (random) or from 0 to {int(spec.get('max', SEED_MAX))}")
-            return value
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValidationError(name, "must be a number")
-        value = float(value)
-    else:
-        raise ValidationError(name, f"cannot be given as a parameter ({kind})")
+def _coerce_text(spec: dict, value, name: str) -> str:
+    """Valid Unicode text up to the input's max_length, without NUL."""
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be text")
+    limit = int(spec.get("max_length", DEFAULT_TEXT_LENGTH))
+    if len(value) > limit:
+        raise ValidationError(name, f"must be at most {limit} characters")
+    if "\x00" in value:
+        raise ValidationError(name, "contains a NUL character")
+    if not text.is_valid(value):
+        raise ValidationError(name, "is not valid Unicode text (it holds a lone surrogate); send UTF-8")
+    return value
+
+
+def _coerce_boolean(spec: dict, value, name: str) -> bool:
+    """true or false."""
+    if not isinstance(value, bool):
+        raise ValidationError(name, "must be true or false")
+    return value
+
+
+def _coerce_select(spec: dict, value, name: str):
+    """One of the input's options."""
+    if value not in spec["options"]:
+        raise ValidationError(name, f"must be one of {', '.join(map(str, spec['options']))}")
+    return value
+
+
+def _whole_number(value, name: str) -> int:
+    """An integer (a float without a fraction counts), never a bool."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(name, "must be a whole number")
+    return value
+
+
+def _coerce_seed(spec: dict, value, name: str) -> int:
+    """-1 (random) or a seed from 0 to the input's max."""
+    value = _whole_number(value, name)
+    if value != -1 and not 0 <= value <= int(spec.get("max", SEED_MAX)):
+        raise ValidationError(name, f"must be -1 (random) or from 0 to {int(spec.get('max', SEED_MAX))}")
+    return value
+
+
+def _in_range(spec: dict, value, name: str):
+    """The value, when within the input's min and max."""
     if "min" in spec and value < spec["min"]:
         raise ValidationError(name, f"must be at least {spec['min']}")
     if "max" in spec and value > spec["max"]:
         raise ValidationError(name, f"must be at most {spec['max']}")
     return value
+
+
+def _coerce_int(spec: dict, value, name: str) -> int:
+    """A whole number within the input's range."""
+    return _in_range(spec, _whole_number(value, name), name)
+
+
+def _coerce_float(spec: dict, value, name: str) -> float:
+    """A finite number within the input's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationError(name, "must be a number")
+    return _in_range(spec, float(value), name)
+
+
+# How each input type checks a value (image and scenes inputs are not given as plain parameters).
+COERCERS = {
+    "text": _coerce_text,
+    "boolean": _coerce_boolean,
+    "select": _coerce_select,
+    "seed": _coerce_seed,
+    "int": _coerce_int,
+    "float": _coerce_float,
+}
+
+
+def _coerce(spec: dict, value, name: str):
+    """Check one value against its input spec and return it cleaned; raise ValidationError."""
+    coerce = COERCERS.get(spec["type"])
+    if coerce is None:
+        raise ValidationError(name, f"cannot be given as a parameter ({spec['type']})")
+    return coerce(spec, value, name)
 
 
 def random_seed() -> int:
