@@ -273,26 +273,40 @@ def read_execute_request() -> tuple[object, object, object]:
     """(params, input_image, retry_of) of an execute request, JSON or a form; an upload is checked
     with Pillow and stored in the input folder first. Abort 400/413/415 naming the field."""
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 1024 * 1024:
-            abort(413, f"input_image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
-        raw_params = request.form.get("params")
-        params = None
-        if raw_params not in (None, ""):
-            try:
-                params = json.loads(raw_params)
-            except ValueError:
-                abort(400, "params: not valid JSON")
-        retry_of = request.form.get("retry_of") or None
-        input_image = request.form.get("input_image") or None
-        upload = request.files.get("input_image")
-        if upload is not None and upload.filename:
-            data = upload.stream.read(MAX_UPLOAD_BYTES + 1)
-            try:
-                extension = check_upload(data)
-            except ValidationError as error:
-                abort(413 if len(data) > MAX_UPLOAD_BYTES else 400, str(error))
-            input_image = files.store_input_image(current_app.config["STUDIO"].input_dir, upload.filename, extension, data)
-        return params, input_image, retry_of
+        return _read_execute_form()
+    return _read_execute_json()
+
+
+def _read_execute_form() -> tuple[object, object, object]:
+    """(params, input_image, retry_of) of a form post; ``params`` is JSON text, ``input_image`` a name or an upload."""
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 1024 * 1024:
+        abort(413, f"input_image: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+    raw_params = request.form.get("params")
+    params = None
+    if raw_params not in (None, ""):
+        try:
+            params = json.loads(raw_params)
+        except ValueError:
+            abort(400, "params: not valid JSON")
+    retry_of = request.form.get("retry_of") or None
+    input_image = _store_upload(request.files.get("input_image")) or request.form.get("input_image") or None
+    return params, input_image, retry_of
+
+
+def _store_upload(upload) -> str | None:
+    """Check an uploaded input image with Pillow and store it in the input folder; its name there, or None."""
+    if upload is None or not upload.filename:
+        return None
+    data = upload.stream.read(MAX_UPLOAD_BYTES + 1)
+    try:
+        extension = check_upload(data)
+    except ValidationError as error:
+        abort(413 if len(data) > MAX_UPLOAD_BYTES else 400, str(error))
+    return files.store_input_image(current_app.config["STUDIO"].input_dir, upload.filename, extension, data)
+
+
+def _read_execute_json() -> tuple[object, object, object]:
+    """(params, input_image, retry_of) of a JSON body ``{"params": {...}, "input_image"?, "retry_of"?}``."""
     if request.mimetype not in ("application/json", "") and not request.is_json:
         abort(415, "send JSON {\"params\": {...}} or multipart/form-data")
     payload = request.get_json(silent=True)
