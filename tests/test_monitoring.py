@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from history import security
 from history.db import release
+from tests.comfyui_double import ComfyUIDouble
 from tests.conftest import another_app
 from tests.conftest import wait_for
 
@@ -79,6 +80,26 @@ def test_healthz_says_an_unreachable_comfyui_without_failing(app_config):
     assert response.json["executor"]["kind"] == "comfyui"
     assert response.json["executor"]["url"] == url
     assert response.json["executor"]["reachable"] is False
+
+
+def test_healthz_says_a_connected_comfyui_is_reachable(app_config, tmp_path):
+    (tmp_path / "comfy" / "input").mkdir(parents=True)
+    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as comfyui:
+        config = {
+            **app_config,
+            "STUDIO_COMFYUI_URL": comfyui.url,
+            "STUDIO_OUTPUT_DIR": str(comfyui.output_dir),
+            "STUDIO_INPUT_DIR": str(comfyui.input_dir),
+        }
+        with another_app(config) as comfy_app:
+            client = comfy_app.test_client()
+            client.get("/healthz")  # the first request starts the executor, which connects in the background
+            answer = wait_for(
+                lambda: (body := client.get("/healthz").json)["executor"]["reachable"] and body,
+                what="the ComfyUI websocket connected",
+            )
+    assert answer["status"] == "ok"
+    assert answer["executor"] == {"kind": "comfyui", "url": comfyui.url, "reachable": True, "running": True}
 
 
 def test_healthz_is_public_and_metrics_guarded_when_a_password_is_set(app_config):
