@@ -244,10 +244,13 @@ def decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
     return queued_at, prompt_id
 
 
-def filtered(history_filter: HistoryFilter, search_text: bool = True):
-    """Jobs matching a filter (its search too, unless ``search_text`` is false), newest first (ties broken by prompt_id), as a chainable query."""
+def filtered(history_filter: HistoryFilter, search_text: bool = True, paged: bool = True):
+    """Jobs matching a filter (its search too, unless ``search_text`` is false), newest first (ties broken by prompt_id), as a chainable query.
+
+    ``paged=False`` is for counting and bulk work, which read every match: the status index then serves.
+    """
     status = Job.status
-    if len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses:
+    if paged and len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses:
         # With several statuses, completed among them, an index on status would find most of the store and
         # sort it (time grows with the store); status || '' keeps the planner on the (queued_at, prompt_id)
         # index, read newest first until the page is full: constant time, since most jobs match. A filter of
@@ -1103,7 +1106,7 @@ class CountChanged(Exception):
 
 def removable(history_filter: HistoryFilter, include_starred: bool = False):
     """The jobs a delete over a filter takes: ended ones, starred ones only when asked."""
-    query = filtered(history_filter).where(Job.status.not_in(ACTIVE_STATUSES))
+    query = filtered(history_filter, paged=False).where(Job.status.not_in(ACTIVE_STATUSES))
     if not include_starred:
         query = query.where(Job.starred == False)  # noqa: E712 (a SQL comparison, not a Python one)
     return query
@@ -1112,7 +1115,7 @@ def removable(history_filter: HistoryFilter, include_starred: bool = False):
 def retryable(history_filter: HistoryFilter):
     """The jobs a retry over a filter takes: its error and stalled ones."""
     statuses = tuple(status for status in history_filter.statuses if status in RETRYABLE_STATUSES)
-    return filtered(history_filter.replace(statuses=statuses))  # none of them: matches nothing
+    return filtered(history_filter.replace(statuses=statuses), paged=False)  # none of them: matches nothing
 
 
 def matching_ids(query, expect: int | None) -> list[str]:
@@ -1124,20 +1127,22 @@ def matching_ids(query, expect: int | None) -> list[str]:
 
 
 def removal_usage(history_filter: HistoryFilter, include_starred: bool = False) -> dict:
-    """What a delete over a filter would take, from the store (no disk walk): jobs, bytes, and its stars."""
-    jobs_count, size = (
-        removable(history_filter, include_starred).select(fn.COUNT(SQL("*")), fn.SUM(Job.bytes)).order_by().tuples().get()
+    """What a delete over a filter would take, from the store (no disk walk): jobs, bytes, and its stars.
+
+    All matches less the starred ones: the first sum reads the (status, queued_at, bytes) index when the
+    filter is statuses and times, the second only the few starred jobs (by their index).
+    """
+    def count_and_bytes(query) -> tuple[int, int]:
+        count, size = query.select(fn.COUNT(SQL("*")), fn.SUM(Job.bytes)).order_by().tuples().get()
+        return count, int(size or 0)
+
+    ended = Job.status.not_in(ACTIVE_STATUSES)
+    total = count_and_bytes(filtered(history_filter, paged=False).where(ended))
+    starred = (0, 0) if history_filter.starred is False else count_and_bytes(
+        filtered(history_filter.replace(starred=True), paged=False).where(ended)
     )
-    starred = (
-        filtered(history_filter.replace(starred=True))
-        .where(Job.status.not_in(ACTIVE_STATUSES))
-        .select(fn.COUNT(SQL("*")))
-        .order_by()
-        .scalar()
-    )
-    if history_filter.starred is False:
-        starred = 0
-    return {"jobs": jobs_count, "bytes": int(size or 0), "starred": starred, "include_starred": include_starred}
+    taken = total if include_starred else (total[0] - starred[0], total[1] - starred[1])
+    return {"jobs": taken[0], "bytes": taken[1], "starred": starred[0], "include_starred": include_starred}
 
 
 def delete_matching(
@@ -1296,7 +1301,8 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
     }
     rows = (
         Job.select(day, Job.status, fn.COUNT(SQL("*")), fn.SUM(Job.bytes))
-        .where(Job.queued_at >= start)
+        # By status, so the (status, queued_at, bytes) index covers it: one short range per status, no table.
+        .where(Job.status.in_(STATUSES) & (Job.queued_at >= start))
         .group_by(day, Job.status)
         .tuples()
     )

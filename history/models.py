@@ -96,6 +96,9 @@ class Job(BaseModel):
             (("status", "queued_at", "prompt_id"), False),
             (("workflow_id", "queued_at", "prompt_id"), False),
             (("starred", "queued_at", "prompt_id"), False),
+            # The storage figures (jobs.storage_stats) sum bytes by status and workflow, and by status and day.
+            (("status", "workflow_id", "bytes"), False),
+            (("status", "queued_at", "bytes"), False),
         )
 
     @property

@@ -113,7 +113,8 @@ def test_a_store_numbered_before_the_step_files_is_adopted_and_upgraded(app_conf
     job = make_job(files=0)
     # A store as the first schema left it, from before playhouse.migrations recorded steps by name:
     # no starred, no bytes, no index on them, and only schema_version saying where it is.
-    database.execute_sql("DROP INDEX job_starred_queued_at_prompt_id")
+    for index in ("job_starred_queued_at_prompt_id", "job_status_workflow_id_bytes", "job_status_queued_at_bytes"):
+        database.execute_sql(f"DROP INDEX {index}")
     for column in ("starred", "bytes"):
         database.execute_sql(f"ALTER TABLE job DROP COLUMN {column}")
     database.execute_sql(f"DROP TABLE {history_db.MIGRATION_TABLE}")

@@ -457,7 +457,7 @@ def history_star_selected():
 
 def matching_count(history_filter: jobs.HistoryFilter) -> int:
     """How many jobs a filter matches (the list's "Select all N matching"; only asked when it has more pages)."""
-    return jobs.filtered(history_filter).order_by().count()
+    return jobs.filtered(history_filter, paged=False).order_by().count()
 
 
 def _matching_selection(history_filter: jobs.HistoryFilter) -> dict:
