@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import zipfile
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from flask import Response
 from flask import abort
 from flask import current_app
 from flask import jsonify
+from flask import make_response
 from flask import request
 from flask import stream_with_context
 from flask import url_for
@@ -324,7 +326,32 @@ def _read_execute_json() -> tuple[object, object, object]:
     return payload.get("params"), payload.get("input_image"), payload.get("retry_of")
 
 
+def refuse_repeated_retry(view):
+    """Answer 409 to a second retry of the same job within the guard's seconds (in this process or, by the
+    store, any); release the claim when the retry was not made, so a corrected retry goes through at once."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        retry_of = _retry_of_in_request()
+        if retry_of is None:
+            return view(*args, **kwargs)
+        refusal = claim_retry(retry_of)
+        if refusal is not None:
+            return json_error(refusal.pop("error"), 409, **refusal)
+        try:
+            response = make_response(view(*args, **kwargs))
+        except Exception:
+            retry_guard().release(retry_of)
+            raise
+        if response.status_code != 202:
+            retry_guard().release(retry_of)
+        return response
+
+    return guarded
+
+
 @bp.post("/api/run/<workflow_id>/execute")
+@refuse_repeated_retry
 def execute(workflow_id: str):
     """Run a workflow: validate, record as queued, hand to the executor; answer 202 with the prompt id."""
     the_studio = studio()
@@ -592,28 +619,3 @@ def retry_jobs(prompt_ids: list[str]) -> tuple[list[dict], list[dict]]:
             continue
         queued.append({"retry_of": prompt_id, "prompt_id": retry.prompt_id})
     return queued, failed
-
-
-@bp.before_request
-def refuse_repeated_retry():
-    """Answer 409 to a second retry of the same job within the guard's seconds (in this process or, by the store, any)."""
-    if request.endpoint != "api.execute":
-        return None
-    retry_of = _retry_of_in_request()
-    if retry_of is None:
-        return None
-    refusal = claim_retry(retry_of)
-    if refusal is not None:
-        return json_error(refusal.pop("error"), 409, **refusal)
-    request.environ.setdefault("studio.retry_claims", []).append(retry_of)
-    return None
-
-
-@bp.after_request
-def release_failed_retry(response):
-    """Release the guard's claim when the retry was not made, so a corrected retry goes through at once."""
-    claims = request.environ.get("studio.retry_claims") or []
-    if claims and response.status_code != 202:
-        for retry_of in claims:
-            retry_guard().release(retry_of)
-    return response
