@@ -43,3 +43,10 @@ def test_actions_refuse_bad_forms_and_change_nothing(client, make_job, path, for
     answer = client.post(path.format(id=job.prompt_id), data=form, headers={"HX-Request": "true"})
     assert answer.status_code == 400
     assert client.get(f"/api/admin/history/{job.prompt_id}").json["starred"] is False
+
+
+def test_the_starred_filter_narrows_the_page(client, make_job):
+    starred, _other = make_job(starred=True), make_job()
+    page = soup(client.get("/admin/history?starred=1"))
+    assert page.select_one('#history-filters input[name="starred"]').has_attr("checked")
+    assert [card["data-prompt-id"] for card in page.select("#job-list .job-card")] == [starred.prompt_id]
