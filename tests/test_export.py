@@ -1,4 +1,4 @@
-"""Export (issue 5): a job's package, the selected jobs as JSON that imports back, and the retry guard."""
+"""Export: a job's package, the selected jobs as JSON that imports back, and the retry guard."""
 from __future__ import annotations
 
 import io

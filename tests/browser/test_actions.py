@@ -1,4 +1,4 @@
-"""Batch selection, delete, retry, export and the keyboard on the History page, in Chromium (issue 5)."""
+"""Batch selection, delete, retry, export and the keyboard on the History page, in Chromium; and the same actions with htmx alone."""
 from __future__ import annotations
 
 import json
