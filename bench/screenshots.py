@@ -4,8 +4,8 @@ Run: ``python -m bench.screenshots [--out docs/screenshots] [--serve]``. It buil
 holding the kinds of jobs a studio really has (a batch of images, an image-to-video job with its input
 image, a dynamic job whose scenes have long prompts, failures, an imported job of a workflow that is not
 installed, a sub-second job, unicode prompts), serves it on a free loopback port and saves
-``history.png`` (1,400 px), ``overlay.png`` (1,024 px), ``scenes.png`` (1,400 px) and ``phone.png``
-(390 px) as small palette PNGs. With ``--serve`` it prints the address and keeps serving instead.
+``history.png`` (the list, 1,400 px), ``overlay.png`` (an imported stalled job with its Retry note,
+1,024 px), ``scenes.png`` (1,400 px) and ``phone.png`` (390 px) as small palette PNGs. With ``--serve`` it prints the address and keeps serving instead.
 Prints each file's size; not a test.
 """
 from __future__ import annotations
@@ -194,17 +194,15 @@ def shoot(base: str, ids: list[str], out: Path) -> dict[str, int]:
         page.wait_for_function("() => [...document.querySelectorAll('img.job-thumb')].slice(0, 8).every((img) => img.complete)")
         sizes["history.png"] = save_small(page.screenshot(), out / "history.png")
 
+        # The imported, stalled image-to-video job: its error, and a Retry that says what it fits.
         page.set_viewport_size({"width": 1024, "height": 900})
-        page.locator(f'.job-card[data-prompt-id="{ids[0]}"] .job-workflow').click()
-        page.wait_for_selector("#job-overlay .overlay-outputs img")
-        page.wait_for_function("() => [...document.querySelectorAll('#job-overlay img')].every((img) => img.complete)")
-        page.locator("#job-overlay .overlay-outputs").scroll_into_view_if_needed()
-        page.locator("#job-overlay .overlay-panel").evaluate("(panel) => panel.closest('dialog').scrollTop = 0")
+        page.locator(f'.job-card[data-prompt-id="{ids[4]}"] .job-workflow').click()
+        page.wait_for_selector("#job-overlay .retry-fitted")
         sizes["overlay.png"] = save_small(page.screenshot(), out / "overlay.png")
 
         page.set_viewport_size({"width": 1400, "height": 900})
         page.goto(base + f"/admin/history/jobs/{scenes_id}")
-        page.locator("#job-overlay .scenes-table").scroll_into_view_if_needed()
+        page.locator("#job-overlay .overlay-section").first.evaluate("(section) => section.scrollIntoView()")
         sizes["scenes.png"] = save_small(page.screenshot(), out / "scenes.png")
 
         phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
