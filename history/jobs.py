@@ -671,18 +671,7 @@ def _plan_folders(doomed: list[Job], output_root: Path) -> dict[str, object]:
 
 def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, report: DeleteReport) -> None:
     """Delete one batch of jobs (see delete_jobs), adding to ``report`` in the order of the ids."""
-    found = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids)))}
-    doomed = []
-    for prompt_id in prompt_ids:
-        job = found.get(prompt_id)
-        if job is None:
-            report.not_found.append(prompt_id)
-        elif job.status in ACTIVE_STATUSES:
-            report.failed.append({"prompt_id": prompt_id, "error": f"job is {job.status}; wait until it ends", "status": 409})
-        elif keep_starred and job.starred:
-            report.failed.append({"prompt_id": prompt_id, "error": "job is starred; unstar it or include starred jobs", "status": 409})
-        else:
-            doomed.append(job)
+    doomed = _deletable(prompt_ids, keep_starred, report)
     if not doomed:
         return
     plan = _plan_folders(doomed, output_root)
@@ -721,6 +710,37 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
             files.put_back(entry)  # nothing was committed: every job stays whole
         raise
     gone_ids = set(gone)
+    _remove_listed(listed, gone_ids, output_root, report)
+    _clear_tombstones(moved, doomed, plan, report)
+    for job in doomed:
+        if job.prompt_id in gone_ids:
+            report.deleted.append(job.prompt_id)
+            report.deleted_jobs.append(job.to_dict())
+        elif job.prompt_id in refused:
+            report.failed.append(refused[job.prompt_id])
+        else:
+            report.not_found.append(job.prompt_id)  # deleted (or started again) by someone else meanwhile
+
+
+def _deletable(prompt_ids: list[str], keep_starred: bool, report: DeleteReport) -> list[Job]:
+    """The jobs of ``prompt_ids`` that may go; the others go into ``report`` (not found, running, starred)."""
+    found = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids)))}
+    doomed = []
+    for prompt_id in prompt_ids:
+        job = found.get(prompt_id)
+        if job is None:
+            report.not_found.append(prompt_id)
+        elif job.status in ACTIVE_STATUSES:
+            report.failed.append({"prompt_id": prompt_id, "error": f"job is {job.status}; wait until it ends", "status": 409})
+        elif keep_starred and job.starred:
+            report.failed.append({"prompt_id": prompt_id, "error": "job is starred; unstar it or include starred jobs", "status": 409})
+        else:
+            doomed.append(job)
+    return doomed
+
+
+def _remove_listed(listed: dict[str, list[Path]], gone_ids: set[str], output_root: Path, report: DeleteReport) -> None:
+    """After the commit: remove the listed files of the folderless jobs that went; what stays is pending."""
     for prompt_id, paths in listed.items():
         if prompt_id not in gone_ids:
             continue
@@ -732,6 +752,10 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
             continue
         report.files_removed += count
         report.bytes_freed += size
+
+
+def _clear_tombstones(moved: list[Path], doomed: list[Job], plan: dict, report: DeleteReport) -> None:
+    """After the commit: empty the folders moved aside; what a clear leaves is pending for the start-up sweep."""
     for entry in dict.fromkeys(moved):
         cleared = files.clear_tombstone(entry)
         report.files_removed += cleared.files
@@ -740,14 +764,6 @@ def _delete_batch(prompt_ids: list[str], output_root: Path, keep_starred: bool, 
             owner = next(job.prompt_id for job in doomed if plan[job.prompt_id] == entry)
             log.warning("delete of %s left %d files for the start-up sweep", owner, len(cleared.pending))
             report.pending.append({"prompt_id": owner, "files": cleared.pending[:20], "count": len(cleared.pending)})
-    for job in doomed:
-        if job.prompt_id in gone_ids:
-            report.deleted.append(job.prompt_id)
-            report.deleted_jobs.append(job.to_dict())
-        elif job.prompt_id in refused:
-            report.failed.append(refused[job.prompt_id])
-        else:
-            report.not_found.append(job.prompt_id)  # deleted (or started again) by someone else meanwhile
 
 
 def _move_refusal(prompt_id: str, error: Exception) -> dict:
@@ -767,9 +783,30 @@ def listed_files(doomed: list[Job], output_root: Path) -> dict[str, list[Path]]:
     folderless = [job for job in doomed if not job.output_dir and job.outputs]
     if not folderless:
         return {}
-    doomed_ids = [job.prompt_id for job in doomed]
+    wanted = _listed_refs(folderless, output_root)
+    names = sorted({key[1] for entries in wanted.values() for key, _ in entries})
+    kept = _refs_listed_elsewhere(names, [job.prompt_id for job in doomed])
+    owned_folders = _job_folders_among(wanted)
+    studio_folder = files.STUDIO_FOLDER + "/"
+    found = {}
+    for prompt_id, entries in wanted.items():
+        paths = []
+        for key, path in entries:
+            in_job_folder = key[0].startswith(studio_folder) and key[0][len(studio_folder):].split("/")[0] in owned_folders
+            if key not in kept and not in_job_folder and path not in paths:
+                paths.append(path)
+        found[prompt_id] = paths
+    return found
+
+
+def _ref_key(ref: dict) -> tuple[str, str]:
+    """(subfolder, filename) of an output reference, as records list it."""
+    return (str(ref.get("subfolder") or "").strip("/"), ref.get("filename"))
+
+
+def _listed_refs(folderless: list[Job], output_root: Path) -> dict[str, list[tuple[tuple, Path]]]:
+    """Each job's saved outputs that resolve safely inside the output folder: (reference key, path), by prompt_id."""
     wanted: dict[str, list[tuple[tuple, Path]]] = {}
-    names = set()
     for job in folderless:
         for ref in job.outputs or []:
             if not isinstance(ref, dict) or ref.get("type", "output") != "output":
@@ -778,11 +815,13 @@ def listed_files(doomed: list[Job], output_root: Path) -> dict[str, list[Path]]:
                 path = files.output_file(output_root, ref)
             except files.UnsafePath:
                 continue
-            key = (str(ref.get("subfolder") or "").strip("/"), ref.get("filename"))
-            wanted.setdefault(job.prompt_id, []).append((key, path))
-            names.add(ref["filename"])
+            wanted.setdefault(job.prompt_id, []).append((_ref_key(ref), path))
+    return wanted
+
+
+def _refs_listed_elsewhere(names: list[str], doomed_ids: list[str]) -> set[tuple[str, str]]:
+    """The reference keys that records outside ``doomed_ids`` list, among files of these names."""
     kept = set()
-    names = sorted(names)
     for start in range(0, len(names), 100):
         chunk = names[start:start + 100]
         # A narrow LIKE first (JSON text of either store), then the exact references in Python.
@@ -794,24 +833,18 @@ def listed_files(doomed: list[Job], output_root: Path) -> dict[str, list[Path]]:
             .tuples()
         )
         for (outputs,) in others:
-            for ref in outputs or []:
-                if isinstance(ref, dict):
-                    kept.add((str(ref.get("subfolder") or "").strip("/"), ref.get("filename")))
+            kept.update(_ref_key(ref) for ref in outputs or [] if isinstance(ref, dict))
+    return kept
+
+
+def _job_folders_among(wanted: dict[str, list[tuple[tuple, Path]]]) -> set[str]:
+    """The job folders (comfyui-studio/<output_dir>) that these references point into and a record owns."""
     studio_folder = files.STUDIO_FOLDER + "/"
     folders = {key[0][len(studio_folder):].split("/")[0] for entries in wanted.values() for key, _ in entries
                if key[0].startswith(studio_folder)}
-    owned_folders = set()
-    if folders:
-        owned_folders = {row[0] for row in Job.select(Job.output_dir).where(Job.output_dir.in_(sorted(folders))).tuples()}
-    found = {}
-    for prompt_id, entries in wanted.items():
-        paths = []
-        for key, path in entries:
-            in_job_folder = key[0].startswith(studio_folder) and key[0][len(studio_folder):].split("/")[0] in owned_folders
-            if key not in kept and not in_job_folder and path not in paths:
-                paths.append(path)
-        found[prompt_id] = paths
-    return found
+    if not folders:
+        return set()
+    return {row[0] for row in Job.select(Job.output_dir).where(Job.output_dir.in_(sorted(folders))).tuples()}
 
 
 def finish_interrupted_deletes(output_root: Path) -> int:
