@@ -14,7 +14,6 @@ from history import embed
 from history import jobs
 from history import studio
 from history import web
-from history import text
 from history.config import ConfigError
 from history.config import load_settings
 from history.web import cors
@@ -58,8 +57,6 @@ def create_app(test_config: dict | None = None) -> Flask:
         FileSystemLoader(str(asset_dir("templates"))),
         FileSystemLoader(str(asset_dir("partials"))),
     ])
-    # Everything a template prints passes here: text a store holds that UTF-8 cannot encode is repaired.
-    app.jinja_env.finalize = text.printable
     app.config.update(
         SECRET_KEY=settings.secret_key,
         DATABASE_URL=settings.database_url,

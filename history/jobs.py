@@ -915,9 +915,9 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     """Check one record in the API's shape and return the model's field values; raise InvalidRecord."""
     if not isinstance(record, dict):
         raise InvalidRecord("a record must be a JSON object")
-    problem = text.find_invalid(record, "record")
+    problem = text.find_invalid(record)
     if problem is not None:
-        raise InvalidRecord(f"{problem.field.removeprefix('record.')}: {problem.problem}")
+        raise InvalidRecord(str(problem))
     unknown = set(record) - set(RECORD_FIELDS)
     if unknown:
         raise InvalidRecord(f"unknown fields: {', '.join(sorted(unknown))}")

@@ -44,30 +44,32 @@ def repair_text(value: str) -> str:
     return SURROGATE.sub(REPLACEMENT, value)
 
 
-def find_invalid(value, name: str = "body", max_depth: int = MAX_DEPTH) -> InvalidText | None:
+def find_invalid(value, name: str = "", max_depth: int = MAX_DEPTH) -> InvalidText | None:
     """The first problem in a JSON-like value (a lone surrogate in a key or string, or nesting deeper
-    than ``max_depth``), named by its path (``params.scenes[0].prompt``); None when it is clean."""
+    than ``max_depth``), named by its path from ``name`` (``params.scenes[0].prompt``; the value itself
+    is "body"); None when it is clean."""
     stack = [(value, name, 0)]
     while stack:
         item, where, depth = stack.pop()
         if isinstance(item, str):
             if not is_valid(item):
-                return InvalidText(where, "is not valid Unicode text (it holds a lone surrogate); send UTF-8")
+                return InvalidText(where or "body", "is not valid Unicode text (it holds a lone surrogate); send UTF-8")
         elif isinstance(item, (dict, list)):
             if depth >= max_depth:
-                return InvalidText(where, f"nests deeper than {max_depth} levels")
+                return InvalidText(where or "body", f"nests deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
                     key_text = key if isinstance(key, str) else str(key)
+                    path = f"{where}.{key_text}" if where else key_text
                     if not is_valid(key_text):
-                        return InvalidText(f"{where}.{repair_text(key_text)}", "is not a valid Unicode name")
-                    stack.append((child, f"{where}.{key_text}", depth + 1))
+                        return InvalidText(repair_text(path), "is not a valid Unicode name")
+                    stack.append((child, path, depth + 1))
             else:
                 stack.extend((child, f"{where}[{index}]", depth + 1) for index, child in enumerate(item))
     return None
 
 
-def check(value, name: str = "body", max_depth: int = MAX_DEPTH):
+def check(value, name: str = "", max_depth: int = MAX_DEPTH):
     """Return ``value`` when find_invalid finds nothing in it; raise its InvalidText otherwise."""
     problem = find_invalid(value, name, max_depth)
     if problem is not None:
@@ -100,14 +102,14 @@ def repair(value):
     return root
 
 
-def loads(data, name: str = "body", max_depth: int = MAX_DEPTH):
+def loads(data, name: str = "", max_depth: int = MAX_DEPTH):
     """Parse request JSON and check it (find_invalid); raise ValueError when it is not JSON, InvalidText when
     it nests too deep or holds text that is not valid Unicode."""
     try:
         value = json.loads(data)
     except RecursionError:
         # The C parser gives up at the interpreter's recursion limit (about 1,000 levels).
-        raise InvalidText(name, f"nests deeper than {max_depth} levels") from None
+        raise InvalidText(name or "body", f"nests deeper than {max_depth} levels") from None
     return check(value, name, max_depth)
 
 
@@ -122,3 +124,14 @@ def printable(value):
         html = value.__html__()
         return value if is_valid(html) else Markup(repair_text(html))
     return repair_text(value if isinstance(value, str) else str(value))
+
+
+def whole_number(raw: str, max_digits: int = 9) -> int | None:
+    """``raw`` as a whole number when it is 1 to ``max_digits`` ASCII digits, else None.
+
+    str.isdigit() also accepts '²' and '①', which int() refuses, and int() refuses more than 4,300 digits:
+    a query value is checked here instead, so neither can become a 500.
+    """
+    if not isinstance(raw, str) or not 0 < len(raw) <= max_digits or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)

@@ -3,10 +3,11 @@
 Routes come from the app's url_map, so a new endpoint is fuzzed without a change here. Each route gets
 STUDIO_TEST_FUZZ_EXAMPLES requests (default 25, so a run throws over 500 in all and stays quick; set
 500 for the issue's every-endpoint figure) and STUDIO_TEST_FUZZ_EXAMPLES_PG on PostgreSQL (default 15):
-odd path arguments (traversals, encodings, NUL, look-alike dots, real ids), query strings with the
-known keys and junk, htmx/fetch-metadata/conditional headers, and bodies of every kind (random JSON, near-valid
+odd path arguments (traversals, encodings, NUL, look-alike dots, lone surrogates, real ids), query
+strings with the known keys and junk (digits that are not ASCII: '²', '①', 5,000 of them), htmx/fetch-metadata/conditional headers, and bodies of every kind (random JSON, near-valid
 delete and execute payloads, forms, multipart uploads of random bytes and broken images, raw bytes under
-any content type). Refusals under /api/ must be JSON with an ``error``. A sentinel tree beside the data
+any content type, JSON nested from 33 to 5,000 deep). Refusals under /api/ must be JSON with an ``error``;
+afterwards every page (the history page, its list, a search, each job's card and overlay) still renders. A sentinel tree beside the data
 folder (with symlinks into it from the output and input folders) and the data folder's own files are
 hashed before and after. The counts are printed in the terminal summary.
 """
@@ -37,7 +38,8 @@ NASTY = [
     "..", "../..", "../../outside/secret.txt", "%2e%2e%2f", "..%2f..%2f", "..%252f", "/etc/passwd", "\x00", "a\x00b",
     "..\\..\\x", "C:\\Windows\\win.ini", "\uff0e\uff0e/x", "\u2024\u2024/x", "comfyui-studio/linked/secret.txt",
     "linked/secret.txt", "comfyui-studio/../../outside/secret.txt", "' OR 1=1 --", "<script>alert(1)</script>",
-    "x" * 5000, "", " ", "%", "%%", "%00", "\ud800", "😀", "\u202e", "-1", "0", "99999999999999999999",
+    "x" * 5000, "", " ", "%", "%%", "%00", "\ud800", "a\udfffb", "😀", "\u202e", "-1", "0", "99999999999999999999",
+    "²", "①", "٣", "9" * 5000,
 ]
 QUERY_KEYS = ["status", "workflow_id", "q", "limit", "before", "since", "dir", "v", "next", "compact", "page", "kind"]
 # What a client can put in a header at all (no line breaks; latin-1, as WSGI carries headers).
@@ -88,9 +90,14 @@ execute_bodies = st.fixed_dictionaries(
 @st.composite
 def bodies(draw):
     """(kwargs for the test client) for a body of some kind."""
-    kind = draw(st.sampled_from(["none", "json", "delete", "execute", "form", "multipart", "raw"]))
+    kind = draw(st.sampled_from(["none", "json", "delete", "execute", "form", "multipart", "raw", "deep"]))
     if kind == "none":
         return {}
+    if kind == "deep":
+        # Nested past any record's depth, up to past Python's recursion limit (a RecursionError once escaped).
+        depth = draw(st.sampled_from([33, 200, 1000, 5000]))
+        opener, closer = draw(st.sampled_from([("[", "]"), ('{"params": ', "}"), ('{"prompt_ids": [', "]}")]))
+        return {"data": opener * depth + "1" + closer * depth, "content_type": "application/json"}
     if kind in ("json", "delete", "execute"):
         value = draw({"json": json_values, "delete": delete_bodies, "execute": execute_bodies}[kind])
         return {"data": json.dumps(value), "content_type": "application/json"}
@@ -250,6 +257,21 @@ def test_malformed_requests_never_get_a_5xx(app, make_job, settings, sentinel, d
     throw()
     assert counts["requests"] >= examples
     assert sentinel() == before
+    assert_every_page_renders(client)
+
+
+def assert_every_page_renders(client):
+    """No page is broken by what the requests stored: the history page, its list, a search, and each job's
+    card, overlay and record (a stored value that UTF-8 cannot encode once made all of them 500)."""
+    records = client.get("/api/admin/history?limit=1000", headers={"Origin": "http://localhost"})
+    assert records.status_code == 200
+    urls = ["/admin/history", "/admin/history/list", "/admin/history?q=a", "/admin/queue"]
+    for record in records.json:
+        prompt_id = record["prompt_id"]
+        urls += [f"/admin/history/jobs/{quote(prompt_id)}", f"/admin/history/jobs/{quote(prompt_id)}/card"]
+    for url in urls:
+        with client.get(url) as response:
+            assert response.status_code == 200, (url, response.status_code)
 
 
 NUL_BODIES = [

@@ -19,7 +19,7 @@ def test_execute_refuses_a_lone_surrogate_naming_the_field_and_stores_nothing(cl
     body = '{"params": {"positive_prompt": "a \\ud800 fox"}}'  # JSON's escape: valid JSON, not valid Unicode
     response = client.post("/api/run/txt2img-example/execute", data=body, content_type="application/json")
     assert response.status_code == 400
-    assert response.json["field"] == "positive_prompt"
+    assert response.json["field"] == "params.positive_prompt"
     assert "Unicode" in response.json["error"]
     assert Job.select().count() == 0
 

@@ -45,10 +45,8 @@ def parse_limit(raw: str | None, default: int) -> int:
     """The ``limit`` query value: an integer from 1 to MAX_LIMIT; raise InvalidQuery."""
     if raw in (None, ""):
         return default
-    if not raw.isdigit():
-        raise jobs.InvalidQuery(f"limit must be a whole number from 1 to {jobs.MAX_LIMIT}")
-    limit = int(raw)
-    if not 1 <= limit <= jobs.MAX_LIMIT:
+    limit = text.whole_number(raw)
+    if limit is None or not 1 <= limit <= jobs.MAX_LIMIT:
         raise jobs.InvalidQuery(f"limit must be a whole number from 1 to {jobs.MAX_LIMIT}")
     return limit
 
@@ -166,9 +164,10 @@ def read_bulk_form(form, need_expect: bool = True) -> Bulk:
     except jobs.InvalidQuery as error:
         abort(400, f"filter: {error}")
     raw = (form.get("expect") or "").strip()
-    if (not raw and need_expect) or (raw and not raw.isdigit()):
+    expect = text.whole_number(raw) if raw else None
+    if (not raw and need_expect) or (raw and expect is None):
         abort(400, "expect: the number of jobs the filter matched when you chose them (a whole number)")
-    return Bulk(history_filter, int(raw) if raw else None, form.get("include_starred") in ("1", "true", "on"))
+    return Bulk(history_filter, expect, form.get("include_starred") in ("1", "true", "on"))
 
 
 def count_changed(error: jobs.CountChanged):

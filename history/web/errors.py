@@ -58,7 +58,11 @@ def http_error(error: HTTPException):
     """Every HTTP error of the API as JSON ``{"error"}`` (its 404 and 405 of unknown URLs too); others as they are."""
     if not wants_json():
         return error
-    response = jsonify(error=error.description if isinstance(error.description, str) else error.name)
+    field = getattr(error, "field", None)
+    response = jsonify(
+        error=error.description if isinstance(error.description, str) else error.name,
+        **({"field": field} if isinstance(field, str) else {}),
+    )
     response.status_code = error.code or 500
     original = error.get_response()
     for header in KEPT_HEADERS:
@@ -72,7 +76,15 @@ def too_large(error: RequestEntityTooLarge):
     if error.description != type(error).description:
         return refusal(413, error.description)
     limit = request.max_content_length or current_app.config.get("MAX_CONTENT_LENGTH") or 0
-    return refusal(413, f"the request body is larger than {limit // (1024 * 1024) or 1} MiB; send a smaller one")
+    length = request.content_length
+    if length is None or length > limit:
+        return refusal(413, f"the request body is larger than {limit // (1024 * 1024) or 1} MiB; send a smaller one")
+    # The body is within its size: Werkzeug's form parser refused the form itself (too many fields, or
+    # too much text outside file uploads), and does not say which.
+    return refusal(413, (
+        f"the form is over a limit: at most {request.max_form_parts:,} fields and "
+        f"{(request.max_form_memory_size or 0) // 1024:,} KB in fields that are not files; send fewer or smaller fields"
+    ))
 
 
 def store_busy(error):
@@ -101,9 +113,27 @@ def store_busy(error):
     return plain(503, message, **retry)
 
 
+def malformed_body(error):
+    """400 for a body the HTTP server could not read (gunicorn's chunked-encoding errors surface in the view)."""
+    return refusal(400, f"the request body is malformed ({type(error).__name__}); send it again, whole")
+
+
+def _body_read_errors() -> tuple[type, ...]:
+    """The exceptions a WSGI server raises while a view reads a broken body (gunicorn's; Werkzeug's own
+    server answers those itself)."""
+    try:
+        from gunicorn.http.errors import NoMoreData
+        from gunicorn.http.errors import ParseException
+    except ImportError:
+        return ()
+    return (ParseException, NoMoreData)
+
+
 def init_app(app: Flask) -> None:
     """Install the error handlers."""
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(413, too_large)
     for busy in (OperationalError, MaxConnectionsExceeded, jobs.StoreBusy):
         app.register_error_handler(busy, store_busy)
+    for broken in _body_read_errors():
+        app.register_error_handler(broken, malformed_body)

@@ -20,6 +20,7 @@ from dataclasses import field
 from urllib.parse import urlsplit
 
 from flask import Flask
+from flask import json as flask_json
 from flask import current_app
 from flask import g
 from flask import jsonify
@@ -28,8 +29,11 @@ from flask import request
 from flask import session
 from flask import url_for
 
+from werkzeug.exceptions import BadRequest
+
 from history import security
 from history import studio
+from history import text
 from history.web import cors
 from history.web import errors
 
@@ -272,6 +276,39 @@ def _served() -> bool:
     return request.method != "OPTIONS" and request.endpoint is not None
 
 
+class RequestBodyJSON:
+    """The JSON module request bodies are read with (``get_json``): history.text's, so JSON nested deeper
+    than text.MAX_DEPTH (a 2 KB body can nest 1,000 deep, past Python's recursion limit) or holding a lone
+    surrogate is a 400 naming the field, even for ``get_json(silent=True)``, which would otherwise read it
+    as no body at all. Answers and everything else keep Flask's JSON."""
+
+    dumps = staticmethod(flask_json.dumps)
+
+    @staticmethod
+    def loads(s, **kwargs):
+        try:
+            return text.loads(s)
+        except text.InvalidText as error:
+            refusal = BadRequest(str(error))
+            refusal.field = error.field  # the API's 400s name their field (errors.http_error)
+            raise refusal from None
+
+
+def request_class(base: type) -> type:
+    """``base`` (Flask's or htmx-flask's request class) reading JSON bodies with RequestBodyJSON."""
+
+    class StudioRequest(base):
+        @property
+        def json_module(self):
+            return RequestBodyJSON
+
+        @json_module.setter
+        def json_module(self, value):
+            pass  # Flask sets app.json on each request; answers keep it, bodies are read as above
+
+    return StudioRequest
+
+
 def limit_body_size():
     """A JSON body may be at most MAX_JSON_BYTES (uploads keep MAX_CONTENT_LENGTH)."""
     if request.mimetype == "application/json":
@@ -454,5 +491,6 @@ def init_app(app: Flask, blueprints: set[str] | None = None) -> None:
     app.config.setdefault("LOGIN_LIFETIME", LOGIN_LIFETIME_SECONDS)
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.request_class = request_class(app.request_class)
     app.before_request(run_steps)
     app.after_request(finish_response)

@@ -15,6 +15,7 @@ from flask import current_app
 from flask import g
 from flask import request
 
+from history import text
 from history.web import guard
 
 PROMPT_KEYS = ("positive_prompt", "negative_prompt", "prompt")
@@ -149,3 +150,5 @@ def init_app(app: Flask) -> None:
     """Register every filter and global the templates use."""
     app.jinja_env.filters.update(FILTERS)
     app.jinja_env.globals.update(GLOBALS)
+    # Everything a template prints passes here: text a store holds that UTF-8 cannot encode is repaired.
+    app.jinja_env.finalize = text.printable
