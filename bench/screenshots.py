@@ -1,6 +1,6 @@
 """The README's screenshots, taken in Chromium from a seeded store, so they stay current.
 
-Run: ``python -m bench.screenshots [--out docs/screenshots] [--serve]``. It builds a fresh data folder
+Run: ``make screenshots`` or ``python -m bench.screenshots [--out docs/screenshots] [--serve]``. It builds a fresh data folder
 holding the kinds of jobs a studio really has (a batch of images, an image-to-video job with its input
 image, a dynamic job whose scenes have long prompts, failures, an imported job of a workflow that is not
 installed, a sub-second job, unicode prompts), serves it on a free loopback port and saves
