@@ -98,11 +98,8 @@
     if (!event.detail.ctx || !event.detail.ctx.response) answered(event, 0);
   });
 
-  // Status changes said aloud: the cards' statuses before a list swap, compared after it.
-  function statuses() {
-    var seen = {};
-    document.querySelectorAll("#job-list .job-card").forEach(function (card) { seen[card.dataset.promptId] = card.dataset.status; });
-    return seen;
+  function statuses() { // the cards' statuses before a list swap, compared after it: status changes said aloud
+    return Array.from(document.querySelectorAll("#job-list .job-card")).reduce(function (seen, card) { seen[card.dataset.promptId] = card.dataset.status; return seen; }, {});
   }
 
   document.addEventListener("htmx:before:swap", function (event) {
@@ -140,11 +137,11 @@
   });
   var socketWasOpen = false;
   document.addEventListener("htmx:ws:after:connection", function () {
-    if (socketWasOpen) refreshSoon();
+    if (socketWasOpen) refreshSoon(); // events sent while the socket was down are lost: catch up once
     socketWasOpen = true;
-    if (indicator) indicator.classList.add("has-events");
+    indicator.classList.add("has-events");
   });
-  document.addEventListener("htmx:ws:close", function () { if (indicator) indicator.classList.remove("has-events"); });
+  document.addEventListener("htmx:ws:close", function () { indicator.classList.remove("has-events"); });
 
   function filtersToUrl(form) {
     var query = new URLSearchParams();
