@@ -14,6 +14,11 @@ HTMX = {"HX-Request": "true"}
 DELETE_MESSAGE = "Delete {count} job(s) and their output files? This cannot be undone."
 
 
+def text(element) -> str:
+    """An element's text as a reader sees it: whitespace folded."""
+    return " ".join(element.get_text().split())
+
+
 def folder(settings, job):
     return settings.output_dir / "comfyui-studio" / job.output_dir
 
@@ -71,7 +76,7 @@ def test_the_delete_answers_the_list_the_notice_and_a_closed_dialog(client, make
     assert html.select_one(f"#select-{stuck.prompt_id}").has_attr("checked")  # not deleted: still selected
     assert not html.select_one(f"#select-{keep.prompt_id}").has_attr("checked")
     notice = html.select_one("dialog#action-toast[hx-swap-oob][open]")
-    assert "Deleted 1 job (2 files," in notice.get_text(" ", strip=True) and "1 was gone already" in notice.get_text()
+    assert "Deleted 1 job (2 files," in text(notice) and "1 was gone already" in notice.get_text()
     assert "Not deleted: refused:" in notice.select_one(f'li[data-prompt-id="{stuck.prompt_id}"]').get_text()
     assert html.select_one("#action-status[hx-swap-oob]").get_text(strip=True) == "Deleted 1 job; 1 not deleted."
     closed = html.select_one("dialog#confirm-dialog[hx-swap-oob]")
@@ -89,11 +94,11 @@ def test_a_retry_answers_both_retry_boxes_with_the_note_from_the_store(client, m
     assert [box["id"] for box in boxes] == [f"retry-card-{original.prompt_id}", f"retry-overlay-{original.prompt_id}"]
     for box in boxes:
         note = box.select_one(".action-note")
-        assert note.get_text(" ", strip=True).startswith(f"{'Queued' if retry.status in ('queued', 'running') else 'Retried'} as {retry.prompt_id[:12]}")
+        assert text(note).startswith(f"{'Queued' if retry.status in ('queued', 'running') else 'Retried'} as {retry.prompt_id[:12]}")
     # A reload says the same: the card's note comes from the store, and so does the overlay's.
     Job.update(status="error").where(Job.prompt_id == retry.prompt_id).execute()
     card = soup(client.get(f"/admin/history/jobs/{original.prompt_id}/card"))
-    assert card.select_one(".action-note.is-error").get_text(" ", strip=True) == f"Retried as {retry.prompt_id[:12]} : error"
+    assert text(card.select_one(".action-note.is-error")) == f"Retried as {retry.prompt_id[:12]}: error"
     assert card.select_one(".action-note a")["href"] == f"/admin/history/jobs/{retry.prompt_id}"
     # A second click within seconds makes no second job.
     again = client.post(f"/admin/history/jobs/{original.prompt_id}/retry", headers=HTMX)
@@ -138,10 +143,10 @@ def test_the_overlays_retry_box_polls_itself_only_while_its_retry_is_queued(clie
     url = f"/admin/history/jobs/{original.prompt_id}/retry"
     box = soup(client.get(url + "?place=overlay", headers=HTMX)).select_one(".retry-box")
     assert box["id"] == f"retry-overlay-{original.prompt_id}" and box["hx-get"] == url + "?place=overlay"
-    assert box.select_one(".action-note").get_text(" ", strip=True) == f"Queued as {retry.prompt_id[:12]} on the queue"
+    assert text(box.select_one(".action-note")) == f"Queued as {retry.prompt_id[:12]} on the queue"
     assert not soup(client.get(url + "?place=card", headers=HTMX)).select_one(".retry-box").has_attr("hx-get")  # the list polls cards
     Job.update(status="completed").where(Job.prompt_id == retry.prompt_id).execute()
     box = soup(client.get(url + "?place=overlay", headers=HTMX)).select_one(".retry-box")
     assert not box.has_attr("hx-get")  # ended: it stops asking
-    assert box.select_one(".action-note").get_text(" ", strip=True) == f"Retried as {retry.prompt_id[:12]} : completed"
+    assert text(box.select_one(".action-note")) == f"Retried as {retry.prompt_id[:12]}: completed"
     assert client.get(f"/admin/history/jobs/{retry.prompt_id}/retry").status_code == 404  # a completed job has no Retry
