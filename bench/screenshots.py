@@ -1,12 +1,12 @@
 """The README's screenshots, taken in Chromium from a seeded store, so they stay current.
 
-Run: ``make screenshots`` or ``python -m bench.screenshots [--out docs/screenshots] [--serve]``. It builds a fresh data folder
-holding the kinds of jobs a studio really has (a batch of images, an image-to-video job with its input
-image, a dynamic job whose scenes have long prompts, failures, an imported job of a workflow that is not
-installed, a sub-second job, unicode prompts), serves it on a free loopback port and saves
-``history.png`` (the list, 1,400 px), ``overlay.png`` (an imported stalled job with its Retry note,
-1,024 px), ``scenes.png`` (1,400 px) and ``phone.png`` (390 px) as small palette PNGs. With ``--serve`` it prints the address and keeps serving instead.
-Prints each file's size; not a test.
+Run: ``make screenshots`` or ``python -m bench.screenshots [--out docs/screenshots] [--serve]``. It builds
+a fresh data folder holding the kinds of jobs a studio really has (a batch of images, an image-to-video
+job with its input image, a dynamic job whose scenes have long prompts, failures, an imported job of a
+workflow that is not installed, a sub-second job, accented prompts), serves it on a free loopback port and
+saves ``history.png`` (the list, 1,400 px), ``overlay.png`` (an imported stalled job with its Retry note,
+1,024 px), ``scenes.png`` (1,400 px) and ``phone.png`` (390 px) as small palette PNGs. With ``--serve``
+it prints the address and keeps serving instead. Prints each file's size; not a test.
 """
 from __future__ import annotations
 
