@@ -524,49 +524,76 @@ class ComfyUIExecutor(Executor):
             if self._sweep_due is None:
                 self._sweep_due = time.monotonic() + self.sweep_delay
             return
+        handler = self.FRAME_HANDLERS.get(kind)
         job = self._job(data.get("prompt_id"))
-        if job is None:
-            return  # status frames, other clients' jobs, forgotten jobs, the reconnect "executing" hint
-        prompt_id = job.prompt_id
-        if kind == "execution_start":
-            self._report_started(job, _time(data))
-        elif kind == "execution_cached":
-            job.nodes_done.update(str(node) for node in data.get("nodes") or [])
-        elif kind == "executing":
-            node = data.get("node")
-            if job.current_node is not None:
-                job.nodes_done.add(job.current_node)
-            if node is None:
-                # The run is over; a verdict frame should have come first. Without one (an older
-                # ComfyUI, or a frame lost), /history has the outcome by now.
-                self._reconcile([prompt_id])
-                return
-            job.current_node = str(node)
-            total = len(job.graph) if job.graph else 0
-            self._call("progress", prompt_id, job.current_node, len(job.nodes_done), total)
-        elif kind == "progress":
-            node = data.get("node")
-            self._call(
-                "progress", prompt_id, str(node) if node is not None else None,
-                int(data.get("value") or 0), int(data.get("max") or 0),
-            )
-        elif kind == "executed":
-            node = str(data.get("node"))
-            output = data.get("output")
-            if isinstance(output, dict):
-                job.outputs.setdefault(node, []).append(output)
-            job.nodes_done.add(node)
-        elif kind == "execution_success":
-            if self._settle(prompt_id):
-                self._report_end(job, "completed", output_refs(job.outputs), _time(data))
-        elif kind == "execution_error":
-            if self._settle(prompt_id):
-                self._report_end(
-                    job, "failed", error_message(data, job.graph), _time(data), outputs=output_refs(job.outputs)
-                )
-        elif kind == "execution_interrupted":
-            if self._settle(prompt_id):
-                self._report_end(job, "failed", INTERRUPTED, _time(data), outputs=output_refs(job.outputs))
+        if handler is None or job is None:
+            return  # other clients' jobs, forgotten jobs, the reconnect "executing" hint, frames we do not use
+        handler(self, job, data)
+
+    def _on_execution_start(self, job: _Job, data: dict) -> None:
+        """The job runs."""
+        self._report_started(job, _time(data))
+
+    def _on_execution_cached(self, job: _Job, data: dict) -> None:
+        """Nodes ComfyUI took from its cache count as done."""
+        job.nodes_done.update(str(node) for node in data.get("nodes") or [])
+
+    def _on_executing(self, job: _Job, data: dict) -> None:
+        """A node starts (progress by nodes), or, with no node, the run is over."""
+        node = data.get("node")
+        if job.current_node is not None:
+            job.nodes_done.add(job.current_node)
+        if node is None:
+            # The run is over; a verdict frame should have come first. Without one (an older
+            # ComfyUI, or a frame lost), /history has the outcome by now.
+            self._reconcile([job.prompt_id])
+            return
+        job.current_node = str(node)
+        total = len(job.graph) if job.graph else 0
+        self._call("progress", job.prompt_id, job.current_node, len(job.nodes_done), total)
+
+    def _on_progress(self, job: _Job, data: dict) -> None:
+        """A node's own progress (a sampler's steps)."""
+        node = data.get("node")
+        self._call(
+            "progress", job.prompt_id, str(node) if node is not None else None,
+            int(data.get("value") or 0), int(data.get("max") or 0),
+        )
+
+    def _on_executed(self, job: _Job, data: dict) -> None:
+        """A node finished with its outputs."""
+        node = str(data.get("node"))
+        output = data.get("output")
+        if isinstance(output, dict):
+            job.outputs.setdefault(node, []).append(output)
+        job.nodes_done.add(node)
+
+    def _on_execution_success(self, job: _Job, data: dict) -> None:
+        """The job completed."""
+        if self._settle(job.prompt_id):
+            self._report_end(job, "completed", output_refs(job.outputs), _time(data))
+
+    def _on_execution_error(self, job: _Job, data: dict) -> None:
+        """The job failed; what it saved stays its outputs."""
+        if self._settle(job.prompt_id):
+            self._report_end(job, "failed", error_message(data, job.graph), _time(data), outputs=output_refs(job.outputs))
+
+    def _on_execution_interrupted(self, job: _Job, data: dict) -> None:
+        """The job was interrupted; what it saved stays its outputs."""
+        if self._settle(job.prompt_id):
+            self._report_end(job, "failed", INTERRUPTED, _time(data), outputs=output_refs(job.outputs))
+
+    # The execution frames of a followed job, by type.
+    FRAME_HANDLERS = {
+        "execution_start": _on_execution_start,
+        "execution_cached": _on_execution_cached,
+        "executing": _on_executing,
+        "progress": _on_progress,
+        "executed": _on_executed,
+        "execution_success": _on_execution_success,
+        "execution_error": _on_execution_error,
+        "execution_interrupted": _on_execution_interrupted,
+    }
 
     # -- reconcile ----------------------------------------------------------------------------
 
@@ -588,39 +615,47 @@ class ComfyUIExecutor(Executor):
             _, queue = self._request("GET", "/queue")
         running, pending = _queue_entries(queue)
         for prompt_id in prompt_ids:
-            with self._lock:
-                job = self._jobs.get(prompt_id)
-                if job is None:
-                    continue
-                if job.submitting:
-                    job.recheck = True
-                    continue
-                if prompt_id not in posted:
-                    continue  # posted after the queue snapshot: its frames (or the next reconcile) settle it
-                comfy_id = job.comfy_id or prompt_id
-            if comfy_id in running or comfy_id in pending:
-                entry = running.get(comfy_id) or pending.get(comfy_id)
-                if job.graph is None and isinstance(entry[2], dict):
-                    job.graph = entry[2]
-                if isinstance(entry[3], dict) and entry[3].get("client_id") == self.client_id:
-                    job.owned = True
-                if comfy_id in running and job.started is False:
-                    # Its execution_start went by while we were away; now is the best we know.
-                    self._report_started(job, utcnow())
-                continue
-            _, history = self._request("GET", "/history/" + urllib.parse.quote(comfy_id, safe=""))
-            record = history.get(comfy_id) if isinstance(history, dict) else None
-            if isinstance(record, dict) and record:
-                self._settle_from_history(job, record)
-            elif live and job.started is False:
-                if self._settle(prompt_id):
-                    self._report_end(job, "failed", REMOVED, utcnow())
-            elif live:
-                continue  # running a moment ago and not in the history yet: the next look settles it
-            elif self._settle(prompt_id):
-                died = job.started is True and job.alive_at is not None
-                self._report_end(job, "failed", DIED if died else FORGOTTEN, job.alive_at or utcnow(), status="stalled")
+            self._reconcile_job(prompt_id, prompt_id in posted, running, pending, live)
         return queue
+
+    def _reconcile_job(self, prompt_id: str, posted: bool, running: dict, pending: dict, live: bool) -> None:
+        """Settle one job from the queue snapshot, else from its /history entry, else as removed or lost."""
+        with self._lock:
+            job = self._jobs.get(prompt_id)
+            if job is None:
+                return
+            if job.submitting:
+                job.recheck = True
+                return
+            if not posted:
+                return  # posted after the queue snapshot: its frames (or the next reconcile) settle it
+            comfy_id = job.comfy_id or prompt_id
+        if comfy_id in running or comfy_id in pending:
+            self._note_queued(job, comfy_id, running, pending)
+            return
+        _, history = self._request("GET", "/history/" + urllib.parse.quote(comfy_id, safe=""))
+        record = history.get(comfy_id) if isinstance(history, dict) else None
+        if isinstance(record, dict) and record:
+            self._settle_from_history(job, record)
+        elif live and job.started is False:
+            if self._settle(prompt_id):
+                self._report_end(job, "failed", REMOVED, utcnow())
+        elif live:
+            return  # running a moment ago and not in the history yet: the next look settles it
+        elif self._settle(prompt_id):
+            died = job.started is True and job.alive_at is not None
+            self._report_end(job, "failed", DIED if died else FORGOTTEN, job.alive_at or utcnow(), status="stalled")
+
+    def _note_queued(self, job: _Job, comfy_id: str, running: dict, pending: dict) -> None:
+        """What ComfyUI's queue tells of a job still in it: its graph, whether we posted it, that it runs."""
+        entry = running.get(comfy_id) or pending.get(comfy_id)
+        if job.graph is None and isinstance(entry[2], dict):
+            job.graph = entry[2]
+        if isinstance(entry[3], dict) and entry[3].get("client_id") == self.client_id:
+            job.owned = True
+        if comfy_id in running and job.started is False:
+            # Its execution_start went by while we were away; now is the best we know.
+            self._report_started(job, utcnow())
 
     def _settle_from_history(self, job: _Job, record: dict) -> None:
         """Report a finished job's outcome as ComfyUI's history holds it."""

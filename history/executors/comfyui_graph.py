@@ -81,31 +81,8 @@ def read_params(graph) -> tuple[dict, dict]:
     seeds: dict = {}
     samplers = sorted((node_id for node_id, node in nodes.items() if _is_sampler(node)), key=_order)
     for index, node_id in enumerate(samplers):
-        inputs = nodes[node_id]["inputs"]
-        suffix = "" if index == 0 else f"_{index + 1}"
-        for name, key in (("positive_prompt", "positive"), ("negative_prompt", "negative")):
-            text = _prompt_text(nodes, _link(inputs.get(key)))
-            if text is not None and name + suffix not in params:
-                params[name + suffix] = text
-        for key in SEED_KEYS:
-            value = _literal(inputs.get(key))
-            if isinstance(value, int) and not isinstance(value, bool):
-                seeds[("seed" if index == 0 else f"seed_{node_id}")] = value
-                params.setdefault("seed" + suffix, value)
-                break
-        for key in SAMPLER_KEYS:
-            value = _literal(inputs.get(key))
-            if value is not None:
-                params.setdefault(key + suffix, value)
-        latent = nodes.get(_link(inputs.get("latent_image")) or "")
-        if latent is not None:
-            _read_size(latent, params)
-    for node_id in sorted(nodes, key=_order):
-        inputs = nodes[node_id].get("inputs") or {}
-        for key in CHECKPOINT_KEYS:
-            value = _literal(inputs.get(key))
-            if isinstance(value, str) and "checkpoint" not in params:
-                params["checkpoint"] = value
+        _read_sampler(nodes, node_id, index, params, seeds)
+    _read_checkpoint(nodes, params)
     if "width" not in params:
         for node_id in sorted(nodes, key=_order):
             if _read_size(nodes[node_id], params):
@@ -114,6 +91,39 @@ def read_params(graph) -> tuple[dict, dict]:
         counted = collections.Counter(node["class_type"] for node in nodes.values())
         params["nodes"] = dict(sorted(counted.items()))
     return params, seeds
+
+
+def _read_sampler(nodes: dict, node_id: str, index: int, params: dict, seeds: dict) -> None:
+    """A sampler's prompts, seed, settings and latent size (the second sampler's names end in _2, and so on)."""
+    inputs = nodes[node_id]["inputs"]
+    suffix = "" if index == 0 else f"_{index + 1}"
+    for name, key in (("positive_prompt", "positive"), ("negative_prompt", "negative")):
+        text = _prompt_text(nodes, _link(inputs.get(key)))
+        if text is not None and name + suffix not in params:
+            params[name + suffix] = text
+    for key in SEED_KEYS:
+        value = _literal(inputs.get(key))
+        if isinstance(value, int) and not isinstance(value, bool):
+            seeds[("seed" if index == 0 else f"seed_{node_id}")] = value
+            params.setdefault("seed" + suffix, value)
+            break
+    for key in SAMPLER_KEYS:
+        value = _literal(inputs.get(key))
+        if value is not None:
+            params.setdefault(key + suffix, value)
+    latent = nodes.get(_link(inputs.get("latent_image")) or "")
+    if latent is not None:
+        _read_size(latent, params)
+
+
+def _read_checkpoint(nodes: dict, params: dict) -> None:
+    """The first checkpoint name a loader node names."""
+    for node_id in sorted(nodes, key=_order):
+        inputs = nodes[node_id].get("inputs") or {}
+        for key in CHECKPOINT_KEYS:
+            value = _literal(inputs.get(key))
+            if isinstance(value, str) and "checkpoint" not in params:
+                params["checkpoint"] = value
 
 
 def _read_size(node: dict, params: dict) -> bool:
