@@ -1421,8 +1421,12 @@ def insert_observed(record: dict, status: str) -> Job | None:
 
 
 def insert_finished(records: list[dict], output_root: Path) -> tuple[list[Job], list[dict]]:
-    """Store finished prompts of other clients that no record has; answer (the jobs made, the refused)."""
-    taken, refused = [], []
+    """Store finished prompts of other clients that no record has; answer (the jobs made, the refused).
+
+    One transaction per call (a page of ComfyUI's history), rows inserted together: an import of
+    thousands of entries takes seconds, not minutes.
+    """
+    prepared, refused = [], []
     for record in records:
         try:
             values, graph = _observed_values(record, output_root)
@@ -1435,13 +1439,19 @@ def insert_finished(records: list[dict], output_root: Path) -> tuple[list[Job], 
         values["status"] = status
         # Measured once, as it is taken, like a job that ends here.
         values["bytes"] = files.job_bytes(output_root, None, values["outputs"])
-        with connection(), database.atomic():
-            if Job.select().where(Job.prompt_id == values["prompt_id"]).exists():
-                continue
-            Job.insert(**values).execute()
-            save_graph(**graph)
-            taken.append(Job.get_by_id(values["prompt_id"]))
-    return taken, refused
+        prepared.append((values, graph))
+    if not prepared:
+        return [], refused
+    ids = [values["prompt_id"] for values, _ in prepared]
+    with connection(), database.atomic():
+        existing = {prompt_id for (prompt_id,) in Job.select(Job.prompt_id).where(Job.prompt_id.in_(ids)).tuples()}
+        fresh = list({values["prompt_id"]: (values, graph) for values, graph in prepared if values["prompt_id"] not in existing}.values())
+        for start in range(0, len(fresh), 100):
+            chunk = fresh[start:start + 100]
+            Job.insert_many([values for values, _ in chunk]).execute()
+            JobGraph.delete().where(JobGraph.prompt_id.in_([graph["prompt_id"] for _, graph in chunk])).execute()
+            JobGraph.insert_many([graph for _, graph in chunk]).execute()
+    return [Job(starred=False, **values) for values, _ in fresh], refused
 
 
 def remember_deleted(prompt_ids: list[str]) -> None:

@@ -337,11 +337,10 @@ class ComfyUIExecutor(Executor):
                 delay = self.reconnect_delay
                 self._connected.set()
                 if self.observe and not self._imported:
-                    # A new studio's page is full on the first day: take what ComfyUI already holds.
-                    taken, refused = self.import_history()
+                    # A new studio's page is full on the first day: take what ComfyUI already holds, on a
+                    # thread of its own so that frames keep flowing while thousands of entries are read.
                     self._imported = True
-                    if taken or refused:
-                        log.info("Imported %d prompts from ComfyUI's history (%d refused)", taken, len(refused))
+                    threading.Thread(target=self._import_in_background, name="comfyui-import", daemon=True).start()
                 elif self.observe:
                     # Back after a drop: what other clients ran meanwhile, and what they queued.
                     self._catch_up()
@@ -486,6 +485,17 @@ class ComfyUIExecutor(Executor):
             return 0, refused
         taken, more_refused = self.reporter.recorded(records, announce=announce)
         return taken, refused + list(more_refused)
+
+    def _import_in_background(self) -> None:
+        """Import ComfyUI's history once; a failure is logged and the next connection tries again."""
+        try:
+            taken, refused = self.import_history()
+        except Exception as error:  # ComfyUI went away mid-way, or an answer was malformed
+            log.warning("Could not import ComfyUI's history: %s", error)
+            self._imported = False
+            return
+        if taken or refused:
+            log.info("Imported %d prompts from ComfyUI's history (%d refused)", taken, len(refused))
 
     def import_history(self, page_size: int = HISTORY_PAGE) -> tuple[int, list[dict]]:
         """Read ComfyUI's whole /history, page by page, into the store (what it lacks); answer (taken, refused)."""
