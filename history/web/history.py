@@ -112,7 +112,7 @@ def list_context(history_filter: jobs.HistoryFilter, since: str | None = None, c
     boundary = since or page.next_cursor
     return {
         # More jobs match than the list holds: say how many, for "Select all N matching".
-        "matching_count": matching_count(history_filter) if page.next_cursor and not compact else 0,
+        "matching_count": _shown_matching_count(history_filter) if page.next_cursor and not compact else 0,
         "compact": compact,
         "page": page,
         "cards": cards.job_cards(page.jobs, compact),
@@ -455,9 +455,23 @@ def history_star_selected():
     return _fragment_headers(make_response(render_template("job_list.html", **context)))
 
 
-def matching_count(history_filter: jobs.HistoryFilter) -> int:
-    """How many jobs a filter matches (the list's "Select all N matching"; only asked when it has more pages)."""
-    return jobs.filtered(history_filter, paged=False).order_by().count()
+# The list counts its matches up to here ("1,000+" beyond): an exact count reads every match, which grows with
+# the store (a second at a million jobs); choosing "Select all" counts exactly, once.
+SHOWN_COUNT_CAP = 1_000
+
+
+def matching_count(history_filter: jobs.HistoryFilter, cap: int | None = None) -> int:
+    """How many jobs a filter matches (at most ``cap + 1`` counted when a cap is given)."""
+    query = jobs.filtered(history_filter, paged=False).order_by()
+    if cap is not None:
+        query = query.limit(cap + 1)
+    return query.count()
+
+
+def _shown_matching_count(history_filter: jobs.HistoryFilter) -> int | str:
+    """The list's "N matching" (only asked when it has more pages): exact up to SHOWN_COUNT_CAP, else "1,000+"."""
+    count = matching_count(history_filter, SHOWN_COUNT_CAP)
+    return f"{SHOWN_COUNT_CAP:,}+" if count > SHOWN_COUNT_CAP else count
 
 
 def _matching_selection(history_filter: jobs.HistoryFilter) -> dict:
