@@ -63,6 +63,11 @@ WRITE = (*GUARDED, 400, 413)  # a POST with a body
 _STATUS_WORD = r"\s*(" + "|".join((*STATUSES, "failed")) + r")?\s*"
 STATUS_LIST_PATTERN = f"^{_STATUS_WORD}(,{_STATUS_WORD})*$"
 
+# jobs.parse_instant: any ISO 8601 time Python reads (date alone, no offset: UTC), or blank for none. Wider than
+# JSON Schema's RFC 3339 "date-time", so it is a format of its own ("iso-8601", as `datetime.isoformat` writes).
+FILTER_INSTANT = {"type": "string", "format": "iso-8601", "maxLength": 40,
+                  "description": "an ISO 8601 time such as 2026-11-28T12:00:00Z (a date alone, or blank for none)"}
+
 PROMPT_ID = {
     "name": "prompt_id",
     "in": "path",
@@ -198,15 +203,16 @@ SCHEMAS = {
                 "anyOf": [
                     {"type": "string", "pattern": STATUS_LIST_PATTERN},
                     {"type": "array", "items": {"type": "string", "pattern": STATUS_LIST_PATTERN}},
+                    {"type": "null"},
                 ],
-                "description": "statuses (failed means error); none means the ended ones",
+                "description": "statuses (failed means error); none (or null) means the ended ones",
             },
             "workflow_id": {"type": ["string", "null"], "pattern": WORKFLOW_ID_OR_BLANK},
             "q": {"type": ["string", "null"], "maxLength": jobs.MAX_QUERY_LENGTH, "pattern": "^[^\\u0000]*$"},
             "starred": {"type": ["boolean", "null"]},
-            "queued_before": {"type": ["string", "null"], "format": "date-time",
+            "queued_before": {**FILTER_INSTANT, "type": ["string", "null"],
                               "description": "only jobs queued before this moment (when the selection was made)"},
-            "queued_after": {"type": ["string", "null"], "format": "date-time"},
+            "queued_after": {**FILTER_INSTANT, "type": ["string", "null"]},
             "cause": {"type": ["string", "null"], "pattern": "^([0-9a-f]{12})?$",
                       "description": "a cause id of GET /api/admin/history/failures"},
         },
@@ -444,13 +450,13 @@ PATHS = {
                     "name": "queued_before",
                     "in": "query",
                     "description": "only jobs queued before this moment (ISO 8601)",
-                    "schema": {"type": "string", "format": "date-time"},
+                    "schema": FILTER_INSTANT,
                 },
                 {
                     "name": "queued_after",
                     "in": "query",
                     "description": "only jobs queued at or after this moment (ISO 8601)",
-                    "schema": {"type": "string", "format": "date-time"},
+                    "schema": FILTER_INSTANT,
                 },
                 {
                     "name": "cause",
@@ -535,7 +541,13 @@ PATHS = {
             "operationId": "deleteUsage",
             "summary": "Count the jobs, files and bytes a delete of these ids (or over a filter) would free",
             "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, {
-                **SCHEMAS["BulkRequest"], "required": ["filter"],
+                **SCHEMAS["BulkRequest"],
+                "required": ["filter"],
+                # A count needs no expected count: left out or null.
+                "properties": {
+                    **SCHEMAS["BulkRequest"]["properties"],
+                    "expect": {**SCHEMAS["BulkRequest"]["properties"]["expect"], "type": ["integer", "null"]},
+                },
             }]})},
             "responses": _answers(*WRITE, **{"200": {
                 "description": "the counts (of a filter: from the records, with the stars it matches)",

@@ -57,6 +57,18 @@ def test_delete_over_a_filter_takes_what_matched_before_the_selection_keeps_star
     assert folders == {job.output_dir for job in (starred, completed, arrived_after)}
 
 
+@pytest.mark.parametrize("expect, status", [(2.0, 200), (2.5, 400), (-1.0, 400), (True, 400)])
+def test_expect_is_a_whole_number_whichever_way_json_writes_it(client, make_job, expect, status):
+    for _ in range(2):
+        make_job("error")
+    answer = client.post("/api/admin/history/export", json={"filter": {"status": "error"}, "expect": expect})
+    assert answer.status_code == status, answer.json if status == 400 else None
+    if status == 400:
+        assert "expect" in answer.json["error"]
+    else:
+        assert len(answer.json) == 2
+
+
 def test_a_stale_expect_changes_nothing_and_answers_the_new_count(client, make_job):
     made = [make_job("error") for _ in range(3)]
     for path, body in (
