@@ -232,3 +232,13 @@ def best_output(outputs: list[dict]) -> dict | None:
 def clean_ref(ref: dict) -> dict:
     """An output reference as stored: just ComfyUI's {filename, subfolder, type}."""
     return {"filename": ref.get("filename"), "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}
+
+
+class EndedLogin(BaseModel):
+    """A session login ended by a logout (history.web.login), kept until it would have run out anyway."""
+
+    login_id = CharField(primary_key=True, max_length=64)
+    until = UTCDateTimeField(index=True)
+
+    class Meta:
+        table_name = "ended_login"

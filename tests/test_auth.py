@@ -293,11 +293,51 @@ def test_wrong_credentials_are_refused(app, header):
 def test_wrong_bearer_tokens_are_rate_limited_too(app):
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = "198.51.100.9"
-    for _ in range(guard.LOGIN_FAILURES_PER_MINUTE):
+    for _ in range(guard.TOKEN_FAILURES_PER_MINUTE):
         assert client.get("/api/admin/history", headers={"Authorization": "Bearer no"}).status_code == 401
     blocked = client.get("/api/admin/history", headers={"Authorization": "Bearer no"})
     assert blocked.status_code == 429
     assert blocked.headers["Retry-After"]
+
+
+def test_logout_ends_that_login_wherever_its_cookie_was_copied(app, app_config, anonymous):
+    from tests.conftest import another_app
+
+    log_in(anonymous)
+    cookie = anonymous.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    copy = app.test_client()
+    copy.set_cookie(cookie.key, cookie.value)
+    assert copy.get("/api/admin/history").status_code == 200
+    other = app.test_client()
+    log_in(other)  # another login of the same password stays
+    assert anonymous.post("/logout").status_code == 303
+    assert copy.get("/api/admin/history").status_code == 401
+    assert other.get("/api/admin/history").status_code == 200
+    with another_app(app_config) as second:  # another process sharing the store refuses it too
+        elsewhere = second.test_client()
+        elsewhere.set_cookie(cookie.key, cookie.value)
+        assert elsewhere.get("/api/admin/history").status_code == 401
+
+
+def test_bad_tokens_never_lock_out_valid_tokens_or_the_login(app):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "198.51.100.10"
+    for _ in range(guard.TOKEN_FAILURES_PER_MINUTE + 1):
+        client.get("/api/admin/history", headers={"Authorization": "Bearer no"})
+    assert client.get("/api/admin/history", headers={"Authorization": "Bearer no"}).status_code == 429
+    token = security.derive_api_token(PASSWORD)
+    assert client.get("/api/admin/history", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert log_in(client).status_code == 303  # failed tokens are not failed logins
+
+
+def test_failed_logins_never_refuse_a_valid_token(app):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "198.51.100.11"
+    for _ in range(guard.LOGIN_FAILURES_PER_MINUTE + 1):
+        log_in(client, password="wrong")
+    assert log_in(client).status_code == 429
+    token = security.derive_api_token(PASSWORD)
+    assert client.get("/api/admin/history", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 def test_the_session_cookie_takes_its_name_from_the_setting(app_config):

@@ -14,6 +14,7 @@ from a browser and passes, so scripts call the JSON API with plain requests. No 
 """
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -34,6 +35,7 @@ from werkzeug.exceptions import BadRequest
 from history import security
 from history import studio
 from history import text
+from history.models import EndedLogin
 from history.web import cors
 from history.web import errors
 
@@ -42,6 +44,9 @@ MAX_BODY_BYTES = 32 * 1024 * 1024  # uploads (an input image) through multipart
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a JSON body: 10,000 prompt ids fit with room to spare
 LOGIN_LIFETIME_SECONDS = 12 * 3600
 LOGIN_FAILURES_PER_MINUTE = 5
+TOKEN_FAILURES_PER_MINUTE = 5
+# How stale this process's copy of the ended logins may be: a logout elsewhere is honoured within this.
+ENDED_LOGINS_SECONDS = 1.0
 EXTENSION = "studio_auth"
 
 
@@ -53,11 +58,28 @@ def public(view):
 
 @dataclass
 class AuthState:
-    """Per-app state: the login rate limiter and the accepted bearer tokens (derived once, on first use)."""
+    """Per-app state: the rate limiters of failed logins and of failed bearer tokens (counted apart, so bad
+    tokens never lock a person out of the login page), the accepted tokens (derived once, on first use)
+    and the logins ended by a logout (read from the store at most every ENDED_LOGINS_SECONDS)."""
 
     limiter: security.RateLimiter
     scope: frozenset[str] | None = None
+    token_limiter: security.RateLimiter = field(default_factory=lambda: security.RateLimiter(TOKEN_FAILURES_PER_MINUTE, 60.0))
     _tokens: dict = field(default_factory=dict)
+    _ended: set = field(default_factory=set)
+    _ended_read_at: float = float("-inf")
+
+    def login_ended(self, login_id: str) -> bool:
+        """Whether a logout (in any process sharing the store) ended this login."""
+        now = time.monotonic()
+        if login_id not in self._ended and now - self._ended_read_at >= ENDED_LOGINS_SECONDS:
+            self._ended = ended_logins()
+            self._ended_read_at = now
+        return login_id in self._ended
+
+    def end_login(self, login_id: str) -> None:
+        """Note at once, in this process, a login this process's logout ended."""
+        self._ended.add(login_id)
 
     def tokens(self, settings) -> list[str]:
         """Bearer tokens this app accepts: the password-derived one and STUDIO_API_TOKEN."""
@@ -143,21 +165,32 @@ def cross_origin_refusal() -> str | None:
 
 # ---- who is asking ---------------------------------------------------------------------------------
 
+def ended_logins() -> set[str]:
+    """The ids of logins a logout ended that have not run out yet (one indexed query)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {login_id for (login_id,) in EndedLogin.select(EndedLogin.login_id).where(EndedLogin.until > now).tuples()}
+
+
 def session_login_valid() -> bool:
-    """Whether the session holds a login for the current password that has not outlived its lifetime."""
+    """Whether the session holds a login for the current password that has not outlived its lifetime
+    and that no logout has ended (the login's id is checked against the store, in every process)."""
     settings = _settings()
     if not settings.admin_password or "login_at" not in session:
         return False
     fingerprint = security.password_fingerprint(current_app.secret_key, settings.admin_password)
     login_at = session.get("login_at")
+    login_id = session.get("login_id")
     lifetime = current_app.config["LOGIN_LIFETIME"]
     if (
         not security.equals(session.get("login"), fingerprint)
         or not isinstance(login_at, (int, float))
         or not 0 <= time.time() - login_at < lifetime
+        or not isinstance(login_id, str)
+        or state().login_ended(login_id)
     ):
         session.pop("login", None)
         session.pop("login_at", None)
+        session.pop("login_id", None)
         return False
     return True
 
@@ -243,10 +276,10 @@ def _refuse_anonymous():
     return redirect(login_url(_current_path() if request.method in ("GET", "HEAD") else None))
 
 
-def too_many(wait: int):
-    """429 for an address that failed too many logins, saying when to try again."""
+def too_many(wait: int, what: str = "logins"):
+    """429 for an address that failed too many logins (or bearer tokens), saying when to try again."""
     return errors.refusal(
-        429, f"too many failed logins from your address: try again in {wait} s", **{"Retry-After": str(wait)}
+        429, f"too many failed {what} from your address: try again in {wait} s", **{"Retry-After": str(wait)}
     )
 
 
@@ -323,12 +356,13 @@ def identify_caller():
     given = _bearer_given()
     tokens = state().tokens(_settings()) if given is not None else []
     if given is not None and tokens:
-        address = client_address()
-        wait = state().limiter.retry_after(address)
-        if wait:
-            return too_many(wait)
+        # A valid token is never refused; failed ones are counted apart from failed logins.
         if not any(security.equals(given, token) for token in tokens):
-            state().limiter.fail(address)
+            address = client_address()
+            wait = state().token_limiter.retry_after(address)
+            if wait:
+                return too_many(wait, "bearer tokens")
+            state().token_limiter.fail(address)
             return errors.refusal(401, "the bearer token is not valid", **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
         g.studio_login = "bearer"
     elif session_login_valid():

@@ -5,6 +5,8 @@ login, which polling does not extend. history.web.guard checks it on every reque
 """
 from __future__ import annotations
 
+import datetime
+import secrets
 import time
 
 import click
@@ -21,6 +23,8 @@ from flask.cli import with_appcontext
 from flask.sessions import SecureCookieSessionInterface
 
 from history import security
+from history.db import database
+from history.models import EndedLogin
 from history.web import guard
 
 bp = Blueprint("login", __name__)
@@ -60,6 +64,7 @@ def login():
             session.permanent = True
             session["login"] = security.password_fingerprint(current_app.secret_key, settings.admin_password)
             session["login_at"] = time.time()
+            session["login_id"] = secrets.token_urlsafe(16)  # what a logout ends, wherever the cookie went
             return redirect(next_url, 303)
         else:
             guard.state().limiter.fail(address)
@@ -71,7 +76,15 @@ def login():
 @bp.post("/logout")
 @guard.public
 def logout():
-    """End the session and show the login page."""
+    """End this login everywhere its cookie was copied, then the session, and show the login page."""
+    login_id, login_at = session.get("login_id"), session.get("login_at")
+    if isinstance(login_id, str) and isinstance(login_at, (int, float)):
+        until = datetime.datetime.fromtimestamp(login_at + current_app.config["LOGIN_LIFETIME"], datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        with database.atomic():
+            EndedLogin.delete().where(EndedLogin.until <= now).execute()  # ran out anyway: forget them
+            EndedLogin.insert(login_id=login_id[:64], until=until).on_conflict_ignore().execute()
+        guard.state().end_login(login_id)
     session.clear()
     return redirect(url_for("login.login"), 303)
 
