@@ -392,10 +392,10 @@ class ComfyUIExecutor(Executor):
             now = time.monotonic()
             if now - last_poll >= self.orphan_poll_seconds:
                 # No frame tells of what other clients' prompts did between status frames, nor of a status
-                # frame we missed: look anyway, further back in the history.
+                # frame we missed: look anyway (a few entries: each carries its graph and UI workflow).
                 last_poll = now
                 self._sweep_due = None
-                self._sweep(RECENT_HISTORY * 8)
+                self._sweep(RECENT_HISTORY)
             elif self._sweep_due is not None and now >= self._sweep_due:
                 self._sweep_due = None
                 self._sweep(RECENT_HISTORY)
