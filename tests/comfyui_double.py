@@ -290,6 +290,14 @@ class ComfyUIDouble:
         """Stop serving."""
         self.stop()
 
+    def studio_settings(self) -> dict:
+        """Return the app config that points a studio at this double and its output and input folders."""
+        return {
+            "STUDIO_COMFYUI_URL": self.url,
+            "STUDIO_OUTPUT_DIR": str(self.output_dir),
+            "STUDIO_INPUT_DIR": str(self.input_dir),
+        }
+
     # -- scripting ---------------------------------------------------------------------------
 
     def hold(self) -> None:

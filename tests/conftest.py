@@ -27,6 +27,7 @@ from history.db import database
 from history.db import release
 from history.files import job_bytes
 from history.models import Job
+from tests.comfyui_double import ComfyUIDouble
 
 POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
@@ -83,6 +84,14 @@ def app_config(request, tmp_path, database_kind) -> dict:
         reset_postgres(POSTGRES_URL)
         config["STUDIO_DATABASE_URL"] = POSTGRES_URL
     return config
+
+
+@pytest.fixture
+def comfyui(tmp_path):
+    """A ComfyUI double whose output/ and input/ are the studio's folders (a module's app_config points at it)."""
+    (tmp_path / "comfy" / "input").mkdir(parents=True)
+    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as double:
+        yield double
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from history import create_app
 from history.executors.comfyui import REMOVED
 from history.models import Job
-from tests.comfyui_double import ComfyUIDouble
 from tests.comfyui_double import transcript
 from tests.conftest import wait_for
 from tests.test_comfyui_executor import get_json
@@ -42,21 +41,8 @@ def script_prompt(color=0x123456) -> dict:
 
 
 @pytest.fixture
-def comfyui(tmp_path):
-    """A ComfyUI double whose output/ and input/ are the studio's folders."""
-    (tmp_path / "comfy" / "input").mkdir(parents=True)
-    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as double:
-        yield double
-
-
-@pytest.fixture
 def app_config(app_config, comfyui):
-    return {
-        **app_config,
-        "STUDIO_COMFYUI_URL": comfyui.url,
-        "STUDIO_OUTPUT_DIR": str(comfyui.output_dir),
-        "STUDIO_INPUT_DIR": str(comfyui.input_dir),
-    }
+    return {**app_config, **comfyui.studio_settings()}
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from PIL import Image
 
 from history.executors.comfyui import ComfyUIExecutor
 from history.models import Job
-from tests.comfyui_double import ComfyUIDouble
 from tests.conftest import another_app
 from tests.conftest import same_origin_client
 from tests.conftest import wait_for
@@ -18,21 +17,8 @@ from tests.test_execute_api import wait_until_ended
 
 
 @pytest.fixture
-def comfyui(tmp_path):
-    """A ComfyUI double whose output/ and input/ are the studio's folders."""
-    (tmp_path / "comfy" / "input").mkdir(parents=True)
-    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as double:
-        yield double
-
-
-@pytest.fixture
 def app_config(app_config, comfyui):
-    return {
-        **app_config,
-        "STUDIO_COMFYUI_URL": comfyui.url,
-        "STUDIO_OUTPUT_DIR": str(comfyui.output_dir),
-        "STUDIO_INPUT_DIR": str(comfyui.input_dir),
-    }
+    return {**app_config, **comfyui.studio_settings()}
 
 
 def test_the_comfyui_executor_is_chosen(app):

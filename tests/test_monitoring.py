@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from history import security
 from history.db import release
-from tests.comfyui_double import ComfyUIDouble
 from tests.conftest import another_app
 from tests.conftest import wait_for
 
@@ -82,22 +81,14 @@ def test_healthz_says_an_unreachable_comfyui_without_failing(app_config):
     assert response.json["executor"]["reachable"] is False
 
 
-def test_healthz_says_a_connected_comfyui_is_reachable(app_config, tmp_path):
-    (tmp_path / "comfy" / "input").mkdir(parents=True)
-    with ComfyUIDouble(tmp_path / "comfy" / "output", input_dir=tmp_path / "comfy" / "input") as comfyui:
-        config = {
-            **app_config,
-            "STUDIO_COMFYUI_URL": comfyui.url,
-            "STUDIO_OUTPUT_DIR": str(comfyui.output_dir),
-            "STUDIO_INPUT_DIR": str(comfyui.input_dir),
-        }
-        with another_app(config) as comfy_app:
-            client = comfy_app.test_client()
-            client.get("/healthz")  # the first request starts the executor, which connects in the background
-            answer = wait_for(
-                lambda: (body := client.get("/healthz").json)["executor"]["reachable"] and body,
-                what="the ComfyUI websocket connected",
-            )
+def test_healthz_says_a_connected_comfyui_is_reachable(app_config, comfyui):
+    with another_app({**app_config, **comfyui.studio_settings()}) as comfy_app:
+        client = comfy_app.test_client()
+        client.get("/healthz")  # the first request starts the executor, which connects in the background
+        answer = wait_for(
+            lambda: (body := client.get("/healthz").json)["executor"]["reachable"] and body,
+            what="the ComfyUI websocket connected",
+        )
     assert answer["status"] == "ok"
     assert answer["executor"] == {"kind": "comfyui", "url": comfyui.url, "reachable": True, "running": True}
 
