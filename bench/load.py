@@ -71,6 +71,15 @@ def start_server(data_dir: Path, port: int, worker: str, threads: int) -> subpro
     raise SystemExit("gunicorn did not start")
 
 
+def stop_server(server: subprocess.Popen, timeout: float) -> None:
+    """Ask gunicorn to stop, and kill it when it has not within ``timeout`` seconds."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def worker_rss(master_pid: int) -> int:
     """The resident memory (bytes) of gunicorn's worker process (the master's one child)."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
@@ -272,11 +281,7 @@ def measure(websockets: int = 1000, pollers: int = 200, seconds: float = 60, job
     try:
         tally, memory = asyncio.run(drive(port, args, server.pid))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, timeout=30)
         shutil.rmtree(data_dir, ignore_errors=True)
 
     latencies = sorted(tally.poll_latencies)

@@ -21,9 +21,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,27 +57,18 @@ def serve_rates(seconds: float) -> dict:
     """Idle poll, 304, the 200-record JSON and a static file, req/s against gunicorn gthread over 1,000 jobs."""
     from bench.load import free_port
     from bench.load import seed_store
+    from bench.load import start_server
+    from bench.load import stop_server
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-serve-"))
     seed_store(data_dir, 1000)
     port = free_port()
-    env = {**os.environ, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0"}
-    command = [str(Path(sys.executable).with_name("gunicorn")), "-w", "1", "-k", "gthread", "--threads", "64",
-               "--no-control-socket", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:create_app()"]
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    server = start_server(data_dir, port, "gthread", threads=64)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                connection.request("GET", "/admin/history/list", headers=HTMX)
-                response = connection.getresponse()
-                response.read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("gunicorn did not start")
-                time.sleep(0.2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/admin/history/list", headers=HTMX)
+        response = connection.getresponse()
+        response.read()
         etag = response.getheader("ETag").strip('"')
         answers = {
             "idle": rate("127.0.0.1", port, "/admin/history/list", {**HTMX, "X-List-ETag": etag}, seconds=seconds),
@@ -88,11 +77,7 @@ def serve_rates(seconds: float) -> dict:
             "static": rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds),
         }
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, timeout=15)
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"\n1. requests per second, gunicorn gthread (1 worker, 64 threads) over 1,000 jobs, 4 connections, {seconds:g} s each"
           f" (load average {load_average()})")
