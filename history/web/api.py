@@ -92,7 +92,7 @@ def history_list():
 
 @bp.get("/api/admin/history/<prompt_id>")
 def history_detail(prompt_id: str):
-    """One job's record."""
+    """Return one job's record."""
     return jsonify(get_job_or_404(prompt_id).to_dict())
 
 

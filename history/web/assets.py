@@ -13,7 +13,7 @@ bp = Blueprint("assets", __name__)
 
 @bp.get("/admin/assets")
 def assets():
-    """The files of one job's folder, with previews and sizes; without ``dir``, the newest job folders."""
+    """Show the files of one job's folder, with previews and sizes; without ``dir``, the newest job folders."""
     output_dir = request.args.get("dir")
     if not output_dir:
         return render_template("assets.html", folders=media.recent_folders())

@@ -182,13 +182,13 @@ def _render_page(overlay_job=None, status: int = 200, missing_message: str | Non
 
 @bp.get("/admin/history")
 def history():
-    """The history page: header with LIVE indicator, toolbar, job list."""
+    """Render the history page: header with LIVE indicator, toolbar, job list."""
     return _render_page()
 
 
 @bp.get("/admin/history/list")
 def history_list():
-    """The job list fragment with its ETag (204 to the poller and 304 to If-None-Match when unchanged); with ``before``, one further page."""
+    """Render the job list fragment with its ETag (204 to the poller and 304 to If-None-Match when unchanged); with ``before``, one further page."""
     try:
         history_filter = _history_filter()
         compact = request.args.get("compact") == "1"
@@ -305,7 +305,7 @@ def _wants_fragment() -> bool:
 
 @bp.get("/admin/history/jobs/<prompt_id>")
 def history_job(prompt_id: str):
-    """A job's detail overlay for htmx; otherwise the history page with that overlay open."""
+    """Render a job's detail overlay for htmx; otherwise the history page with that overlay open."""
     job = jobs.get_job(prompt_id)
     if job is None:
         message = f"No job with id {prompt_id[:64]}: it may have been deleted."
@@ -321,7 +321,7 @@ def history_job(prompt_id: str):
 
 @bp.get("/admin/history/jobs/<prompt_id>/card")
 def history_card(prompt_id: str):
-    """One job's card."""
+    """Render one job's card."""
     job = jobs.get_job(prompt_id)
     if job is None:
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
@@ -407,7 +407,7 @@ def history_retry(prompt_id: str):
 
 @bp.get("/admin/history/jobs/<prompt_id>/retry")
 def history_retry_box(prompt_id: str):
-    """One Retry box (``place``: card or overlay) as the store says now; the overlay's polls itself while its retry is queued."""
+    """Render one Retry box (``place``: card or overlay) as the store says now; the overlay's polls itself while its retry is queued."""
     job = jobs.get_job(prompt_id)
     place = request.args.get("place", "overlay")
     if job is None or not job.is_retryable or place not in ("card", "overlay"):
@@ -646,7 +646,7 @@ def _failures_context() -> dict:
 
 @bp.get("/admin/history/failures")
 def history_failures():
-    """The Failures view: failed and stalled jobs grouped by cause, each group with Retry all and Delete all."""
+    """Show failed and stalled jobs grouped by cause (the Failures view), each group with Retry all and Delete all."""
     return make_response(render_template("failures.html", **_failures_context()))
 
 
@@ -657,7 +657,7 @@ def _link(history_filter: jobs.HistoryFilter) -> str:
 
 @bp.get("/admin/history/storage")
 def history_storage():
-    """The Storage panel: counts and bytes by status, by day and by workflow, as SVG whose bars link to their filters."""
+    """Show the Storage panel: counts and bytes by status, by day and by workflow, as SVG whose bars link to their filters."""
     storage = charts.storage_panel(jobs.storage_stats(), _link)
     if not _wants_fragment():
         return _render_page(storage=storage)
@@ -693,7 +693,7 @@ def history_compare():
 
 @bp.get("/admin/history/jobs/<prompt_id>/outputs/<int:index>")
 def history_output(prompt_id: str, index: int):
-    """One output of a job in the viewer (htmx swaps it in, previous and next included); otherwise the file itself."""
+    """Show one output of a job in the viewer (htmx swaps it in, previous and next included); otherwise send the file itself."""
     job = jobs.get_job(prompt_id)
     if job is None:
         abort(404, f"no job with prompt_id {prompt_id[:64]!r}")

@@ -113,25 +113,25 @@ def _send_media(source: Path):
 
 @bp.get("/media/output/<path:path>")
 def output(path: str):
-    """A file under the output folder."""
+    """Serve a file under the output folder."""
     return _send_media(_resolve("output", path))
 
 
 @bp.get("/media/input/<path:name>")
 def input(name: str):  # noqa: A001 - the endpoint is media.input, like its URL
-    """A file in the input folder."""
+    """Serve a file in the input folder."""
     return _send_media(_resolve("input", name))
 
 
 @bp.get("/media/thumb/<any(output, input):kind>/<path:path>")
 def thumbnail(kind: str, path: str):
-    """The cached 120x120 WebP of a file, immutable when ``v`` names its current version; else the placeholder."""
+    """Serve the cached 120x120 WebP of a file, immutable when ``v`` names its current version; else the placeholder."""
     return _send_rendition(kind, path, "card")
 
 
 @bp.get("/media/preview/<any(output, input):kind>/<path:path>")
 def preview(kind: str, path: str):
-    """The cached preview of a file (aspect kept, within 720x720) for the overlay; else the placeholder."""
+    """Serve the cached preview of a file (aspect kept, within 720x720) for the overlay; else the placeholder."""
     return _send_rendition(kind, path, thumbnails.PREVIEW)
 
 
