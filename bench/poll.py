@@ -104,6 +104,7 @@ def measure(client, path: str, headers: dict, repeat: int, expect: int, before_e
         response = client.get(path, headers=headers)
         response.get_data()
         times.append(time.perf_counter() - started)
+        assert response.status_code == expect, (path, response.status_code)
     mean = statistics.fmean(times)
     return {"status": response.status_code, "bytes": size, "wire": wire, "mean_ms": mean * 1000,
             "median_ms": statistics.median(times) * 1000, "rps": 1 / mean}

@@ -31,6 +31,7 @@ from bench.fill import fill_jobs
 from bench.fill import prompt_id_of
 from bench.poll import HTMX
 from bench.poll import LoopbackClient
+from bench.poll import measure
 from bench.rate import rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,18 +94,8 @@ def serve_rates(seconds: float) -> dict:
 # ---- 2 and 3. the store's size --------------------------------------------------------------------
 
 def median_ms(client, path: str, headers: dict, repeat: int, expect: int, before_each=None) -> float:
-    """The median time of ``repeat`` GETs (the first, which warms caches, not counted)."""
-    response = client.get(path, headers=headers)
-    assert response.status_code == expect, (path, response.status_code, response.get_data()[:300])
-    times = []
-    for _ in range(repeat):
-        if before_each is not None:
-            before_each()
-        started = time.perf_counter()
-        response = client.get(path, headers=headers)
-        times.append(time.perf_counter() - started)
-        assert response.status_code == expect, (path, response.status_code)
-    return statistics.median(times) * 1000
+    """The median time of ``repeat`` GETs (bench/poll.py's measure; the first, which warms caches, not counted)."""
+    return measure(client, path, headers, repeat, expect, before_each)["median_ms"]
 
 
 def post_ms(port: int, path: str, body: dict) -> tuple[float, dict]:
