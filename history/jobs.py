@@ -272,13 +272,22 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True, paged: boo
     return query.order_by(Job.queued_at.desc(), Job.prompt_id.desc())
 
 
+def count_up_to(history_filter: HistoryFilter, cap: int) -> int:
+    """How many jobs a filter matches, counted to ``cap + 1`` at most (reading at most the newest 20 x cap jobs of a search)."""
+    return len(page_rows(history_filter, cap, None, None, Job.prompt_id, probe_rows=20 * cap))
+
+
 # A search first reads the newest jobs of its filter one by one: a common word fills the page from them
 # without asking the index for its every match (100,000s at a million jobs); a rare one then takes the index.
 SEARCH_PROBE_ROWS = 2000
 
 
-def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, since: str | None, *columns, tuples=True) -> list:
-    """The first ``limit + 1`` jobs (or ``columns`` tuples, unless ``tuples`` is false) of a filter's window, newest first."""
+def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, since: str | None, *columns, tuples=True,
+              probe_rows: int | None = None) -> list:
+    """The first ``limit + 1`` jobs (or ``columns`` tuples, unless ``tuples`` is false) of a filter's window, newest first.
+
+    A search reads the newest ``probe_rows`` (SEARCH_PROBE_ROWS) one by one before it asks the index.
+    """
     query = window(filtered(history_filter, search_text=False), before, since)
     if columns:
         query = query.select(*columns)
@@ -288,7 +297,7 @@ def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, sin
         return list(query.limit(limit + 1))
     recent = _recent_matches(needle)
     if recent is not None:
-        cutoff = query.select(Job.queued_at).tuples().limit(1).offset(SEARCH_PROBE_ROWS).scalar()
+        cutoff = query.select(Job.queued_at).tuples().limit(1).offset(probe_rows or SEARCH_PROBE_ROWS).scalar()
         probe = query.where(recent)
         if cutoff is not None:
             probe = probe.where(Job.queued_at >= cutoff)

@@ -116,3 +116,11 @@ def test_the_migration_indexes_jobs_stored_before_it(tmp_path):
         store.migrate()
         assert search("older pro") == ["old-1"]
     store.release()
+
+
+@pytest.mark.parametrize("needle", ["fox", "harbour", "example", "ha", "nothing like this"])
+def test_a_capped_count_agrees_with_the_search(searchable, needle):
+    # The list says "Select all N matching" up to a cap (then "N+"): the count must be the search's, cut at cap + 1.
+    history_filter = jobs.HistoryFilter.parse(None, None, needle)
+    assert jobs.count_up_to(history_filter, 1) == min(len(expected(needle)), 2)
+    assert jobs.count_up_to(history_filter, 100) == len(expected(needle))

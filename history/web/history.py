@@ -460,17 +460,14 @@ def history_star_selected():
 SHOWN_COUNT_CAP = 1_000
 
 
-def matching_count(history_filter: jobs.HistoryFilter, cap: int | None = None) -> int:
-    """How many jobs a filter matches (at most ``cap + 1`` counted when a cap is given)."""
-    query = jobs.filtered(history_filter, paged=False).order_by()
-    if cap is not None:
-        query = query.limit(cap + 1)
-    return query.count()
+def matching_count(history_filter: jobs.HistoryFilter) -> int:
+    """How many jobs a filter matches, exactly."""
+    return jobs.filtered(history_filter, paged=False).order_by().count()
 
 
 def _shown_matching_count(history_filter: jobs.HistoryFilter) -> int | str:
     """The list's "N matching" (only asked when it has more pages): exact up to SHOWN_COUNT_CAP, else "1,000+"."""
-    count = matching_count(history_filter, SHOWN_COUNT_CAP)
+    count = jobs.count_up_to(history_filter, SHOWN_COUNT_CAP)
     return f"{SHOWN_COUNT_CAP:,}+" if count > SHOWN_COUNT_CAP else count
 
 
