@@ -201,12 +201,16 @@ def test_a_slow_poll_says_it_is_waiting(page: Page, history_url, make_job, monke
     expect(page.locator(".job-card")).to_have_count(1)
     hint = page.locator("#live-indicator .live-slow")
     monkeypatch.setattr(jobs, "list_etag", lambda *a, **k: release.wait(10) and list_etag(*a, **k))
+    # A change in the store makes the next poll ask for the list's ETag again (an unchanged store answers
+    # from the remembered one without calling list_etag, and that poll would never be slow).
+    make_job()
     try:
         expect(hint).to_be_visible(timeout=WAIT_MS)
         expect(hint).to_contain_text("waiting")
     finally:
         release.set()
     expect(hint).to_be_hidden(timeout=WAIT_MS)
+    expect(page.locator(".job-card")).to_have_count(2)
 
 
 @pytest.mark.parametrize("width", [1400, 1024])
