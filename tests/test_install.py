@@ -8,12 +8,9 @@ script and a thumbnail come over HTTP from the installed package alone.
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
 import tarfile
-import threading
 import urllib.request
 import zipfile
 from urllib.parse import urlsplit
@@ -23,6 +20,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests.conftest import wait_for
+from tests.test_studio_history_command import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ("templates/history.html", "partials/job_list.html", "static/htmx.min.js", "static/history.css")
@@ -90,21 +88,8 @@ def test_studio_history_serve_from_another_folder_serves_page_fragment_script_an
     elsewhere.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STUDIO_DATA_DIR": str(tmp_path / "data")}
     # Port 0: the OS picks a free port and Werkzeug's start-up line says which.
-    server = subprocess.Popen(
-        [str(installed / "studio-history"), "serve", "--port", "0"],
-        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)  # keeps the pipe drained
-    reader.start()
-    try:
-
-        def listening_at():
-            assert server.poll() is None, "the server exited:\n" + "".join(lines)
-            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", "".join(lines))
-            return found and found.group(1)
-
-        base = wait_for(listening_at, timeout=60, what="the server says where it listens")
+    command = [str(installed / "studio-history"), "serve", "--port", "0"]
+    with serving(command, elsewhere, env, r"Running on (http://127\.0\.0\.1:\d+)", "the server") as (base, _):
 
         def get(path: str) -> tuple[int, str, bytes]:
             with urllib.request.urlopen(base + path, timeout=10) as response:
@@ -136,8 +121,3 @@ def test_studio_history_serve_from_another_folder_serves_page_fragment_script_an
         thumbnail = page.select_one("img.job-thumb")["src"]
         status, kind, body = get(thumbnail)
         assert status == 200 and kind.startswith("image/") and len(body) > 100
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        reader.join(timeout=10)
-        server.stdout.close()

@@ -1,6 +1,7 @@
 """`studio-history` (and `python -m history`): serve with its refusals, and the store commands under one name."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -23,6 +24,28 @@ def studio_history(*args: str, data_dir: Path, stdin: str | None = None, **env: 
         cwd=data_dir.parent, input=stdin, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0", **env},
     )
+
+
+@contextlib.contextmanager
+def serving(command: list[str], cwd: Path, env: dict, listening: str, who: str):
+    """Run a server command; yield (its base URL, its output lines) once its start-up line matches ``listening``."""
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)  # keeps the pipe drained
+    reader.start()
+    try:
+
+        def listening_at():
+            assert server.poll() is None, f"{who} exited:\n" + "".join(lines)
+            found = re.search(listening, "".join(lines))
+            return found and found.group(1)
+
+        yield wait_for(listening_at, timeout=60, what=f"{who} says where it listens"), lines
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        reader.join(timeout=10)
+        server.stdout.close()
 
 
 def test_help_lists_every_command_and_setting(tmp_path):
@@ -79,28 +102,10 @@ def test_init_db_makes_the_store(tmp_path):
 
 
 def test_serve_with_gunicorn_answers_healthz(tmp_path):
-    server = subprocess.Popen(
-        [sys.executable, "-m", "history", "serve", "--gunicorn", "--port", "0", "--threads", "4"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={"PATH": "/usr/bin:/bin", "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0"},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
-    reader.start()
-    try:
-
-        def listening_at():
-            assert server.poll() is None, "gunicorn exited:\n" + "".join(lines)
-            found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", "".join(lines))
-            return found and found.group(1)
-
-        base = wait_for(listening_at, timeout=60, what="gunicorn says where it listens")
+    command = [sys.executable, "-m", "history", "serve", "--gunicorn", "--port", "0", "--threads", "4"]
+    env = {"PATH": "/usr/bin:/bin", "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0"}
+    with serving(command, tmp_path, env, r"Listening at: (http://127\.0\.0\.1:\d+)", "gunicorn") as (base, lines):
         with urllib.request.urlopen(base + "/healthz", timeout=10) as response:
             assert response.status == 200
             assert json.load(response)["status"] == "ok"
         assert "gthread" in "".join(lines)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        reader.join(timeout=10)
-        server.stdout.close()
