@@ -173,7 +173,7 @@ def size_table(counts: list[int], repeat: int) -> dict[int, dict]:
         started = time.perf_counter()
         tiers[count] = tier(count, repeat)
         print(f"  ({count:,} jobs measured in {time.perf_counter() - started:.0f} s, load average {load_average()})", flush=True)
-    print(f"\n3. by the store's size: medians over loopback (Werkzeug threaded server, SQLite)")
+    print("\n3. by the store's size: medians over loopback (Werkzeug threaded server, SQLite)")
     print(f"  {'':<40}" + "".join(f"{count:>12,}" for count in counts))
     for label, key, unit in ROWS:
         print(f"  {label:<40}" + "".join(f"{tiers[count][key]:>10.1f}{unit:>2}" for count in counts))
