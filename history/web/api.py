@@ -63,10 +63,10 @@ def page_from_request(default_limit: int = jobs.DEFAULT_LIMIT) -> jobs.Page:
 
 
 def get_job_or_404(prompt_id: str):
-    """The job, or a 404 that says which id is unknown."""
+    """Return the job, or abort with a 404 that says which id is unknown (cut to 64 characters)."""
     job = jobs.get_job(prompt_id)
     if job is None:
-        abort(404, f"no job with prompt_id {prompt_id!r}")
+        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
     return job
 
 

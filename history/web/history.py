@@ -27,6 +27,7 @@ from history.studio import studio
 from history.web import cards
 from history.web import charts
 from history.web import media
+from history.web.api import get_job_or_404
 from history.web.api import matching_fields
 from history.web.api import read_bulk_form
 from history.web.api import retry_jobs
@@ -322,9 +323,7 @@ def history_job(prompt_id: str):
 @bp.get("/admin/history/jobs/<prompt_id>/card")
 def history_card(prompt_id: str):
     """Render one job's card."""
-    job = jobs.get_job(prompt_id)
-    if job is None:
-        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    job = get_job_or_404(prompt_id)
     compact = request.args.get("compact") == "1"
     body = render_template("job_card.html", card=cards.card_of(job, compact), compact=compact)
     return _fragment_headers(make_response(body))
@@ -388,9 +387,7 @@ def history_delete():
 @bp.post("/admin/history/jobs/<prompt_id>/retry")
 def history_retry(prompt_id: str):
     """Retry a failed or stalled job with its params and seeds; answer its Retry boxes (card and overlay) with what became of it."""
-    job = jobs.get_job(prompt_id)
-    if job is None:
-        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    job = get_job_or_404(prompt_id)
     if not job.is_retryable:
         abort(409, f"job {prompt_id[:12]} is {job.status}: only failed and stalled jobs are retried")
     # One retry, guarded as the API's are (a second one within seconds is refused with the retry it made).
@@ -691,9 +688,7 @@ def history_compare():
 @bp.get("/admin/history/jobs/<prompt_id>/outputs/<int:index>")
 def history_output(prompt_id: str, index: int):
     """Show one output of a job in the viewer (htmx swaps it in, previous and next included); otherwise send the file itself."""
-    job = jobs.get_job(prompt_id)
-    if job is None:
-        abort(404, f"no job with prompt_id {prompt_id[:64]!r}")
+    job = get_job_or_404(prompt_id)
     views = media.output_views(job)
     if not 0 <= index < len(views):
         abort(404, f"job {prompt_id[:12]} has {len(views)} output(s)")
