@@ -198,18 +198,22 @@ class Studio:
             retry_of=retry_of,
         )
         jobs.save_graph(prompt_id, graph)
+        return self._hand_over(job, Submission(prompt_id, workflow.id, graph, output_dir, input_image), notes)
+
+    def _hand_over(self, job: Job, submission: Submission, notes: list[str]) -> Job:
+        """Announce a recorded job and submit it to the executor; when it is refused, leave no record and re-raise."""
         record = job.to_dict()
-        self.runner.follow(prompt_id)
+        self.runner.follow(job.prompt_id)
         self.bus.publish("job.queued", record)
         try:
-            self.executor.submit(Submission(prompt_id, workflow.id, graph, output_dir, input_image))
+            self.executor.submit(submission)
         except Exception:
             # The executor never took it: no record is left behind.
-            self.runner.unfollow(prompt_id)
-            jobs.discard_queued(prompt_id)
+            self.runner.unfollow(job.prompt_id)
+            jobs.discard_queued(job.prompt_id)
             self.bus.publish("job.deleted", record)
             raise
-        if retry_of is not None:
+        if job.retry_of is not None:
             self.bus.publish("job.retried", record)
         job.retry_notes = notes
         return job
@@ -241,20 +245,8 @@ class Studio:
             source=original.source,
         )
         jobs.save_graph(prompt_id, kept.graph, kept.ui_workflow)
-        record = job.to_dict()
-        self.runner.follow(prompt_id)
-        self.bus.publish("job.queued", record)
         extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}} if kept.ui_workflow else None
-        try:
-            self.executor.submit(Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data))
-        except Exception:
-            self.runner.unfollow(prompt_id)
-            jobs.discard_queued(prompt_id)
-            self.bus.publish("job.deleted", record)
-            raise
-        self.bus.publish("job.retried", record)
-        job.retry_notes = []
-        return job
+        return self._hand_over(job, Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data), [])
 
 
 def make_bus(settings) -> EventBus:
