@@ -102,6 +102,9 @@ PROMPT_IDS_FORM = {
     },
 }
 
+# A bulk action's body: the jobs named, or a filter (with the count the person confirmed).
+IDS_OR_FILTER = _json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]})
+
 WORKFLOW_ID_OR_BLANK = "^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$"
 # A bulk action whose filter now matches another number of jobs than the person confirmed.
 COUNT_CHANGED = {"description": "the filter matches another number of jobs now; nothing was changed",
@@ -529,7 +532,7 @@ PATHS = {
             "summary": "Delete jobs and their output folders",
             "description": "Queued and running jobs are refused (in failed, status 409); a job whose files "
             "cannot be removed keeps its record.",
-            "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]})},
+            "requestBody": {"required": True, "content": IDS_OR_FILTER},
             "responses": _answers(*WRITE, **{"200": {
                 "description": "what was deleted and what was not",
                 "content": _json(_ref("DeleteReport")),
@@ -562,7 +565,7 @@ PATHS = {
             "requestBody": {
                 "required": True,
                 "content": {
-                    **_json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]}),
+                    **IDS_OR_FILTER,
                     # The page's form: one prompt_ids field per checked card (none checked: none exported).
                     "application/x-www-form-urlencoded": {"schema": PROMPT_IDS_FORM},
                 },
@@ -591,7 +594,7 @@ PATHS = {
             "summary": "Retry failed and stalled jobs, named or over a filter: one new job each, with retry_of",
             "description": "Guarded as a single retry is: a job retried in the last few seconds is reported in "
             "failed (409) instead of being retried twice.",
-            "requestBody": {"required": True, "content": _json({"anyOf": [PROMPT_IDS_BODY, _ref("BulkRequest")]})},
+            "requestBody": {"required": True, "content": IDS_OR_FILTER},
             "responses": _answers(*WRITE, **{"200": {
                 "description": "the retries made and the jobs that were not retried, with why",
                 "content": _json(_ref("RetryReport")),
