@@ -1,17 +1,23 @@
 """The History page's keeping views over HTTP: Storage, Failures and Compare render from the store; bad input is a 4xx."""
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from tests.conftest import soup
 
 
 def test_the_storage_fragment_is_a_panel_whose_bars_are_links(client, make_job):
-    make_job("error", error="node X (#1): <script>alert(1)</script>")
+    # The panel charts the last 30 days from now, so the job is queued an hour ago (not at the fixtures' fixed time).
+    queued_at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    make_job("error", error="node X (#1): <script>alert(1)</script>", queued_at=queued_at)
     fragment = client.get("/admin/history/storage", headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and b"<html" not in fragment.data
     links = [link["href"] for link in soup(fragment).select("svg.chart-days a")]
-    assert links == ["/admin/history?status=error&queued_before=2026-11-29T00:00:00Z&queued_after=2026-11-28T00:00:00Z"]
+    day = queued_at.date()
+    after, before = day.isoformat(), (day + datetime.timedelta(days=1)).isoformat()
+    assert links == [f"/admin/history?status=error&queued_before={before}T00:00:00Z&queued_after={after}T00:00:00Z"]
     page = client.get("/admin/history/storage")
     assert soup(page).select_one("#storage-panel svg.chart-workflows a")["href"] == "/admin/history?workflow_id=txt2img-example"
 

@@ -1,6 +1,7 @@
 """Stars, "Select all N matching", the Failures view, the Storage panel and Compare, in Chromium."""
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -97,9 +98,15 @@ def test_failures_group_the_two_out_of_memory_messages_and_retry_all_makes_one_j
 
 
 def test_the_storage_panels_bars_link_to_the_jobs_they_count(page: Page, history_url, make_job):
-    errors = [make_job("error", minutes_ago=index) for index in range(2)]
-    make_job("completed", minutes_ago=3)
-    scenes = make_job("completed", minutes_ago=4, workflow_id="scenes-example", workflow_name="Scenes (example)")
+    # The panel charts the last 30 days from now: the jobs are queued within one past hour of today, whatever the date.
+    anchor = (utcnow() - datetime.timedelta(hours=1)).replace(minute=30, second=0, microsecond=0)
+
+    def queued(minutes: int) -> datetime.datetime:
+        return anchor - datetime.timedelta(minutes=minutes)
+
+    errors = [make_job("error", queued_at=queued(index)) for index in range(2)]
+    make_job("completed", queued_at=queued(3))
+    scenes = make_job("completed", queued_at=queued(4), workflow_id="scenes-example", workflow_name="Scenes (example)")
     open_history(page, history_url)
     page.locator("#storage-link").click()
     panel = page.locator("#storage-panel")
