@@ -155,6 +155,11 @@ class Remembered:
         self._values: dict = {}
         self._lock = threading.Lock()
 
+    def made_at(self, key) -> float:
+        """When (time.monotonic()) the value kept for ``key`` was computed (now when none is kept)."""
+        entry = self._values.get(key)
+        return entry[1] if entry is not None else time.monotonic()
+
     def get(self, key, compute):
         """The value for ``key``: remembered while the store has not changed, else ``compute()`` (and kept)."""
         with self._lock:

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
+
+import pytest
 
 from history import jobs
+from history import security
 from history.models import Job
+from history.web import guard
+from tests.conftest import another_app
+from tests.conftest import same_origin_client
 from tests.conftest import wait_for
 
 HTMX = {"HX-Request": "true"}
@@ -91,3 +99,114 @@ def test_an_import_by_another_process_shows_on_the_next_poll(app, client, make_j
     changed = changed_poll(app, client, etag, database_kind)
     assert changed.status_code == 200
     assert 'data-prompt-id="from-the-cli"' in changed.get_data(as_text=True)
+
+
+# ---- the same poll again: history/web/idle_polls.py repeats the app's answer, the guard still decides ------
+
+PASSWORD = "a password for the poll"
+
+
+def counted_pipeline(monkeypatch) -> list:
+    """Count the requests the guard's pipeline runs for (a repeated idle poll is answered before it)."""
+    runs = []
+    monkeypatch.setattr(guard, "STEPS", (lambda: runs.append(1), *guard.STEPS))
+    return runs
+
+
+def polls_counted(client, answer: str) -> float:
+    """The /metrics count of the list's polls answered ``answer``."""
+    text = client.get("/metrics").get_data(as_text=True)
+    return float(re.search(rf'^studio_list_polls_total{{answer="{answer}"}} (\S+)$', text, re.M).group(1))
+
+
+def test_the_same_idle_poll_again_gets_the_same_answer_without_the_pipeline(app, client, make_job, monkeypatch):
+    make_job()
+    etag = shown_etag(client)
+    listening(app)
+    first, first_304 = poll(client, etag), client.get("/admin/history/list", headers={"If-None-Match": f'"{etag}"'})
+    assert (first.status_code, first_304.status_code) == (204, 304)
+    assert first.headers["X-Content-Type-Options"] == "nosniff" and first.headers["Cache-Control"] == "no-store"
+    counted_before = polls_counted(client, "204")
+    runs = counted_pipeline(monkeypatch)
+    for _ in range(3):
+        again = poll(client, etag)
+        assert (again.status_code, dict(again.headers), again.data) == (204, dict(first.headers), b"")
+        again_304 = client.get("/admin/history/list", headers={"If-None-Match": f'"{etag}"'})
+        assert (again_304.status_code, dict(again_304.headers)) == (304, dict(first_304.headers))
+    assert runs == []
+    assert polls_counted(client, "204") == counted_before + 3  # /metrics still counts every poll
+    assert poll(client, "another etag").status_code == 200 and runs  # anything else goes through the app
+
+
+def test_without_a_password_the_same_poll_by_another_host_name_is_refused(app, client, make_job):
+    make_job()
+    etag = shown_etag(client)
+    listening(app)
+    assert [poll(client, etag).status_code for _ in range(2)] == [204, 204]
+    rebound = client.get("/admin/history/list", headers={**HTMX, "X-List-ETag": etag, "Host": "rebound.example"})
+    assert rebound.status_code == 403
+
+
+@pytest.fixture
+def secured(app_config):
+    """The app with a password (its own, on the test's store)."""
+    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD}) as secured_app:
+        yield secured_app
+
+
+def logged_in(secured_app):
+    browser = same_origin_client(secured_app)
+    assert browser.post("/login", data={"password": PASSWORD}).status_code == 303
+    return browser
+
+
+@pytest.mark.sqlite_only
+def test_with_a_password_the_same_poll_is_repeated_only_to_the_same_caller(secured, make_job):
+    make_job()
+    browser = logged_in(secured)
+    etag = shown_etag(browser)
+    assert [poll(browser, etag).status_code for _ in range(3)] == [204, 204, 204]
+    assert poll(same_origin_client(secured), etag).status_code == 401  # no cookie: refused, not repeated
+    forged = same_origin_client(secured)
+    forged.set_cookie(secured.config["SESSION_COOKIE_NAME"], "not-a-session")
+    assert poll(forged, etag).status_code == 401
+    token = {"Authorization": f"Bearer {security.derive_api_token(PASSWORD)}"}
+    script = secured.test_client()
+    assert [script.get("/admin/history/list", headers={**HTMX, "X-List-ETag": etag, **token}).status_code
+            for _ in range(2)] == [204, 204]
+    wrong = script.get("/admin/history/list", headers={**HTMX, "X-List-ETag": etag, "Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401
+
+
+@pytest.mark.sqlite_only
+def test_a_poll_after_a_logout_or_the_end_of_a_login_is_refused(secured, make_job, monkeypatch):
+    make_job()
+    clock = [time.time()]
+    monkeypatch.setattr(guard.time, "time", lambda: clock[0])
+    browser = logged_in(secured)
+    copy = same_origin_client(secured)  # the same login in another tab
+    cookie = browser.get_cookie(secured.config["SESSION_COOKIE_NAME"])
+    copy.set_cookie(cookie.key, cookie.value)
+    etag = shown_etag(browser)
+    assert [poll(copy, etag).status_code for _ in range(2)] == [204, 204]
+    assert browser.post("/logout").status_code == 303
+    assert poll(copy, etag).status_code == 401  # a logout ends the login in every tab at once
+    later = logged_in(secured)
+    assert [poll(later, etag).status_code for _ in range(2)] == [204, 204]
+    clock[0] += secured.config["LOGIN_LIFETIME"]
+    assert poll(later, etag).status_code == 401  # the login ran out
+
+
+@pytest.mark.sqlite_only
+def test_a_logout_in_another_process_ends_the_repeats_within_a_second(secured, app_config, make_job):
+    make_job()
+    browser = logged_in(secured)
+    cookie = browser.get_cookie(secured.config["SESSION_COOKIE_NAME"])
+    etag = shown_etag(browser)
+    assert [poll(browser, etag).status_code for _ in range(2)] == [204, 204]
+    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD}) as elsewhere:
+        other = same_origin_client(elsewhere)
+        other.set_cookie(cookie.key, cookie.value)
+        assert other.post("/logout").status_code == 303
+    wait_for(lambda: poll(browser, etag).status_code == 401, timeout=guard.ENDED_LOGINS_SECONDS + 2,
+             what="the logout elsewhere refusing the poll")

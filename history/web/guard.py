@@ -77,6 +77,10 @@ class AuthState:
             self._ended_read_at = now
         return login_id in self._ended
 
+    def ended_known_until(self) -> float:
+        """When (time.monotonic()) this process will next read the ended logins: until then a login's answer stands."""
+        return self._ended_read_at + ENDED_LOGINS_SECONDS
+
     def end_login(self, login_id: str) -> None:
         """Note at once, in this process, a login this process's logout ended."""
         self._ended.add(login_id)
@@ -205,6 +209,22 @@ def login_ends_at() -> float | None:
     if current_login() != "session":
         return None
     return session["login_at"] + current_app.config["LOGIN_LIFETIME"]
+
+
+def caller_holds_until() -> float:
+    """Until when (a Unix time) the pipeline would decide the same about an identical request's caller.
+
+    Without a password, or with a bearer token, the decision depends on the request alone; a session login
+    holds until it runs out or this process next reads the logins a logout ended (a logout in another
+    process is then honoured as soon as it would be without the repeat). Anonymous with a password: never.
+    """
+    login = current_login()
+    if not password_required() or login == "bearer":
+        return float("inf")
+    if login == "session":
+        ended_read_in = state().ended_known_until() - time.monotonic()
+        return min(login_ends_at(), time.time() + ended_read_in)
+    return float("-inf")
 
 
 def websocket_allowed() -> bool:

@@ -26,6 +26,8 @@ from history.models import card_images
 from history.studio import studio
 from history.web import cards
 from history.web import charts
+from history.web import guard
+from history.web import idle_polls
 from history.web import media
 from history.web.api import get_job_or_404
 from history.web.api import matching_fields
@@ -202,15 +204,18 @@ def history_list():
             body = render_template("job_page.html", cards=cards.job_cards(page.jobs, compact), more_url=more_url, compact=compact)
             return _fragment_headers(make_response(body))
         limit = _head_limit(since)
-        raw = _list_etags().get((history_filter, limit, since), lambda: jobs.list_etag(history_filter, limit, since=since))
+        etags = _list_etags()
+        token = etags.changes.token()  # before the ETag: a write from here on moves the token past it
+        etag_key = (history_filter, limit, since)
+        raw = etags.get(etag_key, lambda: jobs.list_etag(history_filter, limit, since=since))
         etag = _poll_etag(raw)
     except jobs.InvalidQuery as error:
         body = render_template("list_error.html", message=str(error))
         return _fragment_headers(make_response(body, 400))
     if request.htmx and request.headers.get(LIST_ETAG_HEADER) == etag:
-        return _fragment_headers(make_response("", 204), etag)
+        return _unchanged(204, etag, etags, etag_key, token)
     if request.if_none_match.contains(etag):
-        return _fragment_headers(make_response("", 304), etag)
+        return _unchanged(304, etag, etags, etag_key, token)
     # Every open page asks for the same list after a change: render it once per process, not once per reader.
     key = (request.host, request.full_path, request.headers.get("Origin"), templating.tz_name())
 
@@ -220,6 +225,16 @@ def history_list():
 
     etag, body = _rendered_lists().get_or_render(key, etag, render)
     return _fragment_headers(make_response(body), etag)
+
+
+def _unchanged(status: int, etag: str, etags: changes.Remembered, key, token):
+    """The bodiless answer to a poll whose list has not changed, repeated by web/idle_polls.py to the same
+    request while the store stays at ``token`` (as long as the ETag is kept) and the guard's decision on
+    the caller holds."""
+    counter = studio().metrics.list_polls.labels(str(status))
+    idle_polls.allow_repeat(request.environ, etags.changes, token, etags.made_at(key), guard.caller_holds_until(),
+                            on_repeat=counter.inc)
+    return _fragment_headers(make_response("", status), etag)
 
 
 class RenderedLists:
