@@ -112,7 +112,7 @@ def post_ms(port: int, path: str, body: dict) -> tuple[float, dict]:
 
 
 def tier(count: int, repeat: int) -> dict:
-    """Every per-request figure at one store size."""
+    """Every per-request figure at one store size (a fresh store, filled first)."""
     from history import create_app
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -120,10 +120,19 @@ def tier(count: int, repeat: int) -> dict:
     cpu = time.process_time()
     fill_seconds = fill_jobs(count, output_root=app.config["STUDIO"].output_dir, files_for=60)
     fill_cpu = time.process_time() - cpu  # SQLite works in this process: its CPU, whatever else the machine runs
+    try:
+        return {"fill_s": fill_seconds, "fill_cpu_s": fill_cpu, **measure_store(app, count, repeat)}
+    finally:
+        app.extensions["studio"].stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def measure_store(app, count: int, repeat: int, delete: bool = True) -> dict:
+    """The per-request figures of an app over a store that bench/fill.py filled with ``count`` jobs."""
     client = LoopbackClient(app)
     forget = lambda: app.extensions.pop("history.rendered_lists", None)  # noqa: E731 - a render each time
     try:
-        figures = {"fill_s": fill_seconds, "fill_cpu_s": fill_cpu}
+        figures = {}
         figures["first_page"] = median_ms(client, "/admin/history", {}, max(5, repeat // 20), 200)
         etag = client.get("/admin/history/list", headers=HTMX).headers["ETag"].strip('"')
         figures["idle"] = median_ms(client, "/admin/history/list", {**HTMX, "X-List-ETag": etag}, repeat, 204)
@@ -140,14 +149,13 @@ def tier(count: int, repeat: int) -> dict:
         one = prompt_id_of(count // 2)
         figures["one_job"] = median_ms(client, f"/admin/history/jobs/{one}", HTMX, max(5, repeat // 10), 200)
         figures["stats"] = median_ms(client, "/api/admin/history/stats", {}, 3, 200)
-        victim = prompt_id_of(count - 1)  # the oldest job, found by a search on its id
-        figures["filter_delete"], answer = post_ms(client.server.server_port, "/api/admin/history/delete",
-                                                   {"filter": {"q": victim}, "expect": 1})
-        assert answer.get("deleted") == [victim], answer
+        if delete:
+            victim = prompt_id_of(count - 1)  # the oldest job, found by a search on its id
+            figures["filter_delete"], answer = post_ms(client.server.server_port, "/api/admin/history/delete",
+                                                       {"filter": {"q": victim}, "expect": 1})
+            assert answer.get("deleted") == [victim], answer
     finally:
         client.close()
-        app.extensions["studio"].stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
     return figures
 
 

@@ -40,6 +40,7 @@ from history.models import STATUSES
 from history.models import Job
 from history.models import JobDeleted
 from history.models import JobGraph
+from history.models import JobTally
 from history.models import best_output
 from history.models import clean_ref
 
@@ -1307,20 +1308,15 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
     """Counts and bytes by status, by workflow and by day (the last ``days`` UTC days), and the oldest job.
 
     Bytes are the ones each record keeps (measured when it ended or was imported): sums over the store,
-    never a walk of the disk. Two grouped queries and one probe of the queued_at index.
+    never a walk of the disk. Read from the tallies the store keeps by day, status and workflow
+    (history/tallies.py: a few thousand rows at a million jobs), and one probe of the queued_at index.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     by_status: dict[str, dict] = {}
     by_workflow: dict[str, dict] = {}
     total = {"jobs": 0, "bytes": 0}
-    rows = (
-        Job.select(Job.status, Job.workflow_id, fn.COUNT(SQL("*")), fn.SUM(Job.bytes), fn.COUNT(Job.bytes))
-        .group_by(Job.status, Job.workflow_id)
-        .tuples()
-    )
     unmeasured = 0
-    for status, workflow_id, count, size, measured in rows:
-        size = int(size or 0)
+    for status, workflow_id, count, size, measured in _tallied((JobTally.status, JobTally.workflow_id), (fn.SUM(JobTally.measured),)):
         if status not in ACTIVE_STATUSES:
             unmeasured += count - int(measured)
         for bucket, key, label in ((by_status, status, "status"), (by_workflow, workflow_id, "workflow_id")):
@@ -1333,26 +1329,17 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
     for workflow_id, entry in by_workflow.items():
         entry["workflow_name"] = names.get(workflow_id, workflow_id)
     first_day = (now.astimezone(datetime.timezone.utc) - datetime.timedelta(days=days - 1)).date()
-    start = datetime.datetime.combine(first_day, datetime.time(), tzinfo=datetime.timezone.utc)
-    day = fn.date(Job.queued_at).coerce(False)
     by_day = {
         (first_day + datetime.timedelta(days=offset)).isoformat(): {
             "day": (first_day + datetime.timedelta(days=offset)).isoformat(), "jobs": {}, "bytes": 0,
         }
         for offset in range(days)
     }
-    rows = (
-        Job.select(day, Job.status, fn.COUNT(SQL("*")), fn.SUM(Job.bytes))
-        # By status, so the (status, queued_at, bytes) index covers it: one short range per status, no table.
-        .where(Job.status.in_(STATUSES) & (Job.queued_at >= start))
-        .group_by(day, Job.status)
-        .tuples()
-    )
-    for stamp, status, count, size in rows:
+    for stamp, status, count, size in _tallied((JobTally.day, JobTally.status), where=JobTally.day >= first_day):
         entry = by_day.get(str(stamp)[:10])
         if entry is not None:
             entry["jobs"][status] = entry["jobs"].get(status, 0) + count
-            entry["bytes"] += int(size or 0)
+            entry["bytes"] += size
     oldest = Job.select(Job.prompt_id, Job.queued_at).order_by(Job.queued_at, Job.prompt_id).first()
     return {
         "total": {**total, "unmeasured": unmeasured},
@@ -1363,9 +1350,23 @@ def storage_stats(now: datetime.datetime | None = None, days: int = STATS_DAYS) 
     }
 
 
+def _tallied(keys: tuple, extra: tuple = (), where=None) -> list[tuple]:
+    """(keys..., jobs, bytes, extra...) of the tallies grouped by ``keys``; groups that hold no job are left out."""
+    query = (
+        JobTally.select(*keys, fn.SUM(JobTally.jobs), fn.SUM(JobTally.bytes), *extra)
+        .group_by(*keys)
+        .having(fn.SUM(JobTally.jobs) > 0)
+        .tuples()
+    )
+    if where is not None:
+        query = query.where(where)
+    width = len(keys)
+    return [(*row[:width], int(row[width]), int(row[width + 1] or 0), *row[width + 2:]) for row in query]
+
+
 def count_by_status() -> dict[str, int]:
     """How many jobs the store holds in each status (for /metrics)."""
-    return dict(Job.select(Job.status, fn.COUNT(SQL("*"))).group_by(Job.status).order_by().tuples())
+    return {status: count for status, count, _size in _tallied((JobTally.status,))}
 
 
 # ---- prompts other clients queued on ComfyUI ------------------------------------------------------

@@ -6,6 +6,8 @@ import datetime
 from peewee import BigIntegerField
 from peewee import BooleanField
 from peewee import CharField
+from peewee import CompositeKey
+from peewee import DateField
 from peewee import DateTimeField
 from peewee import FloatField
 from peewee import JSONField
@@ -151,6 +153,21 @@ class JobGraph(BaseModel):
 
     class Meta:
         table_name = "job_graph"
+
+
+class JobTally(BaseModel):
+    """How many jobs, and how many bytes, of one status and workflow were queued on one UTC day (history/tallies.py keeps them)."""
+
+    day = DateField()
+    status = CharField(max_length=16)
+    workflow_id = CharField(max_length=128)
+    jobs = BigIntegerField()
+    bytes = BigIntegerField()
+    measured = BigIntegerField()  # jobs whose bytes are known
+
+    class Meta:
+        table_name = "job_tally"
+        primary_key = CompositeKey("day", "status", "workflow_id")
 
 
 class JobDeleted(BaseModel):

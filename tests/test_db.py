@@ -112,7 +112,10 @@ def test_two_steps_under_one_number_are_refused(monkeypatch, tmp_path, db):
 def test_a_store_numbered_before_the_step_files_is_adopted_and_upgraded(app_config, make_job, db):
     job = make_job(files=0)
     # A store as the first schema left it, from before playhouse.migrations recorded steps by name:
-    # no starred, no bytes, no index on them, and only schema_version saying where it is.
+    # no starred, no bytes, no index on them, no tallies, and only schema_version saying where it is.
+    for trigger in ("job_tally_insert", "job_tally_update", "job_tally_delete"):
+        database.execute_sql(f"DROP TRIGGER IF EXISTS {trigger}" + ("" if history_db.is_sqlite() else " ON job"))
+    database.execute_sql("DROP TABLE job_tally")
     for index in ("job_starred_queued_at_prompt_id", "job_status_workflow_id_bytes", "job_status_queued_at_bytes"):
         database.execute_sql(f"DROP INDEX {index}")
     for column in ("starred", "bytes"):
