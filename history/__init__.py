@@ -74,7 +74,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     embed.trust_proxies(app, settings)  # X-Forwarded-* when STUDIO_PROXY_FIX is set
 
     with db.connection():
-        jobs.finish_interrupted_deletes(settings.output_dir)  # a process killed mid-delete left tombstones
+        for output_root in settings.output_roots.every():
+            jobs.finish_interrupted_deletes(output_root)  # a process killed mid-delete left tombstones
     return app
 
 

@@ -37,7 +37,8 @@ def card_source(record: dict, settings) -> Path | None:
         ref = {"filename": filename, "subfolder": subfolder, "type": "input"}
     else:
         return None
-    located = files.locate_ref(ref, settings.output_dir, settings.input_dir, settings.data_dir)
+    output_root = settings.output_roots.of(record.get("comfyui_server"))
+    located = files.locate_ref(ref, output_root, settings.input_dir, settings.data_dir)
     if located is None or not thumbnails.can_thumbnail(located[1]):
         return None
     return located[2]

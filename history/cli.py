@@ -49,7 +49,7 @@ def import_command(source):
         raise click.ClickException(f"{source.name} is not JSON: {error}") from None
     try:
         with connection():
-            report = jobs.import_records(records, current_app.config["STUDIO"].output_dir)
+            report = jobs.import_records(records, current_app.config["STUDIO"].output_roots)
     except jobs.InvalidRecord as error:
         raise click.ClickException(str(error)) from None
     for refused in report.refused:
@@ -104,7 +104,7 @@ def prune_command(older_than, statuses, workflow_id, include_starred, dry_run):
     if workflow_id is not None and not jobs.WORKFLOW_ID_PATTERN.match(workflow_id):
         raise click.BadParameter(f"{workflow_id!r} is not a workflow id", param_hint="--workflow")
     rule = retention.Rule(tuple(chosen) or HISTORY_STATUSES, age, workflow_id, include_starred)
-    output_root = current_app.config["STUDIO"].output_dir
+    output_root = current_app.config["STUDIO"].output_roots
     with connection():
         planned = retention.plan([rule], output_root)
         sizes = {job.prompt_id: size for job, size in planned}
@@ -138,7 +138,10 @@ def prune_command(older_than, statuses, workflow_id, include_starred, dry_run):
               help="history entries asked for per request")
 def import_comfyui_command(url, page_size):
     """Read a ComfyUI server's whole /history into the store (default: STUDIO_COMFYUI_URL), adding what it lacks."""
-    url = (url or current_app.config["STUDIO"].comfyui_url or "").rstrip("/")
+    configured = current_app.config["STUDIO"].comfyui_urls
+    if url is None and len(configured) > 1:
+        raise click.UsageError(f"STUDIO_COMFYUI_URL names {len(configured)} servers: give the one to read ({', '.join(configured)})")
+    url = (url or (configured[0] if configured else "")).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise click.UsageError("give the ComfyUI server's URL (http://127.0.0.1:8188) or set STUDIO_COMFYUI_URL")
     # Only HTTP: no websocket, and nothing of a running server's jobs is touched.

@@ -11,9 +11,11 @@ import dataclasses
 import os
 import re
 import secrets
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from history.files import OutputRoots
 from history.models import HISTORY_STATUSES
 from history.models import known_status
 
@@ -131,14 +133,48 @@ def database_url(name: str, raw: str | None, seen: dict) -> str:
     return url
 
 
-def comfyui_url(name: str, raw: str | None, seen: dict) -> str | None:
-    """An http(s) address, without its trailing slash, or None."""
-    if raw is None:
-        return None
-    url = raw.rstrip("/")
+def _comfyui_address(name: str, url: str) -> str:
+    """One ComfyUI address, checked: http(s) with a host, no query or fragment, without its trailing slash."""
+    url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http:// or https:// address, got {url!r}")
+        raise ConfigError(f"{name} entries must be http:// or https:// addresses, got {url[:200]!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as error:
+        raise ConfigError(f"{name}: {url[:200]!r} is not an address ({error})") from None
+    if not parts.hostname or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError(f"{name}: {url[:200]!r} must be scheme://host[:port][/path], with no query or login")
     return url
+
+
+def comfyui_urls(name: str, raw: str | None, seen: dict) -> tuple[str, ...]:
+    """Comma-separated ComfyUI addresses (each http(s), no trailing slash, none twice), or () when unset."""
+    if raw is None:
+        return ()
+    urls = tuple(_comfyui_address(name, part) for part in raw.split(","))
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{name} names a server twice: {raw[:200]!r}")
+    return urls
+
+
+def comfyui_output_dirs(name: str, raw: str | None, seen: dict) -> tuple[Path, ...]:
+    """One output folder per ComfyUI server, in STUDIO_COMFYUI_URL's order; () to share STUDIO_OUTPUT_DIR."""
+    if raw is None:
+        return ()
+    urls = seen["comfyui_urls"]
+    parts = [part.strip() for part in raw.split(",")]
+    if not urls:
+        raise ConfigError(f"{name} is set but STUDIO_COMFYUI_URL is not: it names each ComfyUI server's output folder")
+    if len(parts) != len(urls) or not all(parts):
+        raise ConfigError(
+            f"{name} must name {len(urls)} folder(s), one per STUDIO_COMFYUI_URL server in the same order; "
+            f"got {len(parts)}: {raw[:200]!r}"
+        )
+    folders = tuple(media_dir("output")(name, part, seen) for part in parts)
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"{name} names one folder twice; servers sharing a folder leave it unset (STUDIO_OUTPUT_DIR)")
+    return folders
 
 
 def secret_key(name: str, raw: str | None, seen: dict) -> str:
@@ -184,11 +220,15 @@ VARIABLES = (
              "the output folder; job files live in comfyui-studio/<output_dir>/ under it"),
     Variable("STUDIO_INPUT_DIR", "input_dir", Path, media_dir("input"), "$STUDIO_DATA_DIR/input",
              "uploaded input images (ComfyUI's input/)"),
-    Variable("STUDIO_COMFYUI_URL", "comfyui_url", "str | None", comfyui_url, "unset",
-             "a ComfyUI server (http://127.0.0.1:8188); unset means the built-in executor"),
+    Variable("STUDIO_COMFYUI_URL", "comfyui_urls", "tuple[str, ...]", comfyui_urls, "unset",
+             "one or more ComfyUI servers, comma-separated (http://127.0.0.1:8188,http://127.0.0.1:8189); each job "
+             "goes to the one with the shortest queue; unset means the built-in executor"),
+    Variable("STUDIO_COMFYUI_OUTPUT_DIRS", "comfyui_output_dirs", "tuple[Path, ...]", comfyui_output_dirs, "unset",
+             "each ComfyUI server's own output folder, comma-separated in STUDIO_COMFYUI_URL's order; unset, they all "
+             "write to STUDIO_OUTPUT_DIR"),
     Variable("STUDIO_COMFYUI_OBSERVE", "comfyui_observe", bool, flag("1"), "1",
-             "also record the prompts other clients queue on that ComfyUI, and import its history on the first "
-             "connection; 0 turns it off"),
+             "also record the prompts other clients queue on those ComfyUI servers, and import their history on the "
+             "first connection; 0 turns it off"),
     Variable("STUDIO_WORKFLOWS_DIR", "workflows_dir", Path, workflows_dir, "history/workflows", "folder of workflow definitions"),
     Variable("STUDIO_BUSY_SECONDS", "busy_seconds", float, number("15", minimum=0.0), "15",
              "how long a write waits for another process's SQLite write lock before answering 503"),
@@ -225,11 +265,16 @@ def _thumbnail_dir(self) -> Path:
     return self.data_dir / "thumbnails"
 
 
+def _output_roots(self) -> OutputRoots:
+    """Where each ComfyUI server's files are: its own folder (STUDIO_COMFYUI_OUTPUT_DIRS) or the output folder."""
+    return OutputRoots(self.output_dir, dict(zip(self.comfyui_urls, self.comfyui_output_dirs)), self.comfyui_urls)
+
+
 # Every setting of the app, resolved to absolute paths and typed values: one field per row of VARIABLES.
 Settings = dataclasses.make_dataclass(
     "Settings",
     [(variable.field, variable.type) for variable in VARIABLES],
-    namespace={"thumbnail_dir": property(_thumbnail_dir), "__module__": __name__},
+    namespace={"thumbnail_dir": property(_thumbnail_dir), "output_roots": property(_output_roots), "__module__": __name__},
 )
 Settings.__doc__ = "Every setting of the app, resolved to absolute paths and typed values (one field per VARIABLES row)."
 

@@ -95,6 +95,44 @@ def job_folders(output_root: Path, output_dirs) -> dict[str, Path | UnsafePath]:
     return found
 
 
+@dataclass(frozen=True, eq=False)
+class OutputRoots:
+    """Each ComfyUI server's output folder: its own where STUDIO_COMFYUI_OUTPUT_DIRS gives one, else the shared one.
+
+    A job's files are under the folder of the server that ran it (``comfyui_server`` in its record); a job
+    with no server (the built-in executor's, an import) or of a server no longer configured uses the shared one.
+    """
+
+    shared: Path
+    own: dict = field(default_factory=dict)  # server URL -> its folder
+    servers: tuple = ()  # every configured server, in order: media URLs name a folder by its position
+
+    def of(self, server: str | None) -> Path:
+        """The output folder of ``server`` (a ComfyUI URL, or None)."""
+        return self.own.get(server, self.shared) if server else self.shared
+
+    def every(self) -> list[Path]:
+        """Every distinct output folder, the shared one first."""
+        return list(dict.fromkeys([self.shared, *self.own.values()]))
+
+    def position(self, server: str | None) -> int | None:
+        """The position that names ``server``'s own folder in a media URL, or None when it uses the shared one."""
+        return self.servers.index(server) if server in self.own else None
+
+    def at(self, position) -> Path | None:
+        """The own folder of the server at ``position`` (a media URL's ``server``), or None when there is none."""
+        try:
+            server = self.servers[int(position)]
+        except (IndexError, TypeError, ValueError):
+            return None
+        return self.own.get(server) if int(position) >= 0 else None
+
+
+def root_of(output_root, server: str | None) -> Path:
+    """The folder a job of ``server`` keeps its files in: ``output_root`` is a folder or OutputRoots."""
+    return output_root.of(server) if isinstance(output_root, OutputRoots) else Path(output_root)
+
+
 def _ref_file(root: Path, ref: dict, what: str) -> Path:
     """Resolve a reference ``{filename, subfolder, type}`` to a file inside ``root``."""
     if not isinstance(ref, dict):

@@ -529,6 +529,17 @@ def leftover_jobs() -> list[tuple[str, str]]:
         )
 
 
+def servers_of(prompt_ids: list[str]) -> dict[str, str | None]:
+    """The ComfyUI server each of these jobs was handed to (None when no server is recorded), by prompt_id."""
+    found: dict[str, str | None] = {}
+    ids = job_ids(prompt_ids)
+    with connection():
+        for start in range(0, len(ids), DELETE_BATCH):
+            chunk = ids[start:start + DELETE_BATCH]
+            found.update(Job.select(Job.prompt_id, Job.comfyui_server).where(Job.prompt_id.in_(chunk)).tuples())
+    return found
+
+
 def store_is_empty() -> bool:
     """Whether the store holds no job at all."""
     with connection():
@@ -587,11 +598,24 @@ def job_ids(prompt_ids: list[str]) -> list[str]:
     return [prompt_id for prompt_id in fold_ids(prompt_ids) if isinstance(prompt_id, str) and PROMPT_ID_PATTERN.match(prompt_id)]
 
 
-def delete_usage(prompt_ids: list[str], output_root: Path) -> dict:
-    """Count the jobs, files and bytes a delete of these ids would remove (for the confirm dialog)."""
-    jobs = [job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids))) if job.status not in ACTIVE_STATUSES]
+def delete_usage(prompt_ids: list[str], output_root) -> dict:
+    """Count the jobs, files and bytes a delete of these ids would remove (for the confirm dialog).
+
+    ``output_root`` is the output folder or files.OutputRoots (each job's files are in its server's folder).
+    """
+    every_job = [job for job in Job.select().where(Job.prompt_id.in_(job_ids(prompt_ids))) if job.status not in ACTIVE_STATUSES]
+    usage = {"jobs": len(every_job), "files": 0, "bytes": 0}
+    by_root: dict[Path, list[Job]] = {}
+    for job in every_job:
+        by_root.setdefault(files.root_of(output_root, job.comfyui_server), []).append(job)
+    for root, jobs in by_root.items():
+        _add_usage(usage, jobs, root)
+    return usage
+
+
+def _add_usage(usage: dict, jobs: list[Job], output_root: Path) -> None:
+    """Add the files and bytes that deleting ``jobs`` (all keeping their files under ``output_root``) removes."""
     plan = _plan_folders(jobs, output_root)
-    usage = {"jobs": len(jobs), "files": 0, "bytes": 0}
     for paths in listed_files(jobs, output_root).values():
         for path in paths:
             try:
@@ -605,14 +629,13 @@ def delete_usage(prompt_ids: list[str], output_root: Path) -> dict:
             count, size = files.folder_usage(entry)
             usage["files"] += count
             usage["bytes"] += size
-    return usage
 
 
 DELETE_BATCH = 500
 
 
 def delete_jobs(
-    prompt_ids: list[str], output_root: Path, keep_starred: bool = False, batch: int | None = None
+    prompt_ids: list[str], output_root, keep_starred: bool = False, batch: int | None = None
 ) -> DeleteReport:
     """Delete jobs and their output folders: records and folders leave together, files are removed after.
 
@@ -627,18 +650,37 @@ def delete_jobs(
     a process killed at any step left. Queued and running jobs are refused (and starred ones, with
     ``keep_starred``). A folder that another record names too, directly or through a link, stays until
     its last record goes; a job folder that is a link is removed as the link, never followed.
+
+    ``output_root`` is the output folder or files.OutputRoots: with ComfyUI servers that each have their
+    own folder, a batch is deleted per folder (each job's files are in the folder of its server).
     """
     report = DeleteReport()
     ids = fold_ids(prompt_ids)
     batch = batch or DELETE_BATCH
     for start in range(0, len(ids), batch):
         try:
-            _delete_batch(ids[start:start + batch], output_root, keep_starred, report)
+            for root, some in _ids_by_root(ids[start:start + batch], output_root):
+                _delete_batch(some, root, keep_starred, report)
         except DatabaseError as error:
             if is_busy(error):
                 raise StoreBusy(report) from error
             raise
     return report
+
+
+def _ids_by_root(prompt_ids: list[str], output_root) -> list[tuple[Path, list[str]]]:
+    """The ids grouped by the output folder their jobs keep files in (one group when there is one folder)."""
+    if not isinstance(output_root, files.OutputRoots) or len(output_root.every()) == 1:
+        return [(files.root_of(output_root, None), prompt_ids)]
+    servers = dict(
+        Job.select(Job.prompt_id, Job.comfyui_server)
+        .where(Job.prompt_id.in_(job_ids(prompt_ids)))
+        .tuples()
+    )
+    groups: dict[Path, list[str]] = {}
+    for prompt_id in prompt_ids:
+        groups.setdefault(output_root.of(servers.get(prompt_id)), []).append(prompt_id)
+    return list(groups.items())
 
 
 def _plan_folders(doomed: list[Job], output_root: Path) -> dict[str, object]:
@@ -887,7 +929,7 @@ def finish_interrupted_deletes(output_root: Path) -> int:
 RECORD_FIELDS = (
     "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
     "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir", "error",
-    "retry_of", "source",
+    "retry_of", "source", "comfyui_server",
 )
 
 
@@ -934,9 +976,11 @@ def validate_record(record, output_root: Path | None = None) -> dict:
     values = _record_identity(record)
     values.update(_record_times(record))
     values.update(_record_inputs(record))
-    values.update(_record_files(record, output_root))
+    # Its files are in its ComfyUI server's folder (output_root may be files.OutputRoots).
+    root = files.root_of(output_root, values["comfyui_server"]) if output_root is not None else None
+    values.update(_record_files(record, root))
     values["starred"] = _record_starred(record)
-    values["bytes"] = _record_bytes(record, values, output_root)
+    values["bytes"] = _record_bytes(record, values, root)
     return values
 
 
@@ -980,14 +1024,14 @@ def _is_file_name(name: str) -> bool:
 
 
 def _record_inputs(record: dict) -> dict:
-    """params and seeds (objects), input_image, error, retry_of and source (strings or null) of a record."""
+    """params and seeds (objects); input_image, error, retry_of, source and comfyui_server (strings or null)."""
     inputs = {}
     for key in ("params", "seeds"):
         value = {} if record.get(key) is None else record.get(key)
         if not isinstance(value, dict):
             raise InvalidRecord(f"{key} must be an object")
         inputs[key] = value
-    for key in ("input_image", "error", "retry_of", "source"):
+    for key in ("input_image", "error", "retry_of", "source", "comfyui_server"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise InvalidRecord(f"{key} must be a string or null")
@@ -1385,11 +1429,16 @@ def unknown_ids(prompt_ids: list[str]) -> list[str]:
     return [prompt_id for prompt_id in ids if prompt_id not in known]
 
 
-def _observed_values(record: dict, output_root: Path | None) -> tuple[dict, dict]:
-    """The job's and its graph's field values of an observed ComfyUI prompt; raise InvalidRecord."""
+def _observed_values(record: dict, output_root) -> tuple[dict, dict]:
+    """The job's and its graph's field values of an observed ComfyUI prompt; raise InvalidRecord.
+
+    ``output_root`` (a folder or files.OutputRoots, or None not to check the files) resolves its outputs
+    in the folder of the server it ran on.
+    """
     prompt_id = record.get("prompt_id")
     if not isinstance(prompt_id, str) or not PROMPT_ID_PATTERN.match(prompt_id):
         raise InvalidRecord("prompt_id must be 1-64 letters, digits, '_', '-', '.' or ':'")
+    output_root = files.root_of(output_root, record.get("comfyui_server")) if output_root is not None else None
     outputs = [_check_ref(ref, "outputs[%d]" % index, output_root) for index, ref in enumerate(record.get("outputs") or [])]
     started_at, finished_at = record.get("started_at"), record.get("finished_at")
     values = {
@@ -1407,6 +1456,7 @@ def _observed_values(record: dict, output_root: Path | None) -> tuple[dict, dict
         "output_dir": None,
         "error": record.get("error"),
         "source": record.get("source"),
+        "comfyui_server": record.get("comfyui_server"),
     }
     graph = {"prompt_id": prompt_id, "graph": record.get("graph"), "ui_workflow": record.get("ui_workflow")}
     return values, graph
@@ -1430,7 +1480,7 @@ def insert_observed(record: dict, status: str) -> Job | None:
         return Job.get_by_id(values["prompt_id"])
 
 
-def insert_finished(records: list[dict], output_root: Path) -> tuple[list[Job], list[dict]]:
+def insert_finished(records: list[dict], output_root) -> tuple[list[Job], list[dict]]:
     """Store finished prompts of other clients that no record has; answer (the jobs made, the refused).
 
     One transaction per call (a page of ComfyUI's history), rows inserted together: an import of
@@ -1448,7 +1498,7 @@ def insert_finished(records: list[dict], output_root: Path) -> tuple[list[Job], 
             continue
         values["status"] = status
         # Measured once, as it is taken, like a job that ends here.
-        values["bytes"] = files.job_bytes(output_root, None, values["outputs"])
+        values["bytes"] = files.job_bytes(files.root_of(output_root, values["comfyui_server"]), None, values["outputs"])
         prepared.append((values, graph))
     if not prepared:
         return [], refused

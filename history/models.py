@@ -89,6 +89,8 @@ class Job(BaseModel):
     bytes = BigIntegerField(null=True)
     # Where a prompt another client queued came from ("ComfyUI's page on http://..."); None for the studio's own.
     source = TextField(null=True)
+    # The ComfyUI server (its STUDIO_COMFYUI_URL address) that ran the job; None for the built-in executor's.
+    comfyui_server = TextField(null=True)
 
     class Meta:
         table_name = "job"
@@ -140,6 +142,7 @@ class Job(BaseModel):
             "error": self.error,
             "retry_of": self.retry_of,
             "source": self.source,
+            "comfyui_server": self.comfyui_server,
         }
 
 

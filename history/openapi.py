@@ -138,7 +138,7 @@ SCHEMAS = {
         "required": [
             "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
             "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir",
-            "error", "retry_of", "source",
+            "error", "retry_of", "source", "comfyui_server",
         ],
         "properties": {
             "prompt_id": {"type": "string"},
@@ -163,6 +163,11 @@ SCHEMAS = {
             "source": {
                 "type": ["string", "null"],
                 "description": "where a prompt another ComfyUI client queued came from; null for the studio's own",
+            },
+            "comfyui_server": {
+                "type": ["string", "null"],
+                "description": "the ComfyUI server (a STUDIO_COMFYUI_URL address) that ran the job; its files are in "
+                               "that server's output folder. null for the built-in executor's jobs",
             },
         },
     },

@@ -44,23 +44,26 @@ class Rule:
         return jobs.HistoryFilter(statuses=self.statuses, workflow_id=self.workflow_id, queued_before=cutoff)
 
 
-def plan(rules: list[Rule], output_root: Path, now: datetime.datetime | None = None) -> list[tuple[Job, int]]:
+def plan(rules: list[Rule], output_root, now: datetime.datetime | None = None) -> list[tuple[Job, int]]:
     """(job, bytes it would free) for every job the rules take at ``now``, oldest first, each once."""
     now = now or utcnow()
     chosen: dict[str, tuple[Job, int]] = {}
     for rule in rules:
         query = (
             jobs.removable(rule.history_filter(now), rule.include_starred)
-            .select(Job.prompt_id, Job.status, Job.workflow_id, Job.queued_at, Job.bytes, Job.output_dir, Job.outputs)
+            .select(Job.prompt_id, Job.status, Job.workflow_id, Job.queued_at, Job.bytes, Job.output_dir, Job.outputs,
+                    Job.comfyui_server)
         )
         for job in query.iterator():
             # A record from before sizes were kept is measured now (on disk), once.
-            size = job.bytes if job.bytes is not None else files.job_bytes(output_root, job.output_dir, job.outputs)
+            size = job.bytes if job.bytes is not None else files.job_bytes(
+                files.root_of(output_root, job.comfyui_server), job.output_dir, job.outputs
+            )
             chosen.setdefault(job.prompt_id, (job, size))
     return sorted(chosen.values(), key=lambda entry: (entry[0].queued_at, entry[0].prompt_id))
 
 
-def prune(planned: list[tuple[Job, int]], output_root: Path, include_starred: bool = False) -> jobs.DeleteReport:
+def prune(planned: list[tuple[Job, int]], output_root, include_starred: bool = False) -> jobs.DeleteReport:
     """Delete exactly the planned jobs (a job starred since the plan was made is kept unless starred ones go)."""
     ids = [job.prompt_id for job, _size in planned]
     return jobs.delete_jobs(ids, output_root, keep_starred=not include_starred)
@@ -97,8 +100,8 @@ def apply_settings(settings, bus, now: datetime.datetime | None = None) -> jobs.
             if not mine:
                 log.info("retention: another process is applying STUDIO_RETENTION; skipped")
                 return None
-            planned = plan(rules, settings.output_dir, now)
-            report = prune(planned, settings.output_dir)
+            planned = plan(rules, settings.output_roots, now)
+            report = prune(planned, settings.output_roots)
     for record in report.deleted_jobs:
         bus.publish("job.deleted", record)
     if report.deleted or report.failed:

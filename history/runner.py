@@ -125,20 +125,21 @@ class Runner:
         """Record a finished job with its files, and say so."""
         outputs = saved_outputs(outputs)
         # Made before the event goes out, so the page that shows the new card finds its thumbnail ready.
-        self.warm_thumbnail(outputs)
+        self.warm_thumbnail(outputs, self.servers_of([prompt_id]).get(prompt_id) if outputs else None)
         self._finish(prompt_id, at, COMPLETED, "job.completed", {
             "outputs": [clean_ref(ref) for ref in outputs],
             "output": best_output(outputs),
             "error": None,
         })
 
-    def warm_thumbnail(self, outputs: list[dict]) -> None:
-        """Make the thumbnail a job's card shows (its first image)."""
+    def warm_thumbnail(self, outputs: list[dict], server: str | None = None) -> None:
+        """Make the thumbnail a job's card shows (its first image, in the output folder of its ComfyUI ``server``)."""
         images = card_images(outputs)
         if not images:
             return
         settings = self.settings
-        located = files.locate_ref(images[0], settings.output_dir, settings.input_dir, settings.data_dir)
+        output_root = settings.output_roots.of(server)
+        located = files.locate_ref(images[0], output_root, settings.input_dir, settings.data_dir)
         if located is None:
             return  # a temp preview (its card shows a placeholder) or an unsafe reference
         source = located[2]
@@ -155,6 +156,16 @@ class Runner:
         if saved:
             values.update(outputs=[clean_ref(ref) for ref in saved], output=best_output(saved))
         self._finish(prompt_id, at, status, "job.stalled" if status == STALLED else "job.failed", values)
+
+    # ---- several ComfyUI servers ------------------------------------------------------------------
+
+    def placed(self, prompt_id: str, server: str) -> None:
+        """Record the ComfyUI server a job is handed to (its files are found in that server's output folder)."""
+        jobs.update_active(prompt_id, lambda job: {"comfyui_server": server})
+
+    def servers_of(self, prompt_ids: list[str]) -> dict[str, str | None]:
+        """The ComfyUI server each job was handed to (None when none is recorded)."""
+        return jobs.servers_of(prompt_ids)
 
     # ---- prompts other clients queued on ComfyUI --------------------------------------------------
 
@@ -178,8 +189,8 @@ class Runner:
         for record in records:
             record["outputs"] = saved_outputs(record.get("outputs"))
             if announce:
-                self.warm_thumbnail(record["outputs"])
-        taken, refused = jobs.insert_finished(records, self.settings.output_dir)
+                self.warm_thumbnail(record["outputs"], record.get("comfyui_server"))
+        taken, refused = jobs.insert_finished(records, self.settings.output_roots)
         if announce:
             for job in taken:
                 self.bus.publish("job.completed" if job.status == COMPLETED else "job.failed", job.to_dict())
@@ -191,7 +202,8 @@ class Runner:
             # Duration is the run, never the queue wait; a job that never started has none.
             duration = max(0.0, (at - started_at).total_seconds()) if started_at else None
             # Measured once, as the job ends, so storage totals are sums over the store.
-            size = files.job_bytes(self.settings.output_dir, job.output_dir, values.get("outputs", job.outputs))
+            output_root = self.settings.output_roots.of(job.comfyui_server)
+            size = files.job_bytes(output_root, job.output_dir, values.get("outputs", job.outputs))
             return {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
 
         job = jobs.update_active(prompt_id, change)

@@ -71,7 +71,7 @@ class Studio:
         """Note the jobs a previous process left queued or running (they are reconciled at start)."""
         self.leftovers = jobs.leftover_jobs()
         # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
-        if self.settings.demo and not self.settings.comfyui_url:
+        if self.settings.demo and not self.settings.comfyui_urls:
             self.demo_wanted = jobs.store_is_empty()
 
     def start(self) -> None:
@@ -136,13 +136,13 @@ class Studio:
 
     def delete_jobs(self, prompt_ids: list[str]) -> jobs.DeleteReport:
         """Delete these jobs with their files (jobs.delete_jobs), as delete() does."""
-        return self.delete(lambda: jobs.delete_jobs(prompt_ids, self.settings.output_dir))
+        return self.delete(lambda: jobs.delete_jobs(prompt_ids, self.settings.output_roots))
 
     def retry_plan(self, job: Job):
         """What a Retry of ``job`` would run now (workflows.plan_retry), or why it cannot run."""
         if job.workflow_id == COMFYUI_WORKFLOW_ID:
             # Its own graph runs again as it was; only a ComfyUI server can run it.
-            reason = None if self.settings.comfyui_url else "it ran on ComfyUI; set STUDIO_COMFYUI_URL to run it again"
+            reason = None if self.settings.comfyui_urls else "it ran on ComfyUI; set STUDIO_COMFYUI_URL to run it again"
             return RetryPlan(params=dict(job.params or {}), input_image=job.input_image, reason=reason)
         return plan_retry(self.workflows.get(job.workflow_id), job.params, job.input_image)
 
@@ -226,7 +226,7 @@ class Studio:
         original = jobs.get_job(retry_of) if isinstance(retry_of, str) else None
         if original is None or original.workflow_id != COMFYUI_WORKFLOW_ID:
             raise ValidationError("retry_of", f"no ComfyUI job with prompt_id {retry_of!r} (only a retry can run one)")
-        if not self.settings.comfyui_url:
+        if not self.settings.comfyui_urls:
             raise ValidationError("retry_of", "this job ran on ComfyUI; set STUDIO_COMFYUI_URL to run it again")
         kept = jobs.graph_of(original.prompt_id)
         if kept is None or not isinstance(kept.graph, dict) or not kept.graph:

@@ -44,6 +44,7 @@ def record(number: int, status: str) -> dict:
         "error": "boom" if status in ("error", "stalled") else None,
         "retry_of": f"job-{number - 1:04d}" if number % 7 == 0 and number else None,
         "source": "a script on http://127.0.0.1:8188" if number % 13 == 0 else None,
+        "comfyui_server": "http://127.0.0.1:8189" if number % 17 == 0 else None,
     }
 
 

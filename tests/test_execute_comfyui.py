@@ -8,7 +8,7 @@ import socket
 import pytest
 from PIL import Image
 
-from history.executors.comfyui import ComfyUIExecutor
+from history.executors.comfyui_servers import ComfyUIServers
 from history.models import Job
 from tests.conftest import another_app
 from tests.conftest import same_origin_client
@@ -21,8 +21,10 @@ def app_config(app_config, comfyui):
     return {**app_config, **comfyui.studio_settings()}
 
 
-def test_the_comfyui_executor_is_chosen(app):
-    assert isinstance(app.extensions["studio"].executor, ComfyUIExecutor)
+def test_the_comfyui_executor_is_chosen(app, comfyui):
+    executor = app.extensions["studio"].executor
+    assert isinstance(executor, ComfyUIServers)
+    assert [server.base_url for server in executor.servers] == [comfyui.url]
 
 
 @pytest.mark.parametrize("workflow_id, params, expected", [
@@ -42,6 +44,7 @@ def test_each_example_completes_with_its_files_in_the_job_folder(client, setting
     assert response.status_code == 202, response.json
     record = wait_until_ended(client, response.json["prompt_id"])
     assert record["status"] == "completed", record["error"]
+    assert record["comfyui_server"] == comfyui.url
     assert [ref["filename"] for ref in record["outputs"]] == expected
     for ref in record["outputs"]:
         assert ref["subfolder"] == f"comfyui-studio/{record['output_dir']}"

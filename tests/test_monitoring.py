@@ -90,7 +90,10 @@ def test_healthz_says_a_connected_comfyui_is_reachable(app_config, comfyui):
             what="the ComfyUI websocket connected",
         )
     assert answer["status"] == "ok"
-    assert answer["executor"] == {"kind": "comfyui", "url": comfyui.url, "reachable": True, "running": True}
+    assert answer["executor"] == {
+        "kind": "comfyui", "url": comfyui.url, "reachable": True, "running": True,
+        "servers": [{"url": comfyui.url, "reachable": True}],
+    }
 
 
 def test_healthz_is_public_and_metrics_guarded_when_a_password_is_set(app_config):

@@ -58,6 +58,12 @@ class Reporter(Protocol):
         """``status`` is ``error`` (the run failed or was interrupted) or ``stalled`` (lost); ``outputs``
         are the files saved before it failed (they are the job's as much as a completed job's)."""
 
+    def placed(self, prompt_id: str, server: str) -> None:
+        """Record the ComfyUI server (its address) a job is handed to, before it is posted there."""
+
+    def servers_of(self, prompt_ids: list[str]) -> dict:
+        """The ComfyUI server each of these jobs was handed to (None when none is recorded), by prompt_id."""
+
     def observed(self, record: dict, status: str) -> bool:
         """Record a prompt another client queued (``comfyui_graph.observed_record``) as ``queued`` or
         ``running``; answer whether it is new to the store (then the executor follows it)."""
@@ -71,7 +77,7 @@ class Reporter(Protocol):
 
 
 class Executor:
-    """Runs jobs; subclasses: BuiltinExecutor, ComfyUIExecutor."""
+    """Runs jobs; subclasses: BuiltinExecutor, ComfyUIServers (one ComfyUIExecutor per server)."""
 
     def __init__(self, reporter: Reporter):
         self.reporter = reporter

@@ -55,6 +55,10 @@ DIED = (
     "its end is when the studio last knew it alive"
 )
 REMOVED = "removed from ComfyUI's queue before it ran (another client deleted it)"
+WENT_DOWN = (
+    "ComfyUI at {server} went down while this job ran (it refuses connections: {reason}); "
+    "its end is when the studio last knew it alive"
+)
 # How many of ComfyUI's newest history entries a sweep reads (after a status frame, and every poll):
 # what finished since the last look, including prompts that ran between two looks at /queue.
 RECENT_HISTORY = 8
@@ -184,6 +188,14 @@ class ComfyUIExecutor(Executor):
         self._imported = False
         self._sweep_due: float | None = None
         self._lost_at: datetime.datetime | None = None
+        # The server's load, for choosing where a job goes: its queue as its last status frame told
+        # (exec_info.queue_remaining: pending plus running), and the jobs posted here that no status
+        # frame has counted yet (prompt_id -> whether POST /prompt answered), so a burst spreads.
+        self.queue_remaining = 0
+        self._uncounted: dict[str, bool] = {}
+        # Whether a websocket was open since the server was last found down: a refused connect after
+        # one means the server went away, and the jobs it ran end stalled.
+        self._was_up = False
 
     # -- the Executor interface ---------------------------------------------------------------
 
@@ -201,6 +213,7 @@ class ComfyUIExecutor(Executor):
         # Track the job before posting: its first frames can arrive before POST /prompt answers.
         with self._lock:
             self._jobs[prompt_id] = job
+            self._uncounted[prompt_id] = False
         self._follow_in_background()
         self._connected.wait(min(self.connect_wait, self.http_timeout))
         body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
@@ -215,6 +228,8 @@ class ComfyUIExecutor(Executor):
             comfy_id = str(answer["prompt_id"])
             with self._lock:
                 job.submitting = False
+                if prompt_id in self._uncounted:
+                    self._uncounted[prompt_id] = True  # the next status frame counts it
                 recheck = job.recheck
                 if comfy_id != prompt_id and self._jobs.get(prompt_id) is job:
                     # A ComfyUI older than caller-chosen prompt ids mints its own: frames and history use it.
@@ -249,6 +264,17 @@ class ComfyUIExecutor(Executor):
     def forget(self, prompt_id: str) -> None:
         """Stop following a job (the runner marked it stalled or deleted it); later frames are ignored."""
         self._settle(prompt_id)
+
+    @property
+    def load(self) -> int:
+        """How many jobs wait or run here: the last status frame's queue and the posts it has not counted yet."""
+        with self._lock:
+            return self.queue_remaining + len(self._uncounted)
+
+    def running(self) -> list[str]:
+        """The prompt ids of the followed jobs that run here now."""
+        with self._lock:
+            return [job.prompt_id for job in self._jobs.values() if job.started is True]
 
     def cancel(self, prompt_id: str) -> None:
         """Take a job out of ComfyUI's queue, or interrupt it if it runs; a run then fails as interrupted."""
@@ -319,6 +345,11 @@ class ComfyUIExecutor(Executor):
                 if not outage_logged:
                     log.warning("ComfyUI websocket %s unreachable (%s); retrying", self.websocket_url, error)
                     outage_logged = True
+                if isinstance(error, OSError) and self._was_up:
+                    # Nothing listens any more (a websocket turned away while HTTP answers is a ComfyUI
+                    # starting up, whose reconcile settles its jobs): what ran here will not report.
+                    self._was_up = False
+                    self._went_down(error)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
                 continue
@@ -327,6 +358,7 @@ class ComfyUIExecutor(Executor):
                     connection.close_now()
                     break
                 self._connection = connection
+                self._was_up = True
             try:
                 # Reconcile only once ComfyUI has registered the socket, so a job that ends meanwhile
                 # is either in /history now or reported by a frame that is already on its way.
@@ -364,6 +396,18 @@ class ComfyUIExecutor(Executor):
                 log.warning("ComfyUI websocket closed; reconnecting in %.1f s", delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
+
+    def _went_down(self, error: OSError) -> None:
+        """End the jobs that ran here as stalled, naming this server: it refuses connections now."""
+        reason = error.strerror or str(error) or type(error).__name__
+        with self._lock:
+            self.queue_remaining = 0
+            running = [job for job in self._jobs.values() if job.started is True]
+        for job in running:
+            if self._settle(job.prompt_id):
+                log.warning("ComfyUI at %s went down while job %s ran; it is stalled", self.base_url, job.prompt_id)
+                message = WENT_DOWN.format(server=self.base_url, reason=reason)
+                self._report_end(job, "failed", message, job.alive_at or utcnow(), status="stalled")
 
     def _await_greeting(self, connection: _Connection) -> None:
         """Wait for ComfyUI's first ``status`` frame: it sends it once our clientId gets our frames."""
@@ -531,6 +575,7 @@ class ComfyUIExecutor(Executor):
         if kind == "status":
             # Every socket gets these when ComfyUI's queue changes: a prompt posted (by anyone), taken,
             # finished or deleted. Look at /queue and /history once the burst is over.
+            self._note_queue_remaining(data)
             if self._sweep_due is None:
                 self._sweep_due = time.monotonic() + self.sweep_delay
             return
@@ -538,7 +583,23 @@ class ComfyUIExecutor(Executor):
         job = self._job(data.get("prompt_id"))
         if handler is None or job is None:
             return  # other clients' jobs, forgotten jobs, the reconnect "executing" hint, frames we do not use
+        with self._lock:
+            self._uncounted.pop(job.prompt_id, None)  # it runs: the queue it was counted in is past
         handler(self, job, data)
+
+    def _note_queue_remaining(self, data: dict) -> None:
+        """Keep a status frame's queue length (``{"status": {"exec_info": {"queue_remaining": N}}}``)."""
+        status = data.get("status")
+        info = status.get("exec_info") if isinstance(status, dict) else None
+        remaining = info.get("queue_remaining") if isinstance(info, dict) else None
+        if not isinstance(remaining, int) or isinstance(remaining, bool) or remaining < 0:
+            return
+        with self._lock:
+            self.queue_remaining = remaining
+            # A post that had answered before this frame was sent is in its count (ComfyUI queues a
+            # prompt, then sends status, then answers the POST; so a frame after the answer counts it).
+            for prompt_id in [pid for pid, answered in self._uncounted.items() if answered]:
+                del self._uncounted[prompt_id]
 
     def _on_execution_start(self, job: _Job, data: dict) -> None:
         """The job runs."""
@@ -698,6 +759,7 @@ class ComfyUIExecutor(Executor):
     def _settle(self, prompt_id: str) -> _Job | None:
         """Stop following a job that ended; only the caller that gets it back reports the end."""
         with self._lock:
+            self._uncounted.pop(prompt_id, None)
             job = self._jobs.pop(prompt_id, None)
             if job is not None and job.comfy_id:
                 self._aliases.pop(job.comfy_id, None)

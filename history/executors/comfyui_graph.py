@@ -210,6 +210,7 @@ def observed_record(entry, server: str, seen_at: datetime.datetime | None = None
         "params": params,
         "seeds": seeds,
         "source": source(extra_data, server),
+        "comfyui_server": server,
         "graph": graph,
         "ui_workflow": ui_workflow(extra_data),
     }

@@ -189,7 +189,7 @@ def delete_and_announce(prompt_ids: list[str]) -> jobs.DeleteReport:
 
 def delete_bulk_and_announce(bulk: Bulk) -> jobs.DeleteReport:
     """Delete what a bulk filter matches now (raise jobs.CountChanged if not ``expect`` jobs) and announce it."""
-    output_root = current_app.config["STUDIO"].output_dir
+    output_root = current_app.config["STUDIO"].output_roots
     return timed_delete(lambda: jobs.delete_matching(bulk.history_filter, output_root, bulk.expect, bulk.include_starred))
 
 
@@ -215,7 +215,7 @@ def history_usage():
         bulk = read_bulk(payload, need_expect=False)
         return jsonify(jobs.removal_usage(bulk.history_filter, bulk.include_starred))
     prompt_ids = read_prompt_ids(payload)
-    return jsonify(jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir))
+    return jsonify(jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_roots))
 
 
 @bp.post("/api/admin/history/star")
@@ -414,6 +414,7 @@ def package_members(job) -> list[tuple[str, object]]:
     that cannot be resolved safely is left out.
     """
     settings = current_app.config["STUDIO"]
+    output_root = settings.output_roots.of(job.comfyui_server)  # the folder of the ComfyUI server that ran it
     members: list[tuple[str, object]] = [("job.json", (json.dumps(job.to_dict(), indent=2) + "\n").encode())]
     if job.input_image:
         try:
@@ -430,7 +431,7 @@ def package_members(job) -> list[tuple[str, object]]:
         members.append(("workflow.json", (json.dumps(kept.ui_workflow, indent=2) + "\n").encode()))
     if job.output_dir:
         try:
-            folder = files.job_folder(settings.output_dir, job.output_dir)
+            folder = files.job_folder(output_root, job.output_dir)
         except files.UnsafePath:
             folder = None
         if folder is not None:
@@ -442,7 +443,7 @@ def package_members(job) -> list[tuple[str, object]]:
         names = set()
         for ref in job.outputs or []:
             try:
-                path = files.output_file(settings.output_dir, ref)
+                path = files.output_file(output_root, ref)
             except files.UnsafePath:
                 continue
             if ref.get("type", "output") == "output" and files.regular_file(path) is not None and path.name not in names:

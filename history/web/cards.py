@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 
+from flask import current_app
 from flask import url_for
 
 from history import jobs
@@ -56,6 +57,14 @@ class Card:
     image_count: int
     retry: RetryState | None
     source: str | None = None  # where a prompt another ComfyUI client queued came from
+    server: str | None = None  # the ComfyUI server that ran it, when the studio has more than that one
+
+
+def shown_server(job: Job) -> str | None:
+    """The ComfyUI server a card names: the job's, unless it is the studio's only server (then it says nothing)."""
+    if not job.comfyui_server:
+        return None
+    return None if current_app.config["STUDIO"].comfyui_urls == (job.comfyui_server,) else job.comfyui_server
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,7 @@ def retry_state(job: Job, latest_retry: str | None, error: str | None = None) ->
 def _thumbnail(job: Job, images: list[dict]) -> str | None:
     """The card's thumbnail: the first output image, else the input image (an image-to-video job), else None."""
     if images:
-        return media.thumbnail_url(images[0])
+        return media.thumbnail_url(images[0], job.comfyui_server)
     if job.input_image:
         return media.input_thumbnail_url(job.input_image)
     return None
@@ -143,6 +152,7 @@ def job_card(job: Job, latest_retry: str | None = None, compact: bool = False) -
         image_count=len(images),
         retry=None if compact else retry_state(job, latest_retry),
         source=job.source,
+        server=shown_server(job),
     )
 
 

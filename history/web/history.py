@@ -371,7 +371,7 @@ def history_delete_confirm():
             return _render_page(**context)
         return _fragment_headers(make_response(render_template("bulk_confirm.html", **context)))
     prompt_ids = _selected_ids()
-    usage = jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_dir)
+    usage = jobs.delete_usage(prompt_ids, current_app.config["STUDIO"].output_roots)
     confirm = {
         "prompt_ids": prompt_ids,
         "count": len(prompt_ids),
@@ -595,7 +595,7 @@ def bulk_apply():
     the_studio = studio()
     try:
         if action == "delete":
-            output_root = current_app.config["STUDIO"].output_dir
+            output_root = current_app.config["STUDIO"].output_roots
             report = the_studio.delete(lambda: jobs.delete_matching(bulk.history_filter, output_root, bulk.expect, bulk.include_starred))
             notice = report
         else:
@@ -693,7 +693,7 @@ def history_compare():
     a, b = pair
     rows = compare_rows(a, b)
     sections = [(section, [row for row in rows if row.section == section]) for section in dict.fromkeys(row.section for row in rows)]
-    thumbs = [[media.thumbnail_url(ref) for ref in card_images(job.outputs)] for job in pair]
+    thumbs = [[media.thumbnail_url(ref, job.comfyui_server) for ref in card_images(job.outputs)] for job in pair]
     return render_template(
         "compare.html", a=a, b=b, rows=rows, sections=sections, differing=sum(row.differs for row in rows),
         a_thumbs=thumbs[0], b_thumbs=thumbs[1],

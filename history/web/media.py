@@ -61,13 +61,25 @@ def _regular_file(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
+def _output_root() -> Path:
+    """The output folder a media URL names: a ComfyUI server's own (``?server=<position>``), else the shared one."""
+    settings = _settings()
+    position = request.args.get("server")
+    if position is None:
+        return settings.output_dir
+    root = settings.output_roots.at(position) if position.isdigit() else None
+    if root is None:
+        abort(404, f"no ComfyUI server at position {position[:8]!r} has its own output folder")
+    return root
+
+
 def _resolve(kind: str, path: str) -> Path:
     """The file that ``path`` names under the ``kind`` folder; abort 404 when unsafe or not a file."""
     settings = _settings()
     try:
         if kind == "output":
             subfolder, _, filename = path.rpartition("/")
-            root = settings.output_dir
+            root = _output_root()
             source = files.output_file(root, {"filename": filename, "subfolder": subfolder})
         elif kind == "input":
             root = settings.input_dir
@@ -169,21 +181,27 @@ def placeholder_response():
 
 # ---- Media URLs: every media URL a page shows is built here (history.web.templating registers them) --------------------------------
 
-def _locate(ref) -> tuple[str, str, Path] | None:
-    """(kind, path in the URL, file) for an output reference, or None when unsafe or temp (files.locate_ref)."""
+def _locate(ref, server: str | None = None) -> tuple[str, str, Path] | None:
+    """(kind, path in the URL, file) for an output reference of a job run on ``server``, or None (files.locate_ref)."""
     settings = _settings()
-    return files.locate_ref(ref, settings.output_dir, settings.input_dir, settings.data_dir)
+    return files.locate_ref(ref, settings.output_roots.of(server), settings.input_dir, settings.data_dir)
 
 
-def output_url(ref) -> str | None:
-    """The URL of an output reference's file, or None when it is unsafe or missing."""
-    located = _locate(ref)
+def _server_args(kind: str, server: str | None) -> dict:
+    """The query that names the output folder of a job's ComfyUI server, when that server has its own."""
+    position = _settings().output_roots.position(server) if kind == "output" else None
+    return {} if position is None else {"server": position}
+
+
+def output_url(ref, server: str | None = None) -> str | None:
+    """The URL of an output reference's file (of a job run on ComfyUI ``server``), or None when unsafe or missing."""
+    located = _locate(ref, server)
     if located is None or _regular_file(located[2]) is None:
         return None
     kind, relative, _source = located
     if kind == "input":
         return url_for("media.input", name=relative)
-    return url_for("media.output", path=relative)
+    return url_for("media.output", path=relative, **_server_args(kind, server))
 
 
 def input_url(name) -> str | None:
@@ -191,26 +209,26 @@ def input_url(name) -> str | None:
     return output_url(_input_ref(name))
 
 
-def _rendition_url(ref, endpoint: str) -> str | None:
+def _rendition_url(ref, endpoint: str, server: str | None = None) -> str | None:
     """The versioned URL of a cached rendition of an output reference, or None (unsafe, missing, not an image)."""
-    located = _locate(ref)
+    located = _locate(ref, server)
     if located is None or not thumbnails.can_thumbnail(located[1]):
         return None
     kind, relative, source = located
     version = thumbnails.file_version(source)
     if version is None:
         return None
-    return url_for(endpoint, kind=kind, path=relative, v=version)
+    return url_for(endpoint, kind=kind, path=relative, v=version, **_server_args(kind, server))
 
 
-def thumbnail_url(ref) -> str | None:
+def thumbnail_url(ref, server: str | None = None) -> str | None:
     """The versioned thumbnail URL of an output reference, or None (unsafe, missing, or not an image Pillow reads)."""
-    return _rendition_url(ref, "media.thumbnail")
+    return _rendition_url(ref, "media.thumbnail", server)
 
 
-def preview_url(ref) -> str | None:
+def preview_url(ref, server: str | None = None) -> str | None:
     """The versioned preview URL of an output reference (the thumbnail's larger, uncropped sibling), or None."""
-    return _rendition_url(ref, "media.preview")
+    return _rendition_url(ref, "media.preview", server)
 
 
 def input_thumbnail_url(name) -> str | None:
@@ -256,8 +274,8 @@ def output_views(job) -> list[OutputView]:
     views = []
     for index, ref in enumerate(saved or refs):
         filename = str(ref.get("filename", ""))
-        located = _locate(ref)
-        url = output_url(ref)
+        located = _locate(ref, job.comfyui_server)
+        url = output_url(ref, job.comfyui_server)
         if located is None or url is None:
             views.append(OutputView(index, filename, "missing", None, None))
             continue
@@ -267,7 +285,7 @@ def output_views(job) -> list[OutputView]:
         elif name.endswith(".gif") or (ref.get("animated") and name.endswith(ANIMATED_IMAGE)):
             kind, src = "animated", url
         elif thumbnails.can_thumbnail(name):
-            kind, src = "image", preview_url(ref) or url
+            kind, src = "image", preview_url(ref, job.comfyui_server) or url
         else:
             kind, src = "file", None
         width, height = _drawn_size(located[2], kind)
@@ -317,8 +335,13 @@ MAX_LISTED = 1000
 
 def folder_listing(output_dir: str) -> FolderListing:
     """List one job folder's files with URLs, thumbnails, sizes and (for images) dimensions; raise UnsafePath."""
-    folder = files.job_folder(_settings().output_dir, output_dir)
-    if not folder.is_dir():
+    roots = _settings().output_roots
+    # The folder is in the output folder of the ComfyUI server that wrote it: the shared one, or a server's own.
+    for server in (None, *roots.own):
+        folder = files.job_folder(roots.of(server), output_dir)
+        if folder.is_dir():
+            break
+    else:
         return FolderListing(output_dir=output_dir, exists=False)
     paths = files.job_files(folder)
     listing = FolderListing(output_dir=output_dir, exists=True, more=max(0, len(paths) - MAX_LISTED))
@@ -337,8 +360,8 @@ def folder_listing(output_dir: str) -> FolderListing:
             size=st.st_size,
             modified=datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc),
             kind=kind,
-            url=output_url(ref),
-            thumbnail_url=thumbnail_url(ref) if kind == "image" else None,
+            url=output_url(ref, server),
+            thumbnail_url=thumbnail_url(ref, server) if kind == "image" else None,
             width=size[0] if size else None,
             height=size[1] if size else None,
         ))
@@ -356,9 +379,10 @@ class FolderSummary:
 
 
 def recent_folders(limit: int = 100) -> list[FolderSummary]:
-    """The newest job folders (by name) with their file counts and sizes."""
+    """The newest job folders (by name) with their file counts and sizes, from every output folder."""
     summaries = []
-    for folder in files.recent_job_folders(_settings().output_dir, limit):
+    every = [folder for root in _settings().output_roots.every() for folder in files.recent_job_folders(root, limit)]
+    for folder in sorted(every, key=lambda folder: folder.name, reverse=True)[:limit]:
         count, size = files.folder_usage(folder)
         summaries.append(FolderSummary(output_dir=folder.name, files=count, size=size))
     return summaries

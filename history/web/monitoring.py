@@ -29,14 +29,16 @@ def executor_state() -> dict:
     the_studio = studio()
     settings = current_app.config["STUDIO"]
     executor = the_studio.executor
-    if not settings.comfyui_url:
+    if not settings.comfyui_urls:
         return {"kind": "builtin", "reachable": True}
-    connected = getattr(executor, "connected", None)
+    states = executor.server_states() if hasattr(executor, "server_states") else []
     return {
         "kind": "comfyui",
-        "url": settings.comfyui_url,
-        "reachable": bool(connected() if callable(connected) else connected),
+        "url": ",".join(settings.comfyui_urls),
+        # Reachable while some server can take a job; "servers" says which.
+        "reachable": any(state["up"] for state in states),
         "running": the_studio.started,
+        "servers": [{"url": state["url"], "reachable": state["up"]} for state in states],
     }
 
 

@@ -1,5 +1,7 @@
-"""The queue page: queued and running jobs with their progress, live."""
+"""The queue page: queued and running jobs with their progress, and each ComfyUI server's load, live."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from flask import Blueprint
 from flask import make_response
@@ -12,11 +14,42 @@ from history.studio import studio
 bp = Blueprint("queue", __name__)
 
 
+@dataclass(frozen=True)
+class ServerState:
+    """One ComfyUI server as the queue page shows it."""
+
+    url: str
+    up: bool | None  # None: this process runs no jobs, so it follows no server
+    queue_remaining: int | None
+    running: list  # the Job records running there now
+
+
+def server_states(active: list) -> list[ServerState]:
+    """Each configured ComfyUI server's state, with the active jobs (of ``active``) that run on it."""
+    the_studio = studio()
+    states = getattr(the_studio.executor, "server_states", None)
+    if states is None:
+        return []
+    by_id = {job.prompt_id: job for job in active}
+    shown = []
+    for state in states():
+        running = [by_id[prompt_id] for prompt_id in state["running"] if prompt_id in by_id]
+        if not the_studio.started:
+            shown.append(ServerState(state["url"], None, None, running))
+        else:
+            shown.append(ServerState(state["url"], state["up"], state["queue_remaining"], running))
+    return shown
+
+
 @bp.get("/admin/queue")
 def queue():
     """Queued and running jobs with their progress, live: the page, or (for htmx) its list alone."""
     progress = studio().runner.progress_snapshot()
-    context = {"entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in jobs.active_jobs()]}
+    active = list(jobs.active_jobs())
+    context = {
+        "entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in active],
+        "servers": server_states(active),
+    }
     # The list polls itself with hx-get on this URL; htmx says so with HX-Request.
     template = "queue_list.html" if request.htmx else "queue.html"
     response = make_response(render_template(template, **context))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import urllib.parse
 from zoneinfo import ZoneInfo
 
 from flask import Flask
@@ -106,6 +107,12 @@ def human_size(size) -> str:
     return ""  # unreachable
 
 
+def server_name(url) -> str:
+    """A ComfyUI server's address as a card names it: host and port (``127.0.0.1:8189``), its path if it has one."""
+    parts = urllib.parse.urlsplit(str(url or ""))
+    return (parts.netloc + parts.path.rstrip("/")) or str(url or "")
+
+
 def param_kind(job, key: str, value) -> str:
     """How the overlay shows a parameter: prompt, scenes, image, seed, json or text."""
     if key in PROMPT_KEYS and isinstance(value, str):
@@ -136,6 +143,7 @@ FILTERS = {
     "same_local_day": same_local_day,
     "duration": format_duration,
     "pretty_json": pretty_json,
+    "server_name": server_name,
 }
 
 GLOBALS = {

@@ -1,0 +1,143 @@
+"""Several ComfyUI servers (one per GPU) as one executor: each job goes to the up server with the shortest queue.
+
+Each server keeps its own ComfyUIExecutor: one websocket and its HTTP requests, its own reconcile, and its
+own observing of what other clients queue there (prompt ids are unique across servers, and a server only
+ever follows the jobs handed to it or found in its own queue and history, so one server's sweep never
+touches another's jobs). A server's load is its last status frame's ``queue_remaining`` plus the jobs this
+studio posted there that no status frame has counted yet. No Flask and no database here.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from history.executors.base import Executor
+from history.executors.base import ExecutorUnavailable
+from history.executors.base import Reporter
+from history.executors.base import Submission
+from history.executors.comfyui import ComfyUIExecutor
+
+log = logging.getLogger(__name__)
+
+
+class ComfyUIServers(Executor):
+    """Runs jobs on one or more ComfyUI servers, each job on the up server with the shortest queue."""
+
+    def __init__(self, reporter: Reporter, urls, observe: bool = True, client_id: str | None = None, **options):
+        super().__init__(reporter)
+        if not urls:
+            raise ValueError("ComfyUIServers needs at least one ComfyUI address")
+        # One client id for the studio on every server: each server's frames come to its own socket.
+        self.client_id = client_id or str(uuid.uuid4())
+        self.servers = [
+            ComfyUIExecutor(reporter, url, client_id=self.client_id, observe=observe, **options) for url in urls
+        ]
+        self._lock = threading.Lock()
+        self._turn = 0  # where the next tie is broken: servers take equal loads in turn
+
+    # -- the Executor interface ---------------------------------------------------------------
+
+    def start(self, pending: list[str]) -> None:
+        """Hand each leftover job to the server its record names (one with none to the first), then connect."""
+        servers = self.reporter.servers_of(list(pending)) if pending else {}
+        first = self.servers[0].base_url
+        known = {server.base_url: server for server in self.servers}
+        mine: dict[str, list[str]] = {url: [] for url in known}
+        for prompt_id in pending:
+            # A record from before servers were recorded ran on the one server the studio had then.
+            url = servers.get(prompt_id) or first
+            if url in mine:
+                mine[url].append(prompt_id)
+            else:
+                log.warning("job %s ran on %s, which is no longer in STUDIO_COMFYUI_URL; left as it is", prompt_id, url)
+        for server in self.servers:
+            server.start(mine[server.base_url])
+
+    def submit(self, submission: Submission) -> None:
+        """Post the job to the up server with the shortest queue; try the next when one cannot be reached."""
+        if len(self.servers) == 1:
+            # One server: exactly its own behaviour (it waits a moment for its socket, then posts anyway).
+            self._post(self.servers[0], submission)
+            return
+        if not any(server.connected for server in self.servers):
+            self._wait_any_connected(min(ComfyUIExecutor.connect_wait, self.servers[0].http_timeout))
+        failures = []
+        for server in self._by_load():
+            try:
+                self._post(server, submission)
+                return
+            except ExecutorUnavailable as error:
+                failures.append(str(error))
+        raise ExecutorUnavailable("no ComfyUI server can take the job: " + "; ".join(failures))
+
+    def stop(self) -> None:
+        """Close every server's websocket; jobs stay as they are in the store."""
+        for server in self.servers:
+            server.stop()
+
+    def forget(self, prompt_id: str) -> None:
+        """Stop following a job on whichever server follows it."""
+        for server in self.servers:
+            server.forget(prompt_id)
+
+    # -- more for the runner, the queue page and health -----------------------------------------
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take a job out of the queue of the server that has it, or interrupt it there."""
+        server = next((server for server in self.servers if prompt_id in server.following()), None)
+        if server is None:
+            url = self.reporter.servers_of([prompt_id]).get(prompt_id)
+            server = next((server for server in self.servers if server.base_url == url), self.servers[0])
+        server.cancel(prompt_id)
+
+    def reconcile(self) -> None:
+        """Ask every server about the jobs it follows."""
+        for server in self.servers:
+            server.reconcile()
+
+    @property
+    def connected(self) -> bool:
+        """Whether every server's websocket is open and reconciled."""
+        return all(server.connected for server in self.servers)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until every server is connected; answer whether they are."""
+        deadline = time.monotonic() + timeout
+        return all(server.wait_connected(max(0.0, deadline - time.monotonic())) for server in self.servers)
+
+    def following(self) -> list[str]:
+        """The prompt ids every server follows."""
+        return [prompt_id for server in self.servers for prompt_id in server.following()]
+
+    def server_states(self) -> list[dict]:
+        """Each server as the queue page shows it: url, up, queue_remaining (its load) and the jobs running there."""
+        return [
+            {"url": server.base_url, "up": server.connected, "queue_remaining": server.load, "running": server.running()}
+            for server in self.servers
+        ]
+
+    # -- choosing --------------------------------------------------------------------------------
+
+    def _by_load(self) -> list[ComfyUIExecutor]:
+        """The up servers, shortest queue first, equal queues in turn; every server when none is up."""
+        with self._lock:
+            count = len(self.servers)
+            turn = self._turn
+            self._turn = (turn + 1) % count
+        rotated = [self.servers[(turn + offset) % count] for offset in range(count)]
+        up = [server for server in rotated if server.connected]
+        return sorted(up, key=lambda server: server.load) if up else rotated
+
+    def _post(self, server: ComfyUIExecutor, submission: Submission) -> None:
+        """Record the server as the job's, then post it there."""
+        self.reporter.placed(submission.prompt_id, server.base_url)
+        server.submit(submission)
+
+    def _wait_any_connected(self, timeout: float) -> None:
+        """Wait a moment for some server's websocket to open (the studio just started)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(server.connected for server in self.servers):
+            if self.servers[0].wait_connected(min(0.05, max(0.0, deadline - time.monotonic()))):
+                return
