@@ -15,7 +15,7 @@ from tests.conftest import write_image
 RECORD_KEYS = [
     "prompt_id", "workflow_id", "workflow_name", "status", "queued_at", "started_at", "finished_at",
     "duration", "params", "seeds", "input_image", "output", "outputs", "starred", "bytes", "output_dir", "error", "retry_of",
-    "source",
+    "source", "comfyui_server",
 ]
 
 

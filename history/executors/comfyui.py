@@ -189,10 +189,10 @@ class ComfyUIExecutor(Executor):
         self._sweep_due: float | None = None
         self._lost_at: datetime.datetime | None = None
         # The server's load, for choosing where a job goes: its queue as its last status frame told
-        # (exec_info.queue_remaining: pending plus running), and the jobs posted here that no status
-        # frame has counted yet (prompt_id -> whether POST /prompt answered), so a burst spreads.
+        # (exec_info.queue_remaining: pending plus running), and the jobs posted here since that frame,
+        # so a burst of submits spreads before the frames that count them arrive.
         self.queue_remaining = 0
-        self._uncounted: dict[str, bool] = {}
+        self._uncounted: set[str] = set()
         # Whether a websocket was open since the server was last found down: a refused connect after
         # one means the server went away, and the jobs it ran end stalled.
         self._was_up = False
@@ -213,7 +213,7 @@ class ComfyUIExecutor(Executor):
         # Track the job before posting: its first frames can arrive before POST /prompt answers.
         with self._lock:
             self._jobs[prompt_id] = job
-            self._uncounted[prompt_id] = False
+            self._uncounted.add(prompt_id)
         self._follow_in_background()
         self._connected.wait(min(self.connect_wait, self.http_timeout))
         body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
@@ -228,8 +228,6 @@ class ComfyUIExecutor(Executor):
             comfy_id = str(answer["prompt_id"])
             with self._lock:
                 job.submitting = False
-                if prompt_id in self._uncounted:
-                    self._uncounted[prompt_id] = True  # the next status frame counts it
                 recheck = job.recheck
                 if comfy_id != prompt_id and self._jobs.get(prompt_id) is job:
                     # A ComfyUI older than caller-chosen prompt ids mints its own: frames and history use it.
@@ -583,8 +581,6 @@ class ComfyUIExecutor(Executor):
         job = self._job(data.get("prompt_id"))
         if handler is None or job is None:
             return  # other clients' jobs, forgotten jobs, the reconnect "executing" hint, frames we do not use
-        with self._lock:
-            self._uncounted.pop(job.prompt_id, None)  # it runs: the queue it was counted in is past
         handler(self, job, data)
 
     def _note_queue_remaining(self, data: dict) -> None:
@@ -596,10 +592,9 @@ class ComfyUIExecutor(Executor):
             return
         with self._lock:
             self.queue_remaining = remaining
-            # A post that had answered before this frame was sent is in its count (ComfyUI queues a
-            # prompt, then sends status, then answers the POST; so a frame after the answer counts it).
-            for prompt_id in [pid for pid, answered in self._uncounted.items() if answered]:
-                del self._uncounted[prompt_id]
+            # ComfyUI queues a prompt, sends this frame and then answers the POST: a post made before
+            # the frame is read is in its count (one still on its way is counted by the frame it causes).
+            self._uncounted.clear()
 
     def _on_execution_start(self, job: _Job, data: dict) -> None:
         """The job runs."""
@@ -759,7 +754,7 @@ class ComfyUIExecutor(Executor):
     def _settle(self, prompt_id: str) -> _Job | None:
         """Stop following a job that ended; only the caller that gets it back reports the end."""
         with self._lock:
-            self._uncounted.pop(prompt_id, None)
+            self._uncounted.discard(prompt_id)
             job = self._jobs.pop(prompt_id, None)
             if job is not None and job.comfy_id:
                 self._aliases.pop(job.comfy_id, None)
