@@ -63,9 +63,10 @@ SQLITE_SCHEMA = [
     "INSERT INTO job_search (job_search, rowid, workflow_name, prompt_id, prompts) "
     f"VALUES ('delete', {_sqlite_values('old')}); "
     f"INSERT INTO job_search (rowid, workflow_name, prompt_id, prompts) VALUES ({_sqlite_values('new')}); END",
-    # Rows written before the index existed.
-    f"INSERT INTO job_search (rowid, workflow_name, prompt_id, prompts) SELECT {_sqlite_values('job')} FROM job",
 ]
+# Rows written before the index existed (or by a bulk load that ran without the triggers).
+SQLITE_FILL = f"INSERT INTO job_search (rowid, workflow_name, prompt_id, prompts) SELECT {_sqlite_values('job')} FROM job"
+SQLITE_SCHEMA.append(SQLITE_FILL)
 
 # ---- PostgreSQL: pg_trgm GIN over one immutable function -----------------------------------------
 

@@ -93,3 +93,19 @@ def test_a_store_from_before_the_tallies_gets_them_filled_from_its_jobs(app_conf
             assert jobs.storage_stats(NOW) == before
     finally:
         second.extensions["studio"].stop()
+
+
+def test_a_bulk_load_leaves_the_search_index_and_tallies_as_the_triggers_keep_them(make_job, db):
+    from bench.fill import fill_jobs
+
+    made = [make_job("completed"), make_job("error", workflow_id="scenes-example")]
+    schema = database.get_indexes("job")
+    fill_jobs(300, start=10)
+    assert tallied() == counted() and sum(count for count, _size, _measured in counted().values()) == 302
+    assert sorted(index.name for index in database.get_indexes("job")) == sorted(index.name for index in schema)
+    for needle in ("number 7", "lighthouse", made[1].prompt_id[:13]):
+        found = {prompt_id for (prompt_id,) in Job.select(Job.prompt_id).where(jobs.text_matches(needle)).tuples()}  # the index
+        expected = {job.prompt_id for job in Job.select() if needle.lower() in " ".join(
+            [job.workflow_name, job.prompt_id, *(job.params.get(key, "") for key in ("positive_prompt", "negative_prompt")),
+             *(scene["prompt"] for scene in job.params.get("scenes", []))]).lower()}
+        assert found == expected and found
