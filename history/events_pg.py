@@ -45,6 +45,8 @@ class PostgresEventBus(EventBus):
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
+        # The listener also LISTENs here, so stop() can end its wait for notifications at once.
+        self._stop_channel = f"studio_history_stop_{self.sender}"
         self._changes = 0  # CHANGES_CHANNEL notifications heard (and reconnects, which may have missed some)
 
     def start(self) -> None:
@@ -65,6 +67,7 @@ class PostgresEventBus(EventBus):
         """Stop the listener, close both connections and end every subscription."""
         self._stopping.set()
         if self._thread is not None:
+            self._wake_listener()
             self._thread.join(timeout=5)
             self._thread = None
         with self._publish_lock:
@@ -88,13 +91,22 @@ class PostgresEventBus(EventBus):
             # Other processes fall back to polling for this one event; this process already has it.
             log.warning("could not NOTIFY %s: %s", event_type, error)
 
-    def _notify(self, payload: str) -> None:
+    def _wake_listener(self) -> None:
+        """NOTIFY the listener's own stop channel: without it, stopping waits out the listener's 0.5 s timeout."""
+        if not self._listening.is_set():
+            return
+        try:
+            self._notify("", channel=self._stop_channel)
+        except psycopg.Error as error:
+            log.warning("could not wake the event listener (%s); it stops within 0.5 s", error)
+
+    def _notify(self, payload: str, channel: str = CHANNEL) -> None:
         with self._publish_lock:
             for attempt in (1, 2):
                 try:
                     if self._publisher is None or self._publisher.closed:
                         self._publisher = psycopg.connect(self.url, autocommit=True)
-                    self._publisher.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    self._publisher.execute("SELECT pg_notify(%s, %s)", (channel, payload))
                     return
                 except psycopg.OperationalError:
                     if self._publisher is not None:
@@ -124,10 +136,13 @@ class PostgresEventBus(EventBus):
                 with psycopg.connect(self.url, autocommit=True) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     connection.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    connection.execute(f"LISTEN {self._stop_channel}")
                     self._changes += 1
                     self._listening.set()
                     while not self._stopping.is_set():
                         for notify in connection.notifies(timeout=0.5):
+                            if self._stopping.is_set():
+                                break
                             if notify.channel == CHANGES_CHANNEL:
                                 self._changes += 1
                             else:
