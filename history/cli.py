@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import json
 import os
+import signal
 import sys
 
 import click
@@ -32,6 +33,7 @@ from history.models import STATUSES
 from history.models import iso
 from history.models import known_status
 from history.studio import studio
+from history.workers import RunnerRefused
 from history.web.login import api_token_command
 
 history_cli = AppGroup("history", help="Manage the job store.")
@@ -277,14 +279,55 @@ def serve(host: str, port: int, insecure: bool, debug: bool, use_gunicorn: bool,
         run_gunicorn(host, port, threads)
         return
     app = load_app()
+    the_studio = app.extensions["studio"]
     if not debug:
         # Run the executor (and the demo jobs on a fresh store) now, not on the first request; with the
         # debug reloader the serving child starts it on its first request instead.
-        app.extensions["studio"].start()
+        start_studio(app)
+        # SIGTERM (systemd, a container) stops the studio cleanly: a worker retires its heartbeat, so
+        # another takes over what it ran at once instead of after the heartbeat expires.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     prefix = app.config["STUDIO"].url_prefix
-    if port:  # with --port 0 the OS picks one: Werkzeug's "Running on" line says which
-        click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
-    app.run(host=host, port=port, debug=debug, use_reloader=debug, threaded=True)
+    try:
+        if the_studio.role == "worker":
+            serve_health(app, host, port)
+            return
+        if port:  # with --port 0 the OS picks one: Werkzeug's "Running on" line says which
+            click.echo(f" * Studio History: http://{host}:{port}{prefix}/admin/history")
+        app.run(host=host, port=port, debug=debug, use_reloader=debug, threaded=True)
+    finally:
+        the_studio.stop()
+
+
+def start_studio(app) -> None:
+    """Start the app's background work now; a process refused the jobs (SQLite has a runner) stops here."""
+    try:
+        app.extensions["studio"].start()
+    except RunnerRefused as refused:
+        raise StudioError(str(refused)) from None
+
+
+def serve_health(app, host: str, port: int) -> None:
+    """Serve a worker's /healthz and /metrics (all a worker answers) until SIGTERM or Ctrl-C."""
+    from werkzeug.serving import make_server  # Werkzeug's server without its development banner
+
+    server = make_server(host, port, app, threaded=True)
+    prefix = app.config["STUDIO"].url_prefix
+    click.echo(f" * Studio History worker {app.extensions['studio'].worker_id}: "
+               f"http://{host}:{server.server_port}{prefix}/healthz", )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def stop_gunicorn_worker(arbiter, worker) -> None:
+    """gunicorn's worker_exit hook, in the worker process: stop its studio (a worker retires its heartbeat)."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "studio" in getattr(app, "extensions", {}):
+        app.extensions["studio"].stop()
 
 
 def run_gunicorn(host: str, port: int, threads: int) -> None:
@@ -305,11 +348,15 @@ def run_gunicorn(host: str, port: int, threads: int) -> None:
                 "worker_class": "gthread",
                 "threads": threads,
                 "control_socket_disable": True,
+                # In the worker process, as it exits: a worker retires its heartbeat (see serve).
+                "worker_exit": stop_gunicorn_worker,
             }.items():
                 self.cfg.set(name, value)
 
         def load(self):
-            return load_app()
+            app = load_app()
+            start_studio(app)  # in gunicorn's worker process; a refusal fails its boot, and gunicorn stops
+            return app
 
     load_app()  # a bad setting stops here with one line, not in a worker that gunicorn restarts
     StudioServer().run()

@@ -177,6 +177,22 @@ def comfyui_output_dirs(name: str, raw: str | None, seen: dict) -> tuple[Path, .
     return folders
 
 
+ROLES = ("all", "web", "worker")
+
+
+def role(name: str, raw: str | None, seen: dict) -> str:
+    """all, web or worker; web and worker need PostgreSQL (on SQLite one ``all`` process is the only layout)."""
+    value = (raw or "all").strip().lower()
+    if value not in ROLES:
+        raise ConfigError(f"{name} must be one of {', '.join(ROLES)}, got {raw!r}")
+    if value != "all" and seen["database_url"].startswith("sqlite"):
+        raise ConfigError(
+            f"{name}={value} needs PostgreSQL (STUDIO_DATABASE_URL=postgresql://...): on SQLite one process "
+            f"does everything, so leave {name} unset (all)"
+        )
+    return value
+
+
 def secret_key(name: str, raw: str | None, seen: dict) -> str:
     """The given key, or the one kept in the data folder (made the first time)."""
     return raw or _secret_key(seen["data_dir"])
@@ -229,6 +245,12 @@ VARIABLES = (
     Variable("STUDIO_COMFYUI_OBSERVE", "comfyui_observe", bool, flag("1"), "1",
              "also record the prompts other clients queue on those ComfyUI servers, and import their history on the "
              "first connection; 0 turns it off"),
+    Variable("STUDIO_ROLE", "role", str, role, "all",
+             "`web` serves pages, API and websockets and runs nothing; `worker` runs jobs and serves only /healthz "
+             "and /metrics; `all` does both in one process (web and worker need PostgreSQL)"),
+    Variable("STUDIO_HEARTBEAT_SECONDS", "heartbeat_seconds", float, number("10", minimum=0.05), "10",
+             "how often a process that runs jobs says it is alive; another takes its jobs over after three "
+             "silent intervals"),
     Variable("STUDIO_WORKFLOWS_DIR", "workflows_dir", Path, workflows_dir, "history/workflows", "folder of workflow definitions"),
     Variable("STUDIO_BUSY_SECONDS", "busy_seconds", float, number("15", minimum=0.0), "15",
              "how long a write waits for another process's SQLite write lock before answering 503"),

@@ -34,6 +34,7 @@ from history.models import COMPLETED
 from history.models import HISTORY_STATUSES
 from history.models import QUEUED
 from history.models import RETRYABLE_STATUSES
+from history.models import STALLED
 from history.models import iso
 from history.models import known_status
 from history.models import STATUSES
@@ -500,19 +501,21 @@ def discard_queued(prompt_id: str) -> None:
         Job.delete().where((Job.prompt_id == prompt_id) & (Job.status == QUEUED)).execute()
 
 
-def update_active(prompt_id: str, change) -> Job | None:
+def update_active(prompt_id: str, change, after_stall: bool = False) -> Job | None:
     """Apply ``change(job)`` (the values to write) to a queued or running job in one transaction.
 
     None when the job is not active: it ended or was deleted meanwhile, and is never brought back
-    (``UPDATE ... WHERE status IN (queued, running)``).
+    (``UPDATE ... WHERE status IN (queued, running)``). ``after_stall`` lets a job marked stalled take its
+    real end (the executor reported it after all); a completed, failed or deleted job stays as it is.
     """
+    statuses = ACTIVE_STATUSES + ((STALLED,) if after_stall else ())
     with connection(), database.atomic():
         job = Job.get_or_none(Job.prompt_id == prompt_id)
-        if job is None or job.status not in ACTIVE_STATUSES:
+        if job is None or job.status not in statuses:
             return None
         updated = (
             Job.update(**change(job))
-            .where((Job.prompt_id == prompt_id) & (Job.status.in_(ACTIVE_STATUSES)))
+            .where((Job.prompt_id == prompt_id) & (Job.status.in_(statuses)))
             .execute()
         )
         return Job.get_or_none(Job.prompt_id == prompt_id) if updated else None
@@ -1462,14 +1465,16 @@ def _observed_values(record: dict, output_root) -> tuple[dict, dict]:
     return values, graph
 
 
-def insert_observed(record: dict, status: str) -> Job | None:
-    """Record a prompt another client queued (queued or running) unless a record has its id; None then."""
+def insert_observed(record: dict, status: str, owner: str | None = None) -> Job | None:
+    """Record a prompt another client queued (queued or running), held by ``owner`` (the worker that follows
+    it), unless a record has its id; None then."""
     try:
         values, graph = _observed_values(record, None)
     except InvalidRecord as error:
         log.warning("not recording ComfyUI prompt %r: %s", record.get("prompt_id"), error)
         return None
     values["status"] = status
+    values["owner"] = owner
     if status == "running":
         values["started_at"] = values["started_at"] or values["queued_at"]
     with connection(), database.atomic():

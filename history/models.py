@@ -10,6 +10,7 @@ from peewee import CompositeKey
 from peewee import DateField
 from peewee import DateTimeField
 from peewee import FloatField
+from peewee import IntegerField
 from peewee import JSONField
 from peewee import SQL
 from peewee import TextField
@@ -91,6 +92,10 @@ class Job(BaseModel):
     source = TextField(null=True)
     # The ComfyUI server (its STUDIO_COMFYUI_URL address) that ran the job; None for the built-in executor's.
     comfyui_server = TextField(null=True)
+    # The worker process (Worker.worker_id) that holds a queued or running job: only it reports on the job
+    # until its heartbeat expires and another takes it over (history/workers.py). None while a job waits
+    # for a worker (it is in job_waiting then), and for records from before workers had ids.
+    owner = CharField(max_length=128, null=True, index=True)
 
     class Meta:
         table_name = "job"
@@ -252,6 +257,30 @@ def best_output(outputs: list[dict]) -> dict | None:
 def clean_ref(ref: dict) -> dict:
     """An output reference as stored: just ComfyUI's {filename, subfolder, type}."""
     return {"filename": ref.get("filename"), "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}
+
+
+class Worker(BaseModel):
+    """A process that runs jobs (STUDIO_ROLE all or worker), alive while its heartbeat is fresh."""
+
+    worker_id = CharField(primary_key=True, max_length=128)
+    role = CharField(max_length=16)
+    host = TextField()
+    pid = IntegerField()
+    started = UTCDateTimeField(default=utcnow)
+    heartbeat_at = UTCDateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "worker"
+
+
+class WaitingJob(BaseModel):
+    """A queued job that no worker holds yet (posted to a web process): the first free worker claims it."""
+
+    prompt_id = CharField(primary_key=True, max_length=64)
+    queued_at = UTCDateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "job_waiting"
 
 
 class EndedLogin(BaseModel):

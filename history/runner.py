@@ -3,7 +3,9 @@
 The ``Runner`` is the Reporter every executor calls (history/studio.py builds one per app).
 Its writes go through history.jobs (update_active): each in its own transaction on a connection held only
 for that write, and only while the job is queued or running, so a job that ended or was deleted meanwhile
-is never brought back.
+is never brought back. One exception: a job marked stalled (its worker went silent, another took it over)
+whose executor reports its real end after all records that end, completed or error, with the stall kept in
+its ``error`` ("stalled at 14:03:05 UTC (...), then completed at 14:05:10 UTC").
 """
 from __future__ import annotations
 
@@ -42,6 +44,14 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
     return f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
 
 
+def after_stall(job: Job, status: str, at: datetime.datetime, error: str | None) -> str:
+    """The ``error`` of a stalled job that then truly ended: the stall, when and why, then the real end."""
+    stalled = f"stalled at {job.finished_at:%H:%M:%S} UTC ({job.error})" if job.finished_at else f"stalled ({job.error})"
+    if status == COMPLETED:
+        return f"{stalled}, then completed at {at.astimezone(datetime.timezone.utc):%H:%M:%S} UTC"
+    return f"{stalled}, then failed: {error}"
+
+
 class Runner:
     """The Reporter every executor calls: writes the store, publishes events, keeps progress, finds stalls."""
 
@@ -51,6 +61,7 @@ class Runner:
         self.settings = settings  # where output files and thumbnails live
         self.stall_seconds = float(stall_seconds)
         self.executor = None
+        self.owner: str | None = None  # this process's worker id: the owner of the jobs it records (history/workers.py)
         self._lock = threading.Lock()
         self._progress: dict[str, dict] = {}
         self._followed: set[str] = set()  # jobs of this process (or left to it at start-up)
@@ -76,6 +87,11 @@ class Runner:
             if running:
                 self._running.add(prompt_id)
             self._touch(prompt_id)
+
+    def following_count(self) -> int:
+        """How many jobs this process follows now (queued in its executor or running)."""
+        with self._lock:
+            return len(self._followed)
 
     def unfollow(self, prompt_id: str) -> None:
         """Forget a job (it ended, or it was deleted)."""
@@ -171,7 +187,7 @@ class Runner:
 
     def observed(self, record: dict, status: str) -> bool:
         """Record a prompt another client queued as queued or running, and say so; False if the store has it."""
-        job = jobs.insert_observed(record, status)
+        job = jobs.insert_observed(record, status, owner=self.owner)
         if job is None:
             return False
         self.follow(job.prompt_id, running=job.status == RUNNING)
@@ -204,9 +220,13 @@ class Runner:
             # Measured once, as the job ends, so storage totals are sums over the store.
             output_root = self.settings.output_roots.of(job.comfyui_server)
             size = files.job_bytes(output_root, job.output_dir, values.get("outputs", job.outputs))
-            return {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
+            ended = {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
+            if job.status == STALLED:
+                ended["error"] = after_stall(job, status, at, values.get("error"))
+            return ended
 
-        job = jobs.update_active(prompt_id, change)
+        # Only a real end may follow a stall: a second stall report changes nothing.
+        job = jobs.update_active(prompt_id, change, after_stall=status != STALLED)
         self.unfollow(prompt_id)
         if job is not None:
             self.metrics.executions_finished.labels(status).inc()

@@ -1,12 +1,22 @@
 """The Studio: what one app runs beside its requests (event bus, workflows, executor, runner), and its accessor.
 
-Background work starts lazily, on the app's first request (or when ``python app.py`` starts serving),
+Background work starts lazily, on the app's first request (or when ``studio-history serve`` starts),
 never at import or in a CLI command: a ``flask history export`` must not reconcile the jobs of a running
-server. Which jobs count as "left by a previous process" is decided when the app is created, so jobs made
-after that are never mistaken for leftovers.
+server. What starts follows STUDIO_ROLE:
+- ``web``: only the event bus's listener (PostgreSQL), so its websockets and idle polls hear every process;
+  a job posted to it is recorded queued and left in job_waiting for a worker (history/workers.py).
+- ``worker`` and ``all``: the executor, the stall watcher, retention, and the WorkerLoop (heartbeat, claims
+  of waiting jobs, take-over of silent workers' jobs); ``all`` also serves everything and runs the demo. A
+  job posted to them is theirs at once. On SQLite one process runs jobs (workers.RunnerLock).
+The ``START_RUNNER=False`` app setting (a hook for tests and host apps, not a STUDIO_* setting) starts none
+of it: the app serves like a ``web`` process that hears no other, and a job posted to it waits for a worker.
+Active jobs that no worker holds (an older studio's, imported ones) are settled by the first process that
+starts after they were noted, when the app was created, so jobs made after that are never mistaken for
+leftovers.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 
@@ -16,6 +26,7 @@ from history import db
 from history import demo
 from history import files
 from history import jobs
+from history import workers
 from history.arrivals import ThumbnailMaker
 from history.events import EventBus
 from history.executors import make_executor
@@ -36,6 +47,9 @@ from history.workflows import plan_retry
 from history.workflows import validate_params
 
 
+log = logging.getLogger(__name__)
+
+
 class UnknownWorkflow(LookupError):
     """No workflow has this id (the API answers 404)."""
 
@@ -47,14 +61,22 @@ class Studio:
         self.settings = settings
         self.bus = bus
         self.start_runner = start_runner
+        self.role = settings.role
+        # Whether this process runs the jobs posted to it (else they wait in the store for a worker).
+        self.runs_jobs = start_runner and self.role != "web"
+        self.worker_id = workers.new_worker_id()
+        self.worker_loop: workers.WorkerLoop | None = None
+        self.runner_lock: workers.RunnerLock | None = None
+        self.refusal: str | None = None  # why this process may not run jobs (another runs them on SQLite)
         self.workflows, self.workflow_errors = load_workflows(settings.workflows_dir)
         self.metrics = Metrics(count_by_status=jobs.count_by_status)  # this app's own registry (/metrics)
         self.runner = Runner(bus, settings.stall_seconds, settings, self.metrics)
         self.executor = make_executor(settings, self.runner)
         self.runner.executor = self.executor
+        self.runner.owner = self.worker_id if self.runs_jobs else None
         self.thumbnails = ThumbnailMaker(settings)  # card thumbnails made as jobs end, not when a page asks
         self.retention = RetentionTimer(settings, bus)  # STUDIO_RETENTION, hourly
-        self.leftovers: list[tuple[str, str]] = []  # (prompt_id, status) found queued/running at creation
+        self.leftovers: list[str] = []  # active jobs no worker held when the app was created
         self.retry_guard = RetryGuard()
         self.demo_wanted = False
         self.demo_thread: threading.Thread | None = None
@@ -68,26 +90,40 @@ class Studio:
         return self._started
 
     def snapshot_leftovers(self) -> None:
-        """Note the jobs a previous process left queued or running (they are reconciled at start)."""
-        self.leftovers = jobs.leftover_jobs()
+        """Note the active jobs no worker holds (the first process to start after this settles them)."""
+        if not self.runs_jobs:
+            return
+        self.leftovers = workers.ownerless_active()
         # The demo runs on the built-in executor only: a real ComfyUI server gets no unasked-for work.
-        if self.settings.demo and not self.settings.comfyui_urls:
+        if self.settings.demo and not self.settings.comfyui_urls and self.role == "all":
             self.demo_wanted = jobs.store_is_empty()
 
     def start(self) -> None:
-        """Start the executor, reconcile leftovers, watch for stalls, and queue the demo (once)."""
+        """Start what this process's role runs (see the module's docstring), once.
+
+        Raises workers.RunnerRefused when another process already runs jobs on this SQLite store.
+        """
         with self._lock:
-            if self._started or self._stopped or not self.start_runner:
+            if self._started or self._stopped or not self.start_runner or self.refusal:
                 return
+            if self.runs_jobs and db.is_sqlite():
+                self.runner_lock = workers.RunnerLock(db.database.obj.database)
+                try:
+                    self.runner_lock.acquire()
+                except workers.RunnerRefused as refused:
+                    self.refusal = str(refused)
+                    raise
             self._started = True
-        for prompt_id, _status in self.leftovers:
-            # Followed, but not watched for stalls until this process hears from them: another live process
-            # may be running them (several workers on PostgreSQL), and the executor settles them itself:
-            # the built-in one marks them stalled now, ComfyUI's asks the server what became of them.
-            self.runner.follow(prompt_id)
         self.bus.start()
         self.thumbnails.start(self.bus)
-        self.executor.start([prompt_id for prompt_id, _status in self.leftovers])
+        if not self.runs_jobs:
+            return
+        self.executor.start([])
+        self.worker_loop = workers.WorkerLoop(
+            self.worker_id, self.role, self.settings.heartbeat_seconds, self.runner, self.executor, self.bus,
+            alone=self.runner_lock is not None,
+        )
+        self.worker_loop.start(self.leftovers)
         self.runner.start()
         self.retention.start()
         if self.demo_wanted:
@@ -95,16 +131,27 @@ class Studio:
             self.demo_thread.start()
 
     def stop(self) -> None:
-        """Stop background work promptly (threads are daemons; this joins them)."""
+        """Stop background work promptly (threads are daemons; this joins them); a worker gives back the jobs
+        it never started and retires, so another takes over what it ran at once."""
         with self._lock:
             self._stopped = True
             started, self._started = self._started, False
         if self.demo_thread is not None:
             self.demo_thread.join(timeout=10)
+        if self.worker_loop is not None:
+            self.worker_loop.stop()
         self.runner.stop()
         self.retention.stop()
-        if started:
+        if started and self.runs_jobs:
             self.executor.stop()
+            try:
+                workers.give_back(self.worker_id, self.executor.unstarted())
+                workers.retire(self.worker_id)
+            except Exception:  # the store may be gone already; the heartbeat then expires by itself
+                log.exception("could not retire worker %s", self.worker_id)
+        if self.runner_lock is not None:
+            self.runner_lock.release()
+            self.runner_lock = None
         self.bus.stop()
         self.thumbnails.stop()
 
@@ -185,7 +232,8 @@ class Studio:
         now = utcnow()
         output_dir = new_output_dir(now)
         graph = build_graph(workflow, clean, seeds, output_dir, input_image)
-        job = jobs.record_queued(
+        job = self._record(
+            graph,
             prompt_id=prompt_id,
             workflow_id=workflow.id,
             workflow_name=workflow.name,
@@ -197,12 +245,28 @@ class Studio:
             output_dir=output_dir,
             retry_of=retry_of,
         )
-        jobs.save_graph(prompt_id, graph)
         return self._hand_over(job, Submission(prompt_id, workflow.id, graph, output_dir, input_image), notes)
 
+    def _record(self, graph: dict, ui_workflow: dict | None = None, **values) -> Job:
+        """Store a new queued job and its graph in one transaction: held by this process when it runs jobs,
+        else left waiting for a worker (everything a worker needs to submit it is in the store)."""
+        with db.connection(), db.database.atomic():
+            job = jobs.record_queued(owner=self.worker_id if self.runs_jobs else None, **values)
+            jobs.save_graph(job.prompt_id, graph, ui_workflow)
+            if not self.runs_jobs:
+                workers.enqueue(job.prompt_id, job.queued_at)
+        return job
+
     def _hand_over(self, job: Job, submission: Submission, notes: list[str]) -> Job:
-        """Announce a recorded job and submit it to the executor; when it is refused, leave no record and re-raise."""
+        """Announce a recorded job and submit it to the executor (a worker's, when this process runs none);
+        when it is refused, leave no record and re-raise."""
         record = job.to_dict()
+        job.retry_notes = notes
+        if not self.runs_jobs:
+            self.bus.publish("job.queued", record)  # wakes the workers (NOTIFY) as well as this process's pages
+            if job.retry_of is not None:
+                self.bus.publish("job.retried", record)
+            return job
         self.runner.follow(job.prompt_id)
         self.bus.publish("job.queued", record)
         try:
@@ -215,7 +279,6 @@ class Studio:
             raise
         if job.retry_of is not None:
             self.bus.publish("job.retried", record)
-        job.retry_notes = notes
         return job
 
     def rerun_comfyui_prompt(self, retry_of) -> Job:
@@ -232,7 +295,9 @@ class Studio:
         if kept is None or not isinstance(kept.graph, dict) or not kept.graph:
             raise ValidationError("retry_of", f"job {retry_of} has no graph kept to run again")
         prompt_id = str(uuid.uuid4())
-        job = jobs.record_queued(
+        job = self._record(
+            kept.graph,
+            kept.ui_workflow,
             prompt_id=prompt_id,
             workflow_id=COMFYUI_WORKFLOW_ID,
             workflow_name=original.workflow_name,
@@ -244,7 +309,6 @@ class Studio:
             retry_of=original.prompt_id,
             source=original.source,
         )
-        jobs.save_graph(prompt_id, kept.graph, kept.ui_workflow)
         extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}} if kept.ui_workflow else None
         return self._hand_over(job, Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data), [])
 
@@ -269,10 +333,21 @@ def init_app(app) -> None:
 
 
 def start_background_work():
-    """Before a request: start the app's Studio (executor, stall watcher, demo) if it has not started."""
+    """Before a request: start the app's Studio (what its role runs) if it has not started; a process that may
+    not run jobs (another runs them on this SQLite store) answers 503 saying so."""
     instance = current_app.extensions.get("studio")
-    if instance is not None and not instance.started:
-        instance.start()
+    if instance is None or instance.started:
+        return None
+    if instance.refusal is None:
+        try:
+            instance.start()
+            return None
+        except workers.RunnerRefused as refused:
+            current_app.logger.error("not running jobs: %s", refused)
+    if instance.refusal is not None:
+        return current_app.response_class(f"studio-history: {instance.refusal}\n", status=503,
+                                          mimetype="text/plain", headers={"Retry-After": "60"})
+    return None
 
 
 def studio(app=None) -> Studio:

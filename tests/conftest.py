@@ -58,7 +58,7 @@ def reset_postgres(url: str) -> None:
     db = open_database(url)
     db.connect()
     try:
-        db.execute_sql("DROP TABLE IF EXISTS job, job_tally, schema_version, schema_migration CASCADE")
+        db.execute_sql("DROP TABLE IF EXISTS job, job_tally, job_waiting, worker, schema_version, schema_migration CASCADE")
     finally:
         release(db)
 

@@ -285,7 +285,7 @@ def test_other_host_names_are_served_to_other_machines_or_with_a_password(app, a
     remote = app.test_client()
     remote.environ_base["REMOTE_ADDR"] = "192.168.1.20"  # --insecure on a network: a real client elsewhere
     assert remote.get("/api/admin/history", headers={"Host": "studio.lan"}).status_code == 200
-    secured = create_app({**app_config, "STUDIO_ADMIN_PASSWORD": "pw"})
+    secured = create_app({**app_config, "STUDIO_ADMIN_PASSWORD": "pw", "START_RUNNER": False})  # the first runs the jobs
     try:
         response = secured.test_client().get("/api/admin/history", headers={"Host": "studio.example"})
         assert response.status_code == 401  # the login decides, whatever the name

@@ -79,11 +79,25 @@ class Reporter(Protocol):
 class Executor:
     """Runs jobs; subclasses: BuiltinExecutor, ComfyUIServers (one ComfyUIExecutor per server)."""
 
+    # How many jobs this executor runs at once, so a worker claims no more than it can start (None: no
+    # limit; ComfyUI keeps its own queue).
+    capacity: int | None = None
+
     def __init__(self, reporter: Reporter):
         self.reporter = reporter
 
     def start(self, pending: list[str]) -> None:
         """Start workers; ``pending`` are prompt ids the store has as queued or running."""
+
+    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+        """Take over jobs another process ran (it stopped, or its heartbeat expired: ``reason``) and settle
+        them: report what became of each, or fail it as stalled when nothing can tell."""
+        for prompt_id in prompt_ids:
+            self.reporter.failed(prompt_id, reason, utcnow(), status="stalled")
+
+    def unstarted(self) -> list[str]:
+        """After stop(): the jobs submitted that never started and that another worker may run instead."""
+        return []
 
     def submit(self, submission: Submission) -> None:
         """Queue one job; raise ExecutorUnavailable or ExecutorRejected when it cannot."""

@@ -491,6 +491,7 @@ class BuiltinExecutor(Executor):
         self.input_root = Path(input_root)
         self.temp_root = Path(temp_root) if temp_root is not None else files.temp_folder(self.output_root)
         self.worker_count = max(1, workers)
+        self.capacity = self.worker_count
         self._jobs: queue.Queue[Submission | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -508,6 +509,17 @@ class BuiltinExecutor(Executor):
             thread = threading.Thread(target=self._work, name=f"builtin-executor-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def unstarted(self) -> list[str]:
+        """After stop(): the queued jobs no worker thread took (their graphs are in the store; another worker may run them)."""
+        left = []
+        while True:
+            try:
+                submission = self._jobs.get_nowait()
+            except queue.Empty:
+                return left
+            if submission is not None and not self._is_forgotten(submission.prompt_id):
+                left.append(submission.prompt_id)
 
     def submit(self, submission: Submission) -> None:
         """Check the graph's shape (400 when malformed) and queue the job."""

@@ -206,6 +206,23 @@ class ComfyUIExecutor(Executor):
                 self._jobs.setdefault(prompt_id, _Job(prompt_id, started=None, owned=False))
         self._follow_in_background()
 
+    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+        """Follow jobs another process posted (it stopped or went silent) and ask ComfyUI what became of them."""
+        with self._lock:
+            for prompt_id in prompt_ids:
+                self._jobs.setdefault(prompt_id, _Job(prompt_id, started=None, owned=False))
+        self._follow_in_background()  # on connect, reconcile() settles every job followed
+        threading.Thread(target=self._reconcile_adopted, args=(list(prompt_ids),), name="comfyui-adopt",
+                         daemon=True).start()
+
+    def _reconcile_adopted(self, prompt_ids: list[str]) -> None:
+        try:
+            self._reconcile(prompt_ids)
+        except ExecutorUnavailable as error:
+            log.warning("Could not look up jobs taken over from another worker yet: %s", error)
+        except Exception:
+            log.exception("Could not settle jobs taken over from another worker")
+
     def submit(self, submission: Submission) -> None:
         """POST the graph under our prompt_id and client_id; raise ExecutorUnavailable or ExecutorRejected."""
         prompt_id = submission.prompt_id

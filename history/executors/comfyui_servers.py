@@ -41,19 +41,30 @@ class ComfyUIServers(Executor):
 
     def start(self, pending: list[str]) -> None:
         """Hand each leftover job to the server its record names (one with none to the first), then connect."""
-        servers = self.reporter.servers_of(list(pending)) if pending else {}
+        mine = self._by_record(pending)
+        for server in self.servers:
+            server.start(mine[server.base_url])
+
+    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+        """Hand jobs taken over from another worker to the server each record names; it asks what became of them."""
+        mine = self._by_record(prompt_ids)
+        for server in self.servers:
+            if mine[server.base_url]:
+                server.adopt(mine[server.base_url], reason)
+
+    def _by_record(self, prompt_ids: list[str]) -> dict[str, list[str]]:
+        """The given jobs by the server their records name (one with none: the first)."""
+        servers = self.reporter.servers_of(list(prompt_ids)) if prompt_ids else {}
         first = self.servers[0].base_url
-        known = {server.base_url: server for server in self.servers}
-        mine: dict[str, list[str]] = {url: [] for url in known}
-        for prompt_id in pending:
+        mine: dict[str, list[str]] = {server.base_url: [] for server in self.servers}
+        for prompt_id in prompt_ids:
             # A record from before servers were recorded ran on the one server the studio had then.
             url = servers.get(prompt_id) or first
             if url in mine:
                 mine[url].append(prompt_id)
             else:
                 log.warning("job %s ran on %s, which is no longer in STUDIO_COMFYUI_URL; left as it is", prompt_id, url)
-        for server in self.servers:
-            server.start(mine[server.base_url])
+        return mine
 
     def submit(self, submission: Submission) -> None:
         """Post the job to the up server with the shortest queue; try the next when one cannot be reached."""

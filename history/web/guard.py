@@ -362,6 +362,17 @@ def request_class(base: type) -> type:
     return StudioRequest
 
 
+WORKER_ENDPOINTS = frozenset({"monitoring.healthz", "monitoring.metrics"})
+
+
+def serve_workers_health_only():
+    """A ``worker`` process (STUDIO_ROLE) runs jobs and answers only /healthz and /metrics."""
+    if _settings().role != "worker" or request.endpoint in WORKER_ENDPOINTS:
+        return None
+    return errors.plain(404, "this process is a worker (STUDIO_ROLE=worker): it runs jobs and serves only "
+                             "/healthz and /metrics; pages and the API are on the web processes")
+
+
 def limit_body_size():
     """A JSON body may be at most MAX_JSON_BYTES (uploads keep MAX_CONTENT_LENGTH)."""
     if request.mimetype == "application/json":
@@ -450,6 +461,7 @@ def check_cross_origin():
 STEPS = (
     cors.answer_preflight,
     studio.start_background_work,
+    serve_workers_health_only,
     limit_body_size,
     check_host,
     identify_caller,

@@ -52,6 +52,12 @@ def healthz():
         "store": "ok" if problem is None else problem,
         "executor": executor_state(),
     }
+    the_studio = studio()
+    if the_studio.role != "all":
+        # Which process answered: a web process runs nothing; a worker names itself as jobs' owners do.
+        body["role"] = the_studio.role
+        if the_studio.runs_jobs:
+            body["worker"] = the_studio.worker_id
     response = jsonify(body)
     response.status_code = 200 if problem is None else 503
     response.headers["Cache-Control"] = "no-store"

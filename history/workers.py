@@ -1,0 +1,389 @@
+"""Processes that run jobs: each keeps a heartbeat row, holds (owns) the jobs it runs, and claims waiting ones.
+
+- A process with STUDIO_ROLE ``all`` or ``worker`` registers a ``worker`` row and refreshes its
+  ``heartbeat_at`` every STUDIO_HEARTBEAT_SECONDS. A job it runs records it as ``job.owner``.
+- A worker whose heartbeat is older than EXPIRY_BEATS intervals (or whose row is gone: it stopped cleanly)
+  is not alive: the first live worker to look takes its queued and running jobs over and hands them to its
+  executor (``adopt``), which asks ComfyUI what became of them, or marks the built-in executor's as stalled.
+  A live worker's jobs are never touched.
+- A job posted to a ``web`` process is recorded queued with no owner and a ``job_waiting`` row; a worker
+  claims the oldest ones with ``SELECT ... FOR UPDATE SKIP LOCKED`` (two workers never take the same job
+  and never wait for each other), woken by the event bus's ``job.queued`` with a slow poll as the fallback.
+- On SQLite one process runs jobs: RunnerLock (an flock on a file beside the database) refuses a second.
+No Flask import.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+
+from history.db import connection
+from history.db import database
+from history.db import is_sqlite
+from history.executors.base import ExecutorRejected
+from history.executors.base import ExecutorUnavailable
+from history.executors.base import Submission
+from history.executors.builtin import RESTART_MESSAGE
+from history.executors.comfyui_graph import COMFYUI_WORKFLOW_ID
+from history.models import ACTIVE_STATUSES
+from history.models import QUEUED
+from history.models import Job
+from history.models import JobGraph
+from history.models import WaitingJob
+from history.models import Worker
+from history.models import utcnow
+
+log = logging.getLogger(__name__)
+
+# A worker is alive while its last heartbeat is younger than this many intervals.
+EXPIRY_BEATS = 3
+# At most this many jobs claimed in one transaction (an executor without a capacity takes them in turns).
+CLAIM_BATCH = 32
+# Events after which a worker looks for waiting jobs: one was queued, or one of its own ended (room freed).
+WAKE_EVENTS = ("job.queued", "job.completed", "job.failed", "job.stalled", "job.deleted")
+WAKE_PREFIXES = tuple('{"type": "%s"' % event for event in WAKE_EVENTS)  # events.encode writes the type first
+LEFT_BEHIND = RESTART_MESSAGE  # the start-up reason, as before workers had heartbeats
+
+
+class RunnerRefused(RuntimeError):
+    """Another process already runs jobs on this SQLite store; the message says which and what to do."""
+
+
+def new_worker_id() -> str:
+    """A fresh id for this process: host, pid and a few random characters (a restarted pid is a new worker)."""
+    return f"{socket.gethostname()[:80]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _select_for_update(query):
+    """``query`` locking the rows it reads and skipping those another worker holds (PostgreSQL; SQLite's
+    IMMEDIATE transactions already serialize writers)."""
+    return query if is_sqlite() else query.for_update("FOR UPDATE SKIP LOCKED")
+
+
+# ---- heartbeats ----------------------------------------------------------------------------------
+
+def register(worker_id: str, role: str) -> None:
+    """Record this process as a live worker."""
+    now = utcnow()
+    with connection(), database.atomic():
+        (
+            Worker.insert(worker_id=worker_id, role=role, host=socket.gethostname(), pid=os.getpid(),
+                          started=now, heartbeat_at=now)
+            .on_conflict(conflict_target=[Worker.worker_id], update={Worker.heartbeat_at: now})
+            .execute()
+        )
+
+
+def beat(worker_id: str, role: str) -> bool:
+    """Refresh this worker's heartbeat; False when its row was gone (it had been taken for dead), then it is back."""
+    with connection(), database.atomic():
+        updated = Worker.update(heartbeat_at=utcnow()).where(Worker.worker_id == worker_id).execute()
+    if not updated:
+        register(worker_id, role)
+    return bool(updated)
+
+
+def retire(worker_id: str) -> None:
+    """Remove this worker's row as it stops, so its jobs are taken over at once rather than after expiry."""
+    with connection(), database.atomic():
+        Worker.delete().where(Worker.worker_id == worker_id).execute()
+
+
+def live_workers(expiry_seconds: float) -> list[Worker]:
+    """The workers whose heartbeat is fresh."""
+    cutoff = utcnow() - datetime.timedelta(seconds=expiry_seconds)
+    with connection():
+        return list(Worker.select().where(Worker.heartbeat_at >= cutoff).order_by(Worker.started))
+
+
+def _not_waiting():
+    return Job.prompt_id.not_in(WaitingJob.select(WaitingJob.prompt_id))
+
+
+def ownerless_active() -> list[str]:
+    """Queued or running jobs that no worker holds and none waits to claim (an older studio's, or imported)."""
+    with connection():
+        return [
+            prompt_id for (prompt_id,) in (
+                Job.select(Job.prompt_id)
+                .where(Job.status.in_(ACTIVE_STATUSES) & Job.owner.is_null() & _not_waiting())
+                .order_by(Job.queued_at)
+                .tuples()
+            )
+        ]
+
+
+def _why(owner: str | None, worker: Worker | None) -> str:
+    if worker is None:
+        return LEFT_BEHIND
+    return (f"its worker {worker.host} (pid {worker.pid}) stopped sending heartbeats; "
+            f"the last was at {worker.heartbeat_at:%H:%M:%S} UTC")
+
+
+def take_over(worker_id: str, expiry_seconds: float, ownerless: list[str] = (), alone: bool = False
+              ) -> list[tuple[str, str]]:
+    """Make this worker the owner of every active job whose owner is not alive (and of the ``ownerless`` ones
+    still without one); answer (prompt_id, why its owner lost it) for each, oldest first.
+
+    ``alone``: this process is the only one that can run jobs (the SQLite RunnerLock says so), so every
+    other owner is gone whatever its heartbeat says.
+    """
+    cutoff = utcnow() - datetime.timedelta(seconds=expiry_seconds)
+    with connection(), database.atomic():
+        alive = {worker_id}
+        if not alone:
+            alive |= {wid for (wid,) in Worker.select(Worker.worker_id).where(Worker.heartbeat_at >= cutoff).tuples()}
+        orphaned = Job.status.in_(ACTIVE_STATUSES) & Job.owner.is_null(False) & Job.owner.not_in(sorted(alive))
+        if ownerless:
+            orphaned |= (Job.prompt_id.in_(list(ownerless)) & Job.status.in_(ACTIVE_STATUSES)
+                         & Job.owner.is_null() & _not_waiting())
+        rows = list(_select_for_update(
+            Job.select(Job.prompt_id, Job.owner).where(orphaned).order_by(Job.queued_at)
+        ).tuples())
+        if not rows:
+            return []
+        ids = [prompt_id for prompt_id, _owner in rows]
+        Job.update(owner=worker_id).where(Job.prompt_id.in_(ids)).execute()
+        owners = {owner for _prompt_id, owner in rows if owner}
+        known = {worker.worker_id: worker for worker in Worker.select().where(Worker.worker_id.in_(sorted(owners)))}
+        # Their jobs are ours now: the rows of the silent workers go (one that comes back registers again).
+        Worker.delete().where(Worker.worker_id.in_(sorted(owners)) & Worker.worker_id.not_in(sorted(alive))).execute()
+    return [(prompt_id, _why(owner, known.get(owner))) for prompt_id, owner in rows]
+
+
+# ---- jobs waiting for a worker -------------------------------------------------------------------
+
+def enqueue(prompt_id: str, queued_at: datetime.datetime) -> None:
+    """Leave a recorded queued job for the first free worker (inside the caller's transaction)."""
+    WaitingJob.insert(prompt_id=prompt_id, queued_at=queued_at).execute()
+
+
+def claim(worker_id: str, limit: int) -> list[tuple[Job, JobGraph | None]]:
+    """Take up to ``limit`` of the oldest waiting jobs for this worker; each with its kept graph."""
+    with connection(), database.atomic():
+        waiting = [
+            prompt_id for (prompt_id,) in _select_for_update(
+                WaitingJob.select(WaitingJob.prompt_id).order_by(WaitingJob.queued_at).limit(limit)
+            ).tuples()
+        ]
+        if not waiting:
+            return []
+        WaitingJob.delete().where(WaitingJob.prompt_id.in_(waiting)).execute()
+        # A job deleted while it waited is not run (its waiting row just goes).
+        (
+            Job.update(owner=worker_id)
+            .where(Job.prompt_id.in_(waiting) & (Job.status == QUEUED) & Job.owner.is_null())
+            .execute()
+        )
+        claimed = list(
+            Job.select()
+            .where(Job.prompt_id.in_(waiting) & (Job.owner == worker_id) & (Job.status == QUEUED))
+            .order_by(Job.queued_at)
+        )
+        graphs = {kept.prompt_id: kept for kept in JobGraph.select().where(JobGraph.prompt_id.in_(waiting))}
+    return [(job, graphs.get(job.prompt_id)) for job in claimed]
+
+
+def give_back(worker_id: str, prompt_ids: list[str]) -> None:
+    """Put queued jobs this worker claimed but never started back in the waiting line (it stops, or its
+    executor is unavailable), in their order."""
+    if not prompt_ids:
+        return
+    with connection(), database.atomic():
+        mine = list(
+            Job.select(Job.prompt_id, Job.queued_at)
+            .where(Job.prompt_id.in_(list(prompt_ids)) & (Job.owner == worker_id) & (Job.status == QUEUED))
+            .tuples()
+        )
+        if not mine:
+            return
+        Job.update(owner=None).where(Job.prompt_id.in_([prompt_id for prompt_id, _ in mine])).execute()
+        for prompt_id, queued_at in mine:
+            WaitingJob.insert(prompt_id=prompt_id, queued_at=queued_at).on_conflict_ignore().execute()
+
+
+def submission_of(job: Job, kept: JobGraph | None) -> Submission:
+    """What the executor needs to run a recorded job: its graph, folder, input image (and a ComfyUI
+    prompt's UI workflow, re-posted with it as the first run did)."""
+    extra_data = None
+    if kept is not None and kept.ui_workflow and job.workflow_id == COMFYUI_WORKFLOW_ID:
+        extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}}
+    graph = kept.graph if kept is not None else None
+    return Submission(job.prompt_id, job.workflow_id, graph, job.output_dir, job.input_image, extra_data)
+
+
+# ---- one process alone on SQLite -----------------------------------------------------------------
+
+class RunnerLock:
+    """An exclusive flock on ``<database>.runner``: on SQLite one process runs jobs; CLI commands take no lock."""
+
+    def __init__(self, database_path: str | Path):
+        self.path = Path(f"{database_path}.runner")
+        self._handle = None
+
+    def acquire(self) -> None:
+        """Take the lock; raise RunnerRefused naming the process that holds it."""
+        if self._handle is not None:
+            return
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunnerRefused(
+                f"{holder} already runs this studio's jobs on the SQLite store {database_path_of(self.path)}: "
+                "on SQLite one process does everything; stop it first, or use PostgreSQL "
+                "(STUDIO_DATABASE_URL=postgresql://...) with STUDIO_ROLE=web and worker processes"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Let the next process run jobs."""
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def database_path_of(lock_path: Path) -> str:
+    return str(lock_path)[: -len(".runner")]
+
+
+# ---- the loop of a process that runs jobs --------------------------------------------------------
+
+class WorkerLoop:
+    """Keep this process's heartbeat fresh, take over the jobs of silent workers, and claim waiting jobs."""
+
+    def __init__(self, worker_id: str, role: str, interval: float, runner, executor, bus, alone: bool = False):
+        self.worker_id = worker_id
+        self.role = role
+        self.interval = float(interval)
+        self.expiry = EXPIRY_BEATS * self.interval
+        self.runner = runner
+        self.executor = executor
+        self.bus = bus
+        self.alone = alone
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._paused_until = 0.0  # the executor was unavailable: claim again after a beat
+        self._ownerless: list[str] | None = None  # the start-up settling still to do (the store was away)
+
+    def start(self, ownerless: list[str]) -> None:
+        """Register, settle the jobs of workers gone before this one started, and start the loop (which tries
+        again at each beat when the store does not answer now)."""
+        self._ownerless = list(ownerless)
+        try:
+            self._settle_at_start()
+        except Exception as error:  # a request must not fail because the store is away: the loop retries
+            log.warning("worker %s could not register yet: %s", self.worker_id, error)
+        # A listener, not a subscription: it only sets the event (a page's websocket count stays its own).
+        self.bus.add_listener(self._hear)
+        self._thread = threading.Thread(target=self._run, name="studio-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the loop (no more claims); the caller retires the worker once its executor has stopped."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _hear(self, message: str) -> None:
+        """Wake the loop on an event that may leave a job to claim (the bus calls this in the publisher's thread)."""
+        if message.startswith(WAKE_PREFIXES):
+            self._wake.set()
+
+    def _settle_at_start(self) -> None:
+        register(self.worker_id, self.role)
+        self._adopt(take_over(self.worker_id, self.expiry, self._ownerless, self.alone))
+        self._ownerless = None
+
+    def _adopt(self, taken: list[tuple[str, str]]) -> None:
+        """Hand jobs taken over to the executor, grouped by why their owner lost them."""
+        by_reason: dict[str, list[str]] = {}
+        for prompt_id, reason in taken:
+            by_reason.setdefault(reason, []).append(prompt_id)
+        for reason, prompt_ids in by_reason.items():
+            log.warning("took over %d job(s): %s", len(prompt_ids), reason)
+            for prompt_id in prompt_ids:
+                # Followed, but watched for stalls only once this process hears from them.
+                self.runner.follow(prompt_id)
+            self.executor.adopt(prompt_ids, reason)
+
+    def _run(self) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            try:
+                self.claim()
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("claiming waiting jobs failed")
+            self._wake.wait(timeout=max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()  # one look at the waiting line serves a burst of events
+            if time.monotonic() >= next_beat and not self._stop.is_set():
+                next_beat = time.monotonic() + self.interval
+                try:
+                    if self._ownerless is not None:
+                        self._settle_at_start()
+                        continue
+                    if not beat(self.worker_id, self.role):
+                        log.warning("worker %s had been taken for dead (no heartbeat for %g s); it is back",
+                                    self.worker_id, self.expiry)
+                    self._adopt(take_over(self.worker_id, self.expiry, alone=self.alone))
+                except Exception:
+                    log.exception("heartbeat failed")
+
+    def claim(self) -> int:
+        """Claim waiting jobs while the executor has room, and submit them; answer how many were claimed."""
+        if time.monotonic() < self._paused_until:
+            return 0
+        count = 0
+        while not self._stop.is_set():
+            capacity = getattr(self.executor, "capacity", None)
+            room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, capacity - self.runner.following_count())
+            if room <= 0:
+                return count
+            claimed = claim(self.worker_id, room)
+            if not claimed:
+                return count
+            count += len(claimed)
+            for index, (job, kept) in enumerate(claimed):
+                if not self._submit(job, kept):
+                    give_back(self.worker_id, [other.prompt_id for other, _ in claimed[index:]])
+                    self._paused_until = time.monotonic() + self.interval
+                    return count
+        return count
+
+    def _submit(self, job: Job, kept: JobGraph | None) -> bool:
+        """Submit one claimed job; False when the executor cannot take work now (the job is given back)."""
+        submission = submission_of(job, kept)
+        self.runner.follow(job.prompt_id)
+        if not submission.graph:
+            self.runner.failed(job.prompt_id, "no graph was kept for this job, so no worker can run it", utcnow())
+            return True
+        try:
+            self.executor.submit(submission)
+        except ExecutorUnavailable as error:
+            log.warning("executor unavailable, job %s goes back to the waiting line: %s", job.prompt_id, error)
+            self.runner.unfollow(job.prompt_id)
+            return False
+        except ExecutorRejected as error:
+            self.runner.failed(job.prompt_id, str(error), utcnow())
+        except Exception as error:  # a bug must end the job with its reason, not leave it queued forever
+            log.exception("could not submit %s", job.prompt_id)
+            self.runner.failed(job.prompt_id, f"{type(error).__name__}: {error}", utcnow())
+        return True
