@@ -33,7 +33,7 @@ POSTGRES_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL")
 DATABASES = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 
 # Modules that need PostgreSQL itself (not just the ``app`` fixture): not collected without a server.
-collect_ignore = [] if POSTGRES_URL else ["test_events_pg.py", "test_processes.py", "test_retention_pg.py"]
+collect_ignore = [] if POSTGRES_URL else ["test_events_pg.py", "test_processes.py", "test_retention_pg.py", "test_workers_pg.py"]
 # A real ComfyUI is not in CI: its checks run where STUDIO_TEST_COMFYUI_URL names one (CI runs the double).
 COMFYUI_URL = os.environ.get("STUDIO_TEST_COMFYUI_URL")
 collect_ignore += [] if COMFYUI_URL else ["test_comfyui_live.py"]
@@ -42,13 +42,18 @@ collect_ignore += [] if COMFYUI_URL else ["test_comfyui_live.py"]
 def pytest_generate_tests(metafunc):
     """Run every test that uses ``app`` on each available database (unless it asks for one)."""
     if "database_kind" in metafunc.fixturenames:
-        marker = metafunc.definition.get_closest_marker("sqlite_only")
-        kinds = ["sqlite"] if marker else DATABASES
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            kinds = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgres_only"):
+            kinds = ["postgres"]  # its module is collected only when STUDIO_TEST_POSTGRES_URL is set
+        else:
+            kinds = DATABASES
         metafunc.parametrize("database_kind", kinds, scope="function")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: runs on SQLite alone (for example, it checks SQLite files)")
+    config.addinivalue_line("markers", "postgres_only: runs on PostgreSQL alone (several processes on one store)")
 
 
 def reset_postgres(url: str) -> None:

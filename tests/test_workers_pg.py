@@ -1,0 +1,60 @@
+"""Workers on PostgreSQL, in one process: a worker takes over only the jobs of workers whose heartbeat expired."""
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from history import workers
+from history.models import Job
+from history.models import Worker
+from history.models import utcnow
+from tests.conftest import another_app
+from tests.conftest import wait_for
+
+
+pytestmark = pytest.mark.postgres_only
+
+
+def worker_row(worker_id: str, seconds_ago: float) -> None:
+    at = utcnow() - datetime.timedelta(seconds=seconds_ago)
+    Worker.insert(worker_id=worker_id, role="worker", host="gpu-box", pid=4242, started=at, heartbeat_at=at).execute()
+
+
+def status_of(prompt_id: str) -> str:
+    return Job.get_by_id(prompt_id).status
+
+
+def test_a_starting_worker_takes_over_only_the_jobs_of_silent_workers(app_config, make_job, db):
+    worker_row("silent", seconds_ago=60)  # three 1 s beats long expired
+    worker_row("alive", seconds_ago=0)
+    lost = make_job(status="running", files=0, owner="silent")
+    gone = make_job(status="queued", files=0, owner="stopped-cleanly")  # its row went as it stopped
+    busy = make_job(status="running", files=0, owner="alive")
+    with another_app({**app_config, "STUDIO_HEARTBEAT_SECONDS": "1"}) as app:
+        app.test_client().get("/api/workflows")  # starts it
+        me = app.extensions["studio"].worker_id
+        wait_for(lambda: status_of(lost.prompt_id) == "stalled" and status_of(gone.prompt_id) == "stalled")
+        assert status_of(busy.prompt_id) == "running"  # a live worker's job is never touched
+        assert Job.get_by_id(busy.prompt_id).owner == "alive"
+        assert Job.get_by_id(lost.prompt_id).error.startswith("its worker gpu-box (pid 4242) stopped sending heartbeats")
+        assert Job.get_by_id(gone.prompt_id).error == workers.LEFT_BEHIND
+        assert Worker.get_or_none(Worker.worker_id == "silent") is None  # its row goes with its jobs
+        assert Worker.get_by_id(me).role == "all"
+        # Once "alive" stops beating, the live worker takes its job over at its next beats.
+        Worker.update(heartbeat_at=utcnow() - datetime.timedelta(seconds=60)).where(Worker.worker_id == "alive").execute()
+        wait_for(lambda: status_of(busy.prompt_id) == "stalled", what="the expired worker's job taken over")
+        assert Job.get_by_id(busy.prompt_id).owner == me
+    assert Worker.get_or_none(Worker.worker_id == me) is None  # it retired as it stopped
+
+
+def test_a_heartbeat_refreshes_and_expires(app, db):
+    workers.register("w1", "worker")
+    assert [worker.worker_id for worker in workers.live_workers(30)] == ["w1"]
+    Worker.update(heartbeat_at=utcnow() - datetime.timedelta(seconds=31)).execute()
+    assert workers.live_workers(30) == []
+    assert workers.beat("w1", "worker") is True
+    assert [worker.worker_id for worker in workers.live_workers(30)] == ["w1"]
+    Worker.delete().execute()  # taken for dead by another: the next beat registers it again
+    assert workers.beat("w1", "worker") is False
+    assert [worker.worker_id for worker in workers.live_workers(30)] == ["w1"]
