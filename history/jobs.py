@@ -251,20 +251,24 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True, paged: boo
 
     ``paged=False`` is for counting and bulk work, which read every match: the status index then serves.
     """
+    searched = bool(history_filter.q and search_text)
+    by_search_index = searched and search_leads(history_filter)
     status = Job.status
-    if paged and len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses:
+    if by_search_index or (paged and len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses):
         # With several statuses, completed among them, an index on status would find most of the store and
         # sort it (time grows with the store); status || '' keeps the planner on the (queued_at, prompt_id)
         # index, read newest first until the page is full: constant time, since most jobs match. A filter of
         # rarer statuses (error, stalled) keeps the status index, which reads only those.
-        status = Job.status.concat("")
+        status = unindexed(Job.status)
     query = Job.select().where(status.in_(history_filter.statuses))
     if history_filter.workflow_id:
-        query = query.where(Job.workflow_id == history_filter.workflow_id)
-    if history_filter.q and search_text:
+        workflow_id = unindexed(Job.workflow_id) if by_search_index else Job.workflow_id
+        query = query.where(workflow_id == history_filter.workflow_id)
+    if searched:
         query = query.where(text_matches(history_filter.q))
     if history_filter.starred is not None:
-        query = query.where(Job.starred == history_filter.starred)
+        starred = unindexed(Job.starred) if by_search_index else Job.starred
+        query = query.where(starred == history_filter.starred)
     if history_filter.queued_before is not None:
         query = query.where(Job.queued_at < history_filter.queued_before)
     if history_filter.queued_after is not None:
@@ -274,8 +278,34 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True, paged: boo
     return query.order_by(Job.queued_at.desc(), Job.prompt_id.desc())
 
 
+def search_leads(history_filter: HistoryFilter) -> bool:
+    """Whether SQLite's search index should find a filter's rows (it has a needle the index serves).
+
+    SQLite's planner (no statistics) prefers an index on any equality to the search index's matches: it
+    would read every job of a status, a workflow, or every unstarred one (nearly all of a million), and
+    look each up among the matches. Such a filter writes those columns as expressions (``unindexed``).
+    """
+    return bool(history_filter.q) and is_sqlite() and search.uses_index(history_filter.q)
+
+
+def unindexed(column):
+    """The same values as ``column``, as an expression that no index of the job table serves."""
+    return column + 0 if column is Job.starred else column.concat("")
+
+
 def count_up_to(history_filter: HistoryFilter, cap: int) -> int:
     """How many jobs a filter matches, counted to ``cap + 1`` at most (reading at most the newest 20 x cap jobs of a search)."""
+    if search_leads(history_filter):
+        # A count needs no order: the search index's matches, streamed, each looked up by rowid, stop at cap + 1.
+        return (
+            filtered(history_filter, search_text=False)
+            .select(SQL("1"))
+            .order_by()
+            .from_(SQL("job_search CROSS JOIN job AS t1"))
+            .where(SQL("job_search MATCH ? AND job_search.rowid = t1.rowid", [search.fts_phrase(history_filter.q)]))
+            .limit(cap + 1)
+            .count()
+        )
     return len(page_rows(history_filter, cap, None, None, Job.prompt_id, probe_rows=20 * cap))
 
 
@@ -288,18 +318,24 @@ def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, sin
               probe_rows: int | None = None) -> list:
     """The first ``limit + 1`` jobs (or ``columns`` tuples, unless ``tuples`` is false) of a filter's window, newest first.
 
-    A search reads the newest ``probe_rows`` (SEARCH_PROBE_ROWS) one by one before it asks the index.
+    A search whose needle the index matches in fewer than ``probe_rows`` (SEARCH_PROBE_ROWS) jobs in all
+    asks the index at once; a commoner one reads the newest ``probe_rows`` jobs one by one first.
     """
-    query = window(filtered(history_filter, search_text=False), before, since)
-    if columns:
-        query = query.select(*columns)
-        query = query.tuples() if tuples else query
+    def shaped(query):
+        query = window(query, before, since)
+        if columns:
+            query = query.select(*columns)
+            query = query.tuples() if tuples else query
+        return query
+
     needle = history_filter.q
+    query = shaped(filtered(history_filter, search_text=False))
     if not needle:
         return list(query.limit(limit + 1))
+    probe_rows = probe_rows or SEARCH_PROBE_ROWS
     recent = _recent_matches(needle)
-    if recent is not None:
-        cutoff = query.select(Job.queued_at).tuples().limit(1).offset(probe_rows or SEARCH_PROBE_ROWS).scalar()
+    if recent is not None and not _fewer_matches(needle, probe_rows):
+        cutoff = query.select(Job.queued_at).tuples().limit(1).offset(probe_rows).scalar()
         probe = query.where(recent)
         if cutoff is not None:
             probe = probe.where(Job.queued_at >= cutoff)
@@ -307,7 +343,17 @@ def page_rows(history_filter: HistoryFilter, limit: int, before: str | None, sin
         # Every job older than the cutoff is older than each of these, so they are the window's newest matches.
         if cutoff is None or len(rows) > limit:
             return rows
-    return list(query.where(text_matches(needle)).limit(limit + 1))
+    return list(shaped(filtered(history_filter)).limit(limit + 1))
+
+
+def _fewer_matches(needle: str, bound: int) -> bool:
+    """Whether SQLite's search index matches ``needle`` in fewer than ``bound`` jobs in all (streamed, stopped at ``bound``)."""
+    if not (is_sqlite() and search.uses_index(needle)):
+        return False
+    found = database.execute_sql(
+        "SELECT COUNT(*) FROM (SELECT rowid FROM job_search WHERE job_search MATCH ? LIMIT ?)", (search.fts_phrase(needle), bound)
+    ).fetchone()[0]
+    return found < bound
 
 
 def text_matches(needle: str):
@@ -1196,9 +1242,10 @@ class CountChanged(Exception):
 
 def removable(history_filter: HistoryFilter, include_starred: bool = False):
     """The jobs a delete over a filter takes: ended ones, starred ones only when asked."""
-    query = filtered(history_filter, paged=False).where(Job.status.not_in(ACTIVE_STATUSES))
+    status, starred = (unindexed(Job.status), unindexed(Job.starred)) if search_leads(history_filter) else (Job.status, Job.starred)
+    query = filtered(history_filter, paged=False).where(status.not_in(ACTIVE_STATUSES))
     if not include_starred:
-        query = query.where(Job.starred == False)  # noqa: E712 (a SQL comparison, not a Python one)
+        query = query.where(starred == False)  # noqa: E712 (a SQL comparison, not a Python one)
     return query
 
 
@@ -1210,9 +1257,11 @@ def retryable(history_filter: HistoryFilter):
 
 def matching_ids(query, expect: int | None) -> list[str]:
     """The ids a bulk query matches now, newest first; raise CountChanged when they are not ``expect``."""
-    ids = [row[0] for row in query.select(Job.prompt_id).tuples()]
+    query = query.select(Job.prompt_id).tuples()
+    # Read one more than expected, not every match: the exact number is counted only to say it changed.
+    ids = [row[0] for row in (query if expect is None else query.limit(expect + 1))]
     if expect is not None and len(ids) != expect:
-        raise CountChanged(len(ids), expect)
+        raise CountChanged(len(ids) if len(ids) < expect else query.order_by().count(), expect)
     return ids
 
 
@@ -1226,7 +1275,7 @@ def removal_usage(history_filter: HistoryFilter, include_starred: bool = False) 
         count, size = query.select(fn.COUNT(SQL("*")), fn.SUM(Job.bytes)).order_by().tuples().get()
         return count, int(size or 0)
 
-    ended = Job.status.not_in(ACTIVE_STATUSES)
+    ended = (unindexed(Job.status) if search_leads(history_filter) else Job.status).not_in(ACTIVE_STATUSES)
     total = count_and_bytes(filtered(history_filter, paged=False).where(ended))
     starred = (0, 0) if history_filter.starred is False else count_and_bytes(
         filtered(history_filter.replace(starred=True), paged=False).where(ended)
