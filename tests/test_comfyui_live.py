@@ -8,6 +8,11 @@ A run that fails after a save needs a file that is no model at
 ``models/upscale_models/studio-live-broken.pth`` of that ComfyUI (any text will do): ComfyUI accepts
 the graph (the name is in its list) and fails loading it. With STUDIO_TEST_COMFYUI_RESTART (a shell command that restarts that ComfyUI and returns once it
 answers again) the restart checks run too.
+
+With STUDIO_TEST_COMFYUI_URL2 naming a second ComfyUI (started like the first, with its own
+``--output-directory`` given as STUDIO_TEST_COMFYUI_OUTPUT_DIR2), the two-server checks run: jobs spread
+over both by queue length, each with its files in its server's folder; with STUDIO_TEST_COMFYUI_STOP2 (a
+shell command that stops the second server and returns once it is gone) a server stopped mid-run too.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ from pathlib import Path
 import pytest
 
 from history import create_app
-from history.executors.comfyui import DIED
 from history.executors.comfyui import REMOVED
 from tests.conftest import wait_for
 from tests.test_comfyui_executor import get_json
@@ -33,6 +37,8 @@ URL = os.environ["STUDIO_TEST_COMFYUI_URL"].rstrip("/")
 OUTPUT_DIR = Path(os.environ["STUDIO_TEST_COMFYUI_OUTPUT_DIR"]).resolve()
 INPUT_DIR = Path(os.environ["STUDIO_TEST_COMFYUI_INPUT_DIR"]).resolve()
 RESTART = os.environ.get("STUDIO_TEST_COMFYUI_RESTART")
+URL2 = os.environ.get("STUDIO_TEST_COMFYUI_URL2", "").rstrip("/")
+STOP2 = os.environ.get("STUDIO_TEST_COMFYUI_STOP2")
 WAIT = 5.0
 
 
@@ -214,10 +220,64 @@ if RESTART:  # collected only with a command that restarts the ComfyUI under tes
         assert get_json(URL + "/history") == {}
 
         stalled = ended(client, running, timeout=30)
-        assert (stalled["status"], stalled["error"]) == ("stalled", DIED)
+        # Connects are refused while it starts again: it went down, and the job ends stalled naming it.
+        assert stalled["status"] == "stalled"
+        assert stalled["error"].startswith(f"ComfyUI at {URL} went down while this job ran"), stalled["error"]
         assert went_down <= datetime.datetime.fromisoformat(stalled["finished_at"]) < back
         after = {record["prompt_id"]: record for record in client.get("/api/admin/history?limit=1000").json}
         assert {record["prompt_id"] for record in before} <= set(after)
         assert after[kept["prompt_id"]] == kept
         for ref in kept["outputs"]:
             assert (OUTPUT_DIR / ref["subfolder"] / ref["filename"]).is_file()
+
+
+if URL2:  # collected only with a second ComfyUI
+
+    OUTPUT_DIR2 = Path(os.environ["STUDIO_TEST_COMFYUI_OUTPUT_DIR2"]).resolve()
+
+    @pytest.fixture
+    def two_servers(app_config, tmp_path):
+        """A studio on both servers, each with its own output folder, running the long and the small workflow."""
+        workflows = tmp_path / "workflows"
+        for name in ("long", "preview-and-save"):
+            (workflows / name).mkdir(parents=True)
+            (workflows / name / "graph.json").write_text(json.dumps(LIVE_WORKFLOWS[name]))
+            (workflows / name / "manifest.json").write_text(json.dumps({
+                "id": name, "name": name, "type": "static",
+                "inputs": [{"id": "seed", "type": "seed", "default": -1, "maps_to": [{"node": "1", "input": "color", "transform": "color"}]}]}))
+        app = create_app({**app_config, "STUDIO_WORKFLOWS_DIR": str(workflows), "STUDIO_COMFYUI_URL": f"{URL},{URL2}",
+                          "STUDIO_COMFYUI_OUTPUT_DIRS": f"{OUTPUT_DIR},{OUTPUT_DIR2}"})
+        client = app.test_client()
+        client.get("/healthz")
+        assert app.extensions["studio"].executor.wait_connected(30)
+        yield app, client
+        app.extensions["studio"].stop()
+
+    def test_two_servers_share_a_burst_by_queue_length_and_keep_their_own_files(two_servers):
+        _, client = two_servers
+        burst = [client.post("/api/run/preview-and-save/execute", json={"params": {}}).json["prompt_id"] for _ in range(4)]
+        records = [ended(client, prompt_id, timeout=60) for prompt_id in burst]
+        assert sorted(record["comfyui_server"] for record in records) == sorted([URL, URL, URL2, URL2])
+        for record in records:
+            folder = OUTPUT_DIR if record["comfyui_server"] == URL else OUTPUT_DIR2
+            assert record["status"] == "completed"
+            assert (folder / record["outputs"][0]["subfolder"] / record["outputs"][0]["filename"]).is_file()
+
+    if STOP2:
+
+        def test_the_second_server_stopped_mid_run_stalls_its_job_by_name_and_the_first_takes_new_ones(two_servers):
+            _, client = two_servers
+            first = client.post("/api/run/long/execute", json={"params": {}}).json["prompt_id"]
+            second = client.post("/api/run/long/execute", json={"params": {}}).json["prompt_id"]
+            on_second = wait_for(lambda: [pid for pid in (first, second)
+                                          if client.get(f"/api/admin/history/{pid}").json["comfyui_server"] == URL2],
+                                 what="a long job on the second server")[0]
+            wait_for(lambda: any(entry[1] == on_second for entry in get_json(URL2 + "/queue")["queue_running"]),
+                     timeout=30, what="it runs there")
+            subprocess.run(STOP2, shell=True, check=True, timeout=60)
+            stalled = ended(client, on_second, timeout=30)
+            assert stalled["status"] == "stalled"
+            assert stalled["error"].startswith(f"ComfyUI at {URL2} went down while this job ran"), stalled["error"]
+            after = client.post("/api/run/preview-and-save/execute", json={"params": {}}).json["prompt_id"]
+            done = ended(client, after, timeout=180)
+            assert (done["status"], done["comfyui_server"]) == ("completed", URL)

@@ -167,6 +167,17 @@ def test_a_server_stopped_mid_run_stalls_its_job_by_name_and_new_jobs_go_to_the_
     other_dir = other.output_dir / done["outputs"][0]["subfolder"] / done["outputs"][0]["filename"]
     assert other_dir.is_file()
 
+    # With both down, an execute is refused naming each, and leaves no record.
+    other.stop()
+    wait_for(lambda: set(up for up, _text in queue_servers(client).values()) == {"false"}, what="both shown down")
+    count = Job.select().count()
+    refused = client.post("/api/run/txt2img-example/execute", json={"params": SMALL})
+    assert refused.status_code == 503
+    assert refused.json["error"].startswith("no ComfyUI server can take the job: ")
+    assert f"ComfyUI at {a.url} is unreachable" in refused.json["error"]
+    assert f"ComfyUI at {b.url} is unreachable" in refused.json["error"]
+    assert Job.select().count() == count
+
 
 def test_each_servers_files_are_served_packaged_and_deleted_from_its_own_folder(doubles, studio, client, settings):
     a, b = doubles

@@ -86,6 +86,9 @@ class _Job:
     # The last moment the job was known alive (the socket that carried its news closed then): a job
     # ComfyUI lost while it was down ends there, so its duration never counts the outage.
     alive_at: datetime.datetime | None = None
+    # Reported stalled when its server went down; still followed, so its real end is reported if the
+    # server comes back with it (the runner decides what a stalled job's later end changes).
+    lost: bool = False
     # Held while the job's start or end is reported: the socket thread and a reconcile (on another
     # thread) can both learn of a job, and its end must not be stored before its start is.
     reporting: threading.Lock = field(default_factory=threading.Lock)
@@ -223,8 +226,12 @@ class ComfyUIExecutor(Executor):
         except Exception:
             log.exception("Could not settle jobs taken over from another worker")
 
-    def submit(self, submission: Submission) -> None:
-        """POST the graph under our prompt_id and client_id; raise ExecutorUnavailable or ExecutorRejected."""
+    def submit(self, submission: Submission, connect_wait: float | None = None) -> None:
+        """POST the graph under our prompt_id and client_id; raise ExecutorUnavailable or ExecutorRejected.
+
+        ``connect_wait``: how long to wait for the websocket first (default ``connect_wait``); several servers
+        pass 0, having chosen a connected one or waited for any already.
+        """
         prompt_id = submission.prompt_id
         job = _Job(prompt_id, graph=submission.graph, submitting=True)
         # Track the job before posting: its first frames can arrive before POST /prompt answers.
@@ -232,7 +239,9 @@ class ComfyUIExecutor(Executor):
             self._jobs[prompt_id] = job
             self._uncounted.add(prompt_id)
         self._follow_in_background()
-        self._connected.wait(min(self.connect_wait, self.http_timeout))
+        wait = self.connect_wait if connect_wait is None else connect_wait
+        if wait > 0:
+            self._connected.wait(min(wait, self.http_timeout))
         body = {"prompt": submission.graph, "client_id": self.client_id, "prompt_id": prompt_id}
         if submission.extra_data:
             body["extra_data"] = submission.extra_data
@@ -289,7 +298,7 @@ class ComfyUIExecutor(Executor):
     def running(self) -> list[str]:
         """The prompt ids of the followed jobs that run here now."""
         with self._lock:
-            return [job.prompt_id for job in self._jobs.values() if job.started is True]
+            return [job.prompt_id for job in self._jobs.values() if job.started is True and not job.lost]
 
     def cancel(self, prompt_id: str) -> None:
         """Take a job out of ComfyUI's queue, or interrupt it if it runs; a run then fails as interrupted."""
@@ -413,16 +422,22 @@ class ComfyUIExecutor(Executor):
                 delay = min(delay * 2, self.max_reconnect_delay)
 
     def _went_down(self, error: OSError) -> None:
-        """End the jobs that ran here as stalled, naming this server: it refuses connections now."""
+        """Report the jobs that ran here as stalled, naming this server: it refuses connections now.
+
+        They stay followed: if the server comes back with one (a network outage, not a restart), the
+        reconcile reports its real end too.
+        """
         reason = error.strerror or str(error) or type(error).__name__
         with self._lock:
             self.queue_remaining = 0
-            running = [job for job in self._jobs.values() if job.started is True]
+            self._uncounted.clear()
+            running = [job for job in self._jobs.values() if job.started is True and not job.lost]
+            for job in running:
+                job.lost = True
         for job in running:
-            if self._settle(job.prompt_id):
-                log.warning("ComfyUI at %s went down while job %s ran; it is stalled", self.base_url, job.prompt_id)
-                message = WENT_DOWN.format(server=self.base_url, reason=reason)
-                self._report_end(job, "failed", message, job.alive_at or utcnow(), status="stalled")
+            log.warning("ComfyUI at %s went down while job %s ran; it is stalled", self.base_url, job.prompt_id)
+            message = WENT_DOWN.format(server=self.base_url, reason=reason)
+            self._report_end(job, "failed", message, job.alive_at or utcnow(), status="stalled")
 
     def _await_greeting(self, connection: _Connection) -> None:
         """Wait for ComfyUI's first ``status`` frame: it sends it once our clientId gets our frames."""

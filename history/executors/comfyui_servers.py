@@ -73,11 +73,11 @@ class ComfyUIServers(Executor):
             self._post(self.servers[0], submission)
             return
         if not any(server.connected for server in self.servers):
-            self._wait_any_connected(min(ComfyUIExecutor.connect_wait, self.servers[0].http_timeout))
+            self._wait_any_connected(min(self.servers[0].connect_wait, self.servers[0].http_timeout))
         failures = []
         for server in self._by_load():
             try:
-                self._post(server, submission)
+                self._post(server, submission, connect_wait=0)
                 return
             except ExecutorUnavailable as error:
                 failures.append(str(error))
@@ -141,10 +141,10 @@ class ComfyUIServers(Executor):
         up = [server for server in rotated if server.connected]
         return sorted(up, key=lambda server: server.load) if up else rotated
 
-    def _post(self, server: ComfyUIExecutor, submission: Submission) -> None:
+    def _post(self, server: ComfyUIExecutor, submission: Submission, connect_wait: float | None = None) -> None:
         """Record the server as the job's, then post it there."""
         self.reporter.placed(submission.prompt_id, server.base_url)
-        server.submit(submission)
+        server.submit(submission, connect_wait=connect_wait)
 
     def _wait_any_connected(self, timeout: float) -> None:
         """Wait a moment for some server's websocket to open (the studio just started)."""
