@@ -62,6 +62,7 @@ class Runner:
         self.stall_seconds = float(stall_seconds)
         self.executor = None
         self.owner: str | None = None  # this process's worker id: the owner of the jobs it records (history/workers.py)
+        self.on_end = None  # called after each job of this process ends (a worker then claims the next)
         self._lock = threading.Lock()
         self._progress: dict[str, dict] = {}
         self._followed: set[str] = set()  # jobs of this process (or left to it at start-up)
@@ -228,6 +229,8 @@ class Runner:
         # Only a real end may follow a stall: a second stall report changes nothing.
         job = jobs.update_active(prompt_id, change, after_stall=status != STALLED)
         self.unfollow(prompt_id)
+        if self.on_end is not None:
+            self.on_end()
         if job is not None:
             self.metrics.executions_finished.labels(status).inc()
             self.bus.publish(event, job.to_dict())

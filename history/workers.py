@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 EXPIRY_BEATS = 3
 # At most this many jobs claimed in one transaction (an executor without a capacity takes them in turns).
 CLAIM_BATCH = 32
-# Events after which a worker looks for waiting jobs: one was queued, or one of its own ended (room freed).
-WAKE_EVENTS = ("job.queued", "job.completed", "job.failed", "job.stalled", "job.deleted")
-WAKE_PREFIXES = tuple('{"type": "%s"' % event for event in WAKE_EVENTS)  # events.encode writes the type first
+# A worker looks for waiting jobs when one is queued (any process's event) and when one of its own ends
+# (the runner says so: another worker's ends free no room here).
+WAKE_PREFIX = '{"type": "job.queued"'  # events.encode writes the type first
+# A worker keeps this many jobs per executor thread in hand, so a thread that finishes finds the next one
+# without waiting for a claim.
+CLAIM_AHEAD = 2
 LEFT_BEHIND = RESTART_MESSAGE  # the start-up reason, as before workers had heartbeats
 
 
@@ -292,6 +295,7 @@ class WorkerLoop:
             log.warning("worker %s could not register yet: %s", self.worker_id, error)
         # A listener, not a subscription: it only sets the event (a page's websocket count stays its own).
         self.bus.add_listener(self._hear)
+        self.runner.on_end = self.room_freed
         self._thread = threading.Thread(target=self._run, name="studio-worker", daemon=True)
         self._thread.start()
 
@@ -305,8 +309,12 @@ class WorkerLoop:
 
     def _hear(self, message: str) -> None:
         """Wake the loop on an event that may leave a job to claim (the bus calls this in the publisher's thread)."""
-        if message.startswith(WAKE_PREFIXES):
+        if message.startswith(WAKE_PREFIX):
             self._wake.set()
+
+    def room_freed(self) -> None:
+        """One of this worker's jobs ended: look for the next (the runner calls this)."""
+        self._wake.set()
 
     def _settle_at_start(self) -> None:
         register(self.worker_id, self.role)
@@ -354,7 +362,7 @@ class WorkerLoop:
         count = 0
         while not self._stop.is_set():
             capacity = getattr(self.executor, "capacity", None)
-            room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, capacity - self.runner.following_count())
+            room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, CLAIM_AHEAD * capacity - self.runner.following_count())
             if room <= 0:
                 return count
             claimed = claim(self.worker_id, room)
