@@ -7,7 +7,8 @@ Run: ``python -m bench.scale [--million] [--skip-load] [--skip-browser]`` (``mak
    gthread worker, 1,000 jobs), four kept-alive connections (bench/rate.py, like ``wrk -t1 -c4``).
 2. Search: the list poll with ``q`` (changed and idle) at the largest store vs the same poll without it.
 3. Flat in the store's size: first page, idle poll, search, one job, stats and a filter delete at 1k, 10k,
-   100k (and 1M) jobs, each store filled by bench/fill.py (the fill time is a target too).
+   100k (and 1M) jobs, each store filled by bench/fill.py (the fill time is a target too) and served by a
+   gunicorn of its own; each figure is asked of the stores in turns, so the machine's load falls on all alike.
 4. A thousand viewers: bench/load.py (1,000 websockets, 200 pollers at 1/s, 60 s; gunicorn gevent).
 5. Thumbnails on arrival: bench/thumbnails.py's Chromium page of 50 imported jobs.
 Timings here are medians of repeated requests over loopback on a shared machine: the load average is
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +31,6 @@ from pathlib import Path
 from bench.fill import fill_jobs
 from bench.fill import prompt_id_of
 from bench.poll import HTMX
-from bench.poll import LoopbackClient
-from bench.poll import measure
 from bench.rate import rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,100 +92,162 @@ def serve_rates(seconds: float) -> dict:
 
 # ---- 2 and 3. the store's size --------------------------------------------------------------------
 
-def median_ms(client, path: str, headers: dict, repeat: int, expect: int, before_each=None) -> float:
-    """The median time of ``repeat`` GETs (bench/poll.py's measure; the first, which warms caches, not counted)."""
-    return measure(client, path, headers, repeat, expect, before_each)["median_ms"]
+class Store:
+    """One filled store served by its own gunicorn (as `make serve` runs it), with a kept-alive connection to it."""
 
+    def __init__(self, count: int):
+        from bench.load import free_port
+        from bench.load import start_server
+        from history import create_app
+        from history.db import release
 
-def post_ms(port: int, path: str, body: dict) -> tuple[float, dict]:
-    """One JSON POST (a script's: no Origin, no cookie); answer (ms, the answer's JSON)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    payload = json.dumps(body).encode()
-    started = time.perf_counter()
-    connection.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
-    response = connection.getresponse()
-    answer = json.loads(response.read() or b"{}")
-    seconds = time.perf_counter() - started
-    connection.close()
-    assert response.status == 200, (path, response.status, answer)
-    return seconds * 1000, answer
-
-
-def tier(count: int, repeat: int) -> dict:
-    """Every per-request figure at one store size (a fresh store, filled first)."""
-    from history import create_app
-
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    app = create_app({"TESTING": True, "START_RUNNER": False, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0"})
-    cpu = time.process_time()
-    fill_seconds = fill_jobs(count, output_root=app.config["STUDIO"].output_dir, files_for=60)
-    fill_cpu = time.process_time() - cpu  # SQLite works in this process: its CPU, whatever else the machine runs
-    try:
-        return {"fill_s": fill_seconds, "fill_cpu_s": fill_cpu, **measure_store(app, count, repeat)}
-    finally:
+        self.count = count
+        self.data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+        app = create_app({"TESTING": True, "START_RUNNER": False, "STUDIO_DATA_DIR": str(self.data_dir), "STUDIO_DEMO": "0"})
+        cpu = time.process_time()
+        self.fill_s = fill_jobs(count, output_root=app.config["STUDIO"].output_dir, files_for=60)
+        self.fill_cpu_s = time.process_time() - cpu  # SQLite fills in this process: its CPU, whatever else the machine runs
         app.extensions["studio"].stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        release()
+        self.port = free_port()
+        self.server = start_server(self.data_dir, self.port, "gthread", threads=8)
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        self.requests = 0
+        self.deleted = 0
+
+    def ask(self, method: str, path: str, headers: dict, body: dict | None = None) -> tuple[float, int, bytes, dict]:
+        """One request: (milliseconds, status, body, headers)."""
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {**headers, "Content-Type": "application/json"} if body is not None else headers
+        started = time.perf_counter()
+        self.connection.request(method, path, body=payload, headers=headers)
+        response = self.connection.getresponse()
+        answer = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        return elapsed, response.status, answer, dict(response.getheaders())
+
+    def close(self) -> None:
+        from bench.load import stop_server
+
+        self.connection.close()
+        stop_server(self.server, timeout=15)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def measure_store(app, count: int, repeat: int, delete: bool = True) -> dict:
-    """The per-request figures of an app over a store that bench/fill.py filled with ``count`` jobs."""
-    client = LoopbackClient(app)
-    forget = lambda: app.extensions.pop("history.rendered_lists", None)  # noqa: E731 - a render each time
-    try:
-        figures = {}
-        figures["first_page"] = median_ms(client, "/admin/history", {}, max(5, repeat // 20), 200)
-        etag = client.get("/admin/history/list", headers=HTMX).headers["ETag"].strip('"')
-        figures["idle"] = median_ms(client, "/admin/history/list", {**HTMX, "X-List-ETag": etag}, repeat, 204)
-        figures["changed"] = median_ms(client, "/admin/history/list", {**HTMX, "X-List-ETag": "stale"},
-                                       max(5, repeat // 20), 200, before_each=forget)
-        search_path = "/admin/history/list?q=" + SEARCH.replace(" ", "+")
-        figures["search_changed"] = median_ms(client, search_path, {**HTMX, "X-List-ETag": "stale"},
-                                              max(5, repeat // 20), 200, before_each=forget)
-        search_etag = client.get(search_path, headers=HTMX).headers["ETag"].strip('"')
-        figures["search_idle"] = median_ms(client, search_path, {**HTMX, "X-List-ETag": search_etag}, repeat, 204)
-        rare_path = "/admin/history/list?q=" + f"number {count // 2 + 1}".replace(" ", "+")
-        figures["search_rare"] = median_ms(client, rare_path, {**HTMX, "X-List-ETag": "stale"}, max(5, repeat // 20),
-                                           200, before_each=forget)
-        one = prompt_id_of(count // 2)
-        figures["one_job"] = median_ms(client, f"/admin/history/jobs/{one}", HTMX, max(5, repeat // 10), 200)
-        figures["stats"] = median_ms(client, "/api/admin/history/stats", {}, 3, 200)
-        if delete:
-            victim = prompt_id_of(count - 1)  # the oldest job, found by a search on its id
-            figures["filter_delete"], answer = post_ms(client.server.server_port, "/api/admin/history/delete",
-                                                       {"filter": {"q": victim}, "expect": 1})
-            assert answer.get("deleted") == [victim], answer
-    finally:
-        client.close()
+def in_turns(stores: list[Store], times: int, request) -> list[float]:
+    """The median milliseconds of ``request(store)`` per store, asked in turns (one store, then the next,
+    ``times`` rounds after one that warms caches), so a change in the machine's load touches every store alike."""
+    samples = [[] for _ in stores]
+    for round_number in range(times + 1):
+        for index, store in enumerate(stores):
+            elapsed = request(store)
+            if round_number:
+                samples[index].append(elapsed)
+    return [statistics.median(values) for values in samples]
+
+
+def get(path: str, headers: dict, expect: int, fresh: bool = False):
+    """A request of ``path`` checked for its status; ``fresh`` makes each URL new, so no rendered list is reused."""
+    def request(store: Store) -> float:
+        store.requests += 1
+        url = path + (("&" if "?" in path else "?") + f"bench={store.requests}" if fresh else "")
+        elapsed, status, body, _headers = store.ask("GET", url, headers)
+        assert status == expect, (url, status, body[:200])
+        return elapsed
+    return request
+
+
+def size_figures(stores: list[Store], repeat: int) -> dict[int, dict]:
+    """Every per-request figure of every store, each asked of the stores in turns."""
+    figures = {store.count: {"fill_s": store.fill_s, "fill_cpu_s": store.fill_cpu_s} for store in stores}
+
+    def record(key: str, times: int, request) -> None:
+        for store, value in zip(stores, in_turns(stores, times, request)):
+            figures[store.count][key] = value
+
+    def etag_of(path: str):
+        return lambda store: store.ask("GET", path, HTMX)[3]["ETag"].strip('"')
+
+    few = max(5, repeat // 8)
+    record("first_page", few, get("/admin/history", {}, 200, fresh=True))
+    etags = {store.count: etag_of("/admin/history/list")(store) for store in stores}
+    record("idle", repeat, lambda store: get("/admin/history/list", {**HTMX, "X-List-ETag": etags[store.count]}, 204)(store))
+    record("changed", few, get("/admin/history/list", {**HTMX, "X-List-ETag": "stale"}, 200, fresh=True))
+    search_path = "/admin/history/list?q=" + SEARCH.replace(" ", "+")
+    record("search_changed", few, get(search_path, {**HTMX, "X-List-ETag": "stale"}, 200, fresh=True))
+    etags = {store.count: etag_of(search_path)(store) for store in stores}
+    record("search_idle", repeat, lambda store: get(search_path, {**HTMX, "X-List-ETag": etags[store.count]}, 204)(store))
+    record("search_rare", few, lambda store: get("/admin/history/list?q=" + f"number+{store.count // 2 + 1}",
+                                                 {**HTMX, "X-List-ETag": "stale"}, 200, fresh=True)(store))
+    record("one_job", few, lambda store: get(f"/admin/history/jobs/{prompt_id_of(store.count // 2)}", HTMX, 200)(store))
+    record("stats", few, get("/api/admin/history/stats", {}, 200))
+
+    def delete_one(store: Store) -> float:
+        store.deleted += 1
+        victim = prompt_id_of(store.count - store.deleted)  # the oldest jobs, each found by a search on its id
+        elapsed, status, body, _headers = store.ask("POST", "/api/admin/history/delete", {}, {"filter": {"q": victim}, "expect": 1})
+        assert status == 200 and json.loads(body)["deleted"] == [victim], (status, body[:200])
+        return elapsed
+    record("filter_delete", 5, delete_one)
     return figures
 
 
+# (label, figure, unit, goal of the largest store against the smallest: "1.3" is within 1.3x; "flat" is printed only)
 ROWS = (
-    ("fill (bench/fill.py), wall", "fill_s", "s"),
-    ("fill, CPU time of the filling process", "fill_cpu_s", "s"),
-    ("first page /admin/history (50 cards)", "first_page", "ms"),
-    ("idle poll (204)", "idle", "ms"),
-    ("changed poll (renders 50 cards)", "changed", "ms"),
-    (f"search poll q={SEARCH!r}, changed", "search_changed", "ms"),
-    (f"search poll q={SEARCH!r}, idle", "search_idle", "ms"),
-    ("search poll, a rare needle, changed", "search_rare", "ms"),
-    ("one job (overlay fragment)", "one_job", "ms"),
-    ("stats /api/admin/history/stats", "stats", "ms"),
-    ("filter delete (1 job matched by q)", "filter_delete", "ms"),
+    ("fill (bench/fill.py), wall", "fill_s", "s", ""),
+    ("fill, CPU time of the filling process", "fill_cpu_s", "s", ""),
+    ("first page /admin/history (50 cards)", "first_page", "ms", "1.3"),
+    ("idle poll (204)", "idle", "ms", "1.3"),
+    ("changed poll (renders 50 cards)", "changed", "ms", "flat"),
+    (f"search poll q={SEARCH!r}, changed", "search_changed", "ms", "flat"),
+    (f"search poll q={SEARCH!r}, idle", "search_idle", "ms", "flat"),
+    ("search poll, a rare needle, changed", "search_rare", "ms", "flat"),
+    ("one job (overlay fragment)", "one_job", "ms", "flat"),
+    ("stats /api/admin/history/stats", "stats", "ms", "flat"),
+    ("filter delete (1 job matched by q)", "filter_delete", "ms", "flat"),
+)
+# A search poll against the same poll without q, in each store (goal: within 2x).
+SEARCH_RATIOS = (
+    ("search changed / changed poll", "search_changed", "changed"),
+    ("search idle / idle poll", "search_idle", "idle"),
 )
 
 
 def size_table(counts: list[int], repeat: int) -> dict[int, dict]:
-    """Run every tier and print one table, a column per store size."""
-    tiers = {}
-    for count in counts:
+    """Run every tier and print one table, a column per store size, and the largest against the smallest."""
+    stores = []
+    try:
+        for count in counts:
+            stores.append(Store(count))
+            print(f"  filled {count:,} jobs in {stores[-1].fill_s:.1f} s ({stores[-1].fill_cpu_s:.1f} s CPU),"
+                  f" load average {load_average()}", flush=True)
         started = time.perf_counter()
-        tiers[count] = tier(count, repeat)
-        print(f"  ({count:,} jobs measured in {time.perf_counter() - started:.0f} s, load average {load_average()})", flush=True)
-    print("\n3. by the store's size: medians over loopback (Werkzeug threaded server, SQLite)")
-    print(f"  {'':<40}" + "".join(f"{count:>12,}" for count in counts))
-    for label, key, unit in ROWS:
-        print(f"  {label:<40}" + "".join(f"{tiers[count][key]:>10.1f}{unit:>2}" for count in counts))
+        tiers = size_figures(stores, repeat)
+        print(f"  measured every store in turns in {time.perf_counter() - started:.0f} s", flush=True)
+    finally:
+        for store in stores:
+            store.close()
+    small, large = counts[0], counts[-1]
+    ratio_head = f"{_short(large)} / {_short(small)}"
+    print(f"\n3. by the store's size: medians over loopback, the stores asked in turns (gunicorn gthread each, SQLite;"
+          f" load average {load_average()})")
+    print(f"  {'':<40}" + "".join(f"{count:>12,}" for count in counts) + f"  {ratio_head:>10}  goal")
+    for label, key, unit, goal in ROWS:
+        line = f"  {label:<40}" + "".join(f"{tiers[count][key]:>10.1f}{unit:>2}" for count in counts)
+        if goal:
+            ratio = tiers[large][key] / max(tiers[small][key], 0.001)
+            verdict_text = "flat" if goal == "flat" else f"<= {goal}x {verdict(ratio <= float(goal))}"
+            line += f"  {ratio:>9.2f}x  {verdict_text}"
+        print(line)
+    for label, key, plain in SEARCH_RATIOS:
+        ratios = [tiers[count][key] / max(tiers[count][plain], 0.001) for count in counts]
+        print(f"  {label:<40}" + "".join(f"{ratio:>11.2f}x" for ratio in ratios) + f"  {'':>10}  <= 2x {verdict(max(ratios) <= 2)}")
     return tiers
+
+
+def _short(count: int) -> str:
+    """1k, 10k, 1M: a store size in a column head."""
+    return f"{count // 1_000_000}M" if count >= 1_000_000 and count % 1_000_000 == 0 else f"{count // 1000}k" if count % 1000 == 0 else f"{count:,}"
 
 
 # ---- the summary ----------------------------------------------------------------------------------
