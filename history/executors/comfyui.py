@@ -295,11 +295,6 @@ class ComfyUIExecutor(Executor):
         with self._lock:
             return self.queue_remaining + len(self._uncounted)
 
-    def running(self) -> list[str]:
-        """The prompt ids of the followed jobs that run here now."""
-        with self._lock:
-            return [job.prompt_id for job in self._jobs.values() if job.started is True and not job.lost]
-
     def cancel(self, prompt_id: str) -> None:
         """Take a job out of ComfyUI's queue, or interrupt it if it runs; a run then fails as interrupted."""
         with self._lock:

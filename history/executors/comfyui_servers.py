@@ -123,11 +123,8 @@ class ComfyUIServers(Executor):
         return [prompt_id for server in self.servers for prompt_id in server.following()]
 
     def server_states(self) -> list[dict]:
-        """Each server as the queue page shows it: url, up, queue_remaining (its load) and the jobs running there."""
-        return [
-            {"url": server.base_url, "up": server.connected, "queue_remaining": server.load, "running": server.running()}
-            for server in self.servers
-        ]
+        """Each server as the queue page shows it: url, up (its websocket open) and queue_remaining (its load)."""
+        return [{"url": server.base_url, "up": server.connected, "queue_remaining": server.load} for server in self.servers]
 
     # -- choosing --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from flask import render_template
 from flask import request
 
 from history import jobs
+from history.models import RUNNING
 from history.studio import studio
 
 bp = Blueprint("queue", __name__)
@@ -25,15 +26,15 @@ class ServerState:
 
 
 def server_states(active: list) -> list[ServerState]:
-    """Each configured ComfyUI server's state, with the active jobs (of ``active``) that run on it."""
+    """Each configured ComfyUI server's state, with the jobs of ``active`` that run on it (as the store says)."""
     the_studio = studio()
     states = getattr(the_studio.executor, "server_states", None)
     if states is None:
         return []
-    by_id = {job.prompt_id: job for job in active}
     shown = []
     for state in states():
-        running = [by_id[prompt_id] for prompt_id in state["running"] if prompt_id in by_id]
+        # From the records, so a process that runs no jobs (STUDIO_ROLE=web) shows them too.
+        running = [job for job in active if job.status == RUNNING and job.comfyui_server == state["url"]]
         if not the_studio.started:
             shown.append(ServerState(state["url"], None, None, running))
         else:
