@@ -199,6 +199,8 @@ def test_each_servers_files_are_served_packaged_and_deleted_from_its_own_folder(
         assert overlay.select_one('[data-field="comfyui_server"] code').get_text() == double.url
         shown = [img["src"] for img in overlay.select("img") if "/media/preview/output/" in img["src"]]
         assert shown and fetched(client, shown[0]) == 200
+        assets = soup(client.get(f"/admin/assets?dir={done['output_dir']}"))
+        assert [fetched(client, img["src"]) for img in assets.select("img.asset-thumb")] == [200]
         package = client.get(f"/api/admin/history/{done['prompt_id']}/package")
         assert package.status_code == 200
         assert f"output/{ref['filename']}" in zipfile.ZipFile(io.BytesIO(package.data)).namelist()
@@ -277,3 +279,13 @@ def test_a_single_url_studio_records_its_server_and_keeps_one_shared_folder(tmp_
         assert "server=" not in card.select_one("img.job-thumb")["src"]
     finally:
         app.extensions["studio"].stop()
+
+
+@pytest.mark.parametrize("stored", ["http://[::1", "not a url at all", "http://gone.example:8188"])
+def test_a_stored_server_that_is_no_longer_configured_or_no_address_never_breaks_a_page(client, make_job, stored):
+    job = make_job(comfyui_server=stored)
+    card = soup(client.get(f"/admin/history/jobs/{job.prompt_id}/card"))
+    assert card.select_one(".job-server")["title"] == f"Ran on ComfyUI at {stored}"
+    assert fetched(client, card.select_one("img.job-thumb")["src"]) == 200  # its files: the shared output folder
+    overlay = soup(client.get(f"/admin/history/jobs/{job.prompt_id}", headers={"HX-Request": "true"}))
+    assert overlay.select_one('[data-field="comfyui_server"] code').get_text() == stored

@@ -109,7 +109,10 @@ def human_size(size) -> str:
 
 def server_name(url) -> str:
     """A ComfyUI server's address as a card names it: host and port (``127.0.0.1:8189``), its path if it has one."""
-    parts = urllib.parse.urlsplit(str(url or ""))
+    try:
+        parts = urllib.parse.urlsplit(str(url or ""))
+    except ValueError:  # a stored value that is no address (an import) is shown as it is
+        return str(url)
     return (parts.netloc + parts.path.rstrip("/")) or str(url or "")
 
 
