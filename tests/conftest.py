@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import shutil
 import struct
 import threading
 import time
@@ -68,6 +69,86 @@ def reset_postgres(url: str) -> None:
         release(db)
 
 
+# What the schema of the throw-away database is made of (tables' columns, indexes, constraints, triggers and
+# their functions), read back to tell the store the migrations made from one a test has changed.
+POSTGRES_SCHEMA = """
+SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+       || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = current_schema()
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+UNION ALL
+SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT 'function ' || proname || ' ' || md5(prosrc) FROM pg_proc WHERE pronamespace = current_schema()::regnamespace
+ORDER BY 1
+"""
+# Tables whose rows say which steps ran: kept when the others are emptied.
+SCHEMA_TABLES = ("schema_migration", "schema_version")
+# The schema (with its step rows) the app's start-up left on a store it migrated from nothing, per URL.
+_migrated_postgres: dict[str, tuple] = {}
+
+
+def postgres_schema(db) -> tuple:
+    """The schema of the throw-away database as rows of text, with the steps recorded as applied."""
+    rows = [row[0] for row in db.execute_sql(POSTGRES_SCHEMA).fetchall()]
+    for table, column in zip(SCHEMA_TABLES, ("name", "version")):
+        if db.execute_sql("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
+            rows += [f"{table} {row[0]}" for row in db.execute_sql(f"SELECT {column} FROM {table} ORDER BY 1").fetchall()]
+    return tuple(rows)
+
+
+def empty_postgres(url: str) -> None:
+    """Leave the throw-away database without a job, as the app's start-up would find a new one once migrated.
+
+    When its schema is exactly what the migrations made of an empty database earlier in this session, its
+    rows are deleted (the steps' rows kept; no table has a sequence to restart, and TRUNCATE's new files cost
+    0.1 s, so it is kept for a store of thousands of jobs): the same store as a new one migrated, without running every step again. Anything else (a test
+    changed a column, a step, a trigger) is dropped as reset_postgres does, and the app's start-up migrates
+    it from nothing.
+    """
+    from history.db import open_database
+
+    db = open_database(url)
+    db.connect()
+    try:
+        if _migrated_postgres.get(url) == postgres_schema(db):
+            tables = [row[0] for row in db.execute_sql(
+                "SELECT quote_ident(relname) FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+                " AND relkind = 'r' AND relname <> ALL(%s) ORDER BY relname = 'job' DESC", (list(SCHEMA_TABLES),)).fetchall()]
+            if db.execute_sql("SELECT EXISTS (SELECT 1 FROM job OFFSET 5000)").fetchone()[0]:
+                db.execute_sql(f"TRUNCATE {', '.join(tables)}")  # a large store: faster than row by row
+                return
+            with db.atomic():
+                for table in tables:  # the job first: its triggers keep the tallies, emptied after it
+                    db.execute_sql(f"DELETE FROM {table}")
+            return
+    finally:
+        release(db)
+    _migrated_postgres.pop(url, None)
+    reset_postgres(url)
+
+
+def remember_migrated_postgres(url: str) -> None:
+    """Note the schema an app just migrated from nothing, so empty_postgres can tell it again."""
+    from history.db import open_database
+
+    db = open_database(url)
+    db.connect()
+    try:
+        _migrated_postgres[url] = postgres_schema(db)
+    finally:
+        release(db)
+
+
 @pytest.fixture
 def database_kind() -> str:
     """The database a test runs on (parametrized by pytest_generate_tests)."""
@@ -86,9 +167,25 @@ def app_config(request, tmp_path, database_kind) -> dict:
     }
     config.update(getattr(request, "param", None) or {})
     if database_kind == "postgres":
-        reset_postgres(POSTGRES_URL)
+        if "app" in request.fixturenames:
+            empty_postgres(POSTGRES_URL)  # the app's start-up migrates the store before the test in any case
+        else:
+            reset_postgres(POSTGRES_URL)  # the test may build a store of its own: no tables at all
         config["STUDIO_DATABASE_URL"] = POSTGRES_URL
     return config
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite store the app's start-up migrated from nothing, made once: each ``app`` on SQLite starts from a
+    copy (the same file its own start-up would make, without running every step for each test)."""
+    data_dir = tmp_path_factory.mktemp("migrated-store")
+    template = create_app({"TESTING": True, "STUDIO_DATA_DIR": str(data_dir), "STUDIO_DEMO": "0", "START_RUNNER": False})
+    template.extensions["studio"].stop()
+    release()
+    store = data_dir / "studio.db"
+    assert not store.with_name("studio.db-wal").exists(), "the template store was left with a write-ahead log"
+    return store
 
 
 @pytest.fixture
@@ -100,9 +197,15 @@ def comfyui(tmp_path):
 
 
 @pytest.fixture
-def app(app_config):
+def app(app_config, migrated_sqlite):
     """The app, its tables created; its background work stops after the test."""
+    data_dir = Path(app_config["STUDIO_DATA_DIR"])
+    if "STUDIO_DATABASE_URL" not in app_config and not data_dir.exists():
+        data_dir.mkdir(parents=True)
+        shutil.copyfile(migrated_sqlite, data_dir / migrated_sqlite.name)
     app = create_app(app_config)
+    if app_config.get("STUDIO_DATABASE_URL") == POSTGRES_URL and POSTGRES_URL not in _migrated_postgres:
+        remember_migrated_postgres(POSTGRES_URL)
     yield app
     app.extensions["studio"].stop()
     release()
