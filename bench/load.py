@@ -112,16 +112,76 @@ class Tally:
         self.open = 0
 
 
-async def open_websocket(port: int, tally: Tally):
-    """A websocket handshake on /ws; answer (reader, writer)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET {WS_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(head.split(b"\r\n")[0].decode())
-    return reader, writer
+class Watcher(asyncio.Protocol):
+    """One open websocket: handshake, then read frames as they arrive (no task or future per frame, so a
+    burst of a thousand frames costs this client little), answer pings, note when each event arrives."""
+
+    def __init__(self, port: int, tally: Tally, opened):
+        self.port = port
+        self.tally = tally
+        self.opened = opened  # called once: True when the handshake succeeded
+        self.buffer = b""
+        self.upgraded = False
+        self.heard = 0
+        self.transport = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET {WS_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                         f"Origin: http://127.0.0.1:{self.port}\r\n\r\n").encode())
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.time()
+        self.buffer += data
+        if not self.upgraded:
+            head, found, rest = self.buffer.partition(b"\r\n\r\n")
+            if not found:
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                status_line = head.split(b"\r\n")[0].decode(errors="replace")
+                self.tally.errors.append(f"websocket connect: {status_line}")
+                self.opened(False)
+                self.transport.close()
+                return
+            self.upgraded, self.buffer = True, rest
+            self.opened(True)
+        while len(self.buffer) >= 2:
+            first, second = self.buffer[0], self.buffer[1]
+            length, start = second & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
+            elif length == 127:
+                length, start = int.from_bytes(self.buffer[2:10], "big"), 10
+            if len(self.buffer) < start + length:
+                return
+            payload, self.buffer = self.buffer[start:start + length], self.buffer[start + length:]
+            opcode = first & 0x0F
+            if opcode == 0x9:  # ping: the server closes a socket that does not answer
+                self.transport.write(masked_frame(0xA, payload))
+            elif opcode == 0x8:
+                self.tally.errors.append(f"websocket closed by the server: {payload[2:].decode(errors='replace')}")
+                self.transport.close()
+                return
+            elif opcode == 0x1:
+                # events.encode() writes "ts" last: read it without parsing the whole frame (a cheap client).
+                self.tally.fanout.append(arrived - float(payload.rsplit(b'"ts": ', 1)[1].rstrip(b"}")))
+                self.heard += 1
+
+    def connection_lost(self, exc) -> None:
+        if not self.upgraded:
+            self.tally.errors.append(f"websocket connect: {exc!r}")
+            self.opened(False)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        """Say goodbye (a close frame) and close the connection."""
+        if not self.transport.is_closing():
+            self.transport.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+            self.transport.close()
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -131,53 +191,32 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 
 
 async def watch(port: int, stop: asyncio.Event, opened: asyncio.Event, tally: Tally, want: int) -> None:
-    """Hold one websocket open, answer pings, and note when each event arrives."""
-    heard = 0
-    try:
-        reader, writer = await open_websocket(port, tally)
-    except (OSError, ConnectionError, asyncio.IncompleteReadError) as error:
-        tally.errors.append(f"websocket connect: {error!r}")
+    """Hold one websocket open until ``stop``, answering pings and noting when each event arrives."""
+    answered = []
+
+    def handshake_done(ok: bool) -> None:
+        if answered:
+            return
+        answered.append(ok)
         tally.open += 1
         if tally.open >= want:
             opened.set()
-        return
-    tally.open += 1
-    if tally.open >= want:
-        opened.set()
-    stopping = asyncio.ensure_future(stop.wait())
+
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            read = asyncio.ensure_future(reader.readexactly(2))
-            done, _pending = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stopping in done:
-                read.cancel()
-                break
-            first, second = read.result()
-            length = second & 0x7F
-            if length == 126:
-                length = int.from_bytes(await reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8), "big")
-            payload = await reader.readexactly(length)
-            arrived = time.time()
-            opcode = first & 0x0F
-            if opcode == 0x9:  # ping: the server closes a socket that does not answer
-                writer.write(masked_frame(0xA, payload))
-            elif opcode == 0x8:
-                tally.errors.append(f"websocket closed by the server: {payload[2:].decode(errors='replace')}")
-                break
-            elif opcode == 0x1:
-                # events.encode() writes "ts" last: read it without parsing the whole frame (a cheap client).
-                tally.fanout.append(arrived - float(payload.rsplit(b'"ts": ', 1)[1].rstrip(b"}")))
-                heard += 1
-        writer.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
-        await writer.drain()
-    except (OSError, asyncio.IncompleteReadError) as error:
-        tally.errors.append(f"websocket: {error!r}")
-    finally:
-        stopping.cancel()
-        writer.close()
-        tally.heard.append(heard)
+        _transport, watcher = await loop.create_connection(lambda: Watcher(port, tally, handshake_done), "127.0.0.1", port)
+    except OSError as error:
+        tally.errors.append(f"websocket connect: {error!r}")
+        handshake_done(False)
+        return
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({stopping, watcher.closed}, return_when=asyncio.FIRST_COMPLETED)
+    if stopping.done() and not watcher.closed.done():
+        watcher.close()
+    elif not stopping.done():
+        tally.errors.append("websocket: the server closed the connection")
+    stopping.cancel()
+    tally.heard.append(watcher.heard)
 
 
 async def poll(port: int, stop: asyncio.Event, tally: Tally) -> None:

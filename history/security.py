@@ -12,6 +12,7 @@ used elsewhere.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -73,6 +74,7 @@ def safe_host(host: str | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request without a password; a few names ever come
 def is_loopback_host(host: str | None) -> bool:
     """Whether a Host header (``name[:port]``) names this machine: localhost, *.localhost, 127.x or ::1."""
     try:
@@ -87,6 +89,7 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_address(address: str | None) -> bool:
     """Whether a client address is this machine."""
     try:

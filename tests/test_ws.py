@@ -92,3 +92,19 @@ def test_a_page_that_asks_for_list_events_hears_only_those(app, live_server):
     finally:
         narrow.close()
         every.close()
+
+
+def test_events_of_every_size_arrive_whole_to_a_client_that_offered_compression(app, live_server):
+    # Each event's frame is built once for every socket (uncompressed, which permessage-deflate allows).
+    socket = websocket.create_connection(f"ws://{live_server.host}/ws", timeout=10,
+                                         header=["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"])
+    try:
+        wait_for_subscribers(app, 1)
+        sizes = [10, 200, 70_000]  # a 7-bit, a 16-bit and a 64-bit payload length
+        for size in sizes:
+            app.extensions["studio"].bus.publish("job.deleted", {"prompt_id": f"size-{size}", "note": "x" * size})
+        for size in sizes:
+            frame = receive_until(socket, f"size-{size}", "job.deleted")[-1]
+            assert frame["data"]["note"] == "x" * size
+    finally:
+        socket.close()

@@ -6,6 +6,7 @@ alive. It holds no database connection for its lifetime.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from flask import Blueprint
@@ -42,6 +43,22 @@ def wanted_types() -> list[str] | None:
     return [name for name in raw.split(",") if name in EVENT_TYPES] or None
 
 
+@functools.lru_cache(maxsize=64)
+def text_frame(message: str) -> bytes:
+    """The websocket text frame (RFC 6455: final, unmasked, uncompressed) of an event, built once per
+    event for every socket that sends it, rather than by wsproto once per socket (and deflated per socket
+    when the browser offered permessage-deflate, which allows uncompressed messages)."""
+    payload = message.encode()
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 1 << 16:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
 @sock.route("/ws", bp=bp)
 def events(ws):
     """Send every job event of this studio to the client until it goes away."""
@@ -62,10 +79,11 @@ def events(ws):
                 ws.close(reason=1008, message="login expired")
                 return
             message = subscription.get(timeout=IDLE_CHECK_SECONDS)
-            if message is not None:
-                ws.send(message)
+            if message is not None and ws.connected:
+                # simple-websocket's send() frames through wsproto per socket; the frame is the same for all.
+                ws.sock.sendall(text_frame(message))
                 metrics.delivered(message)
-    except ConnectionClosed:
+    except (ConnectionClosed, OSError):
         pass
     finally:
         metrics.websockets_open.dec()
