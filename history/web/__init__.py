@@ -9,7 +9,7 @@ from history.web import assets
 from history.web import errors
 from history.web import guard
 from history.web import history
-from history.web import idle_polls
+from history.web import poll_answers
 from history.web import login
 from history.web import media
 from history.web import monitoring
@@ -31,4 +31,4 @@ def init_app(app: Flask, url_prefix: str = "") -> None:
     guard.init_app(app)  # the pipeline before every view: limits, host, who is asking, login, cross-origin
     templating.init_app(app)
     errors.init_app(app)
-    idle_polls.init_app(app)  # in front of it all: an identical idle poll gets the app's own answer again
+    poll_answers.init_app(app)  # in front of it all: an identical idle poll gets the app's own answer again

@@ -27,7 +27,7 @@ from history.studio import studio
 from history.web import cards
 from history.web import charts
 from history.web import guard
-from history.web import idle_polls
+from history.web import poll_answers
 from history.web import media
 from history.web.api import get_job_or_404
 from history.web.api import matching_fields
@@ -224,17 +224,22 @@ def history_list():
         return context["list_etag"], render_template("job_list.html", **context)
 
     etag, body = _rendered_lists().get_or_render(key, etag, render)
+    _may_repeat(200, etags, etag_key, token)
     return _fragment_headers(make_response(body), etag)
 
 
-def _unchanged(status: int, etag: str, etags: changes.Remembered, key, token):
-    """The bodiless answer to a poll whose list has not changed, repeated by web/idle_polls.py to the same
-    request while the store stays at ``token`` (as long as the ETag is kept) and the guard's decision on
-    the caller holds."""
-    counter = studio().metrics.list_polls.labels(str(status))
-    idle_polls.allow_repeat(request.environ, etags.changes, token, etags.made_at(key), guard.caller_holds_until(),
-                            on_repeat=counter.inc)
+def _unchanged(status: int, etag: str, etags: changes.Remembered, etag_key, token):
+    """The bodiless answer to a poll whose list has not changed."""
+    _may_repeat(status, etags, etag_key, token)
     return _fragment_headers(make_response("", status), etag)
+
+
+def _may_repeat(status: int, etags: changes.Remembered, etag_key, token) -> None:
+    """Let web/poll_answers.py give this poll's answer to the same request again while the store stays at
+    ``token`` (as long as its ETag is kept) and the guard's decision on the caller holds."""
+    counter = studio().metrics.list_polls.labels(str(status))
+    poll_answers.allow_repeat(request.environ, etags.changes, token, etags.made_at(etag_key),
+                              guard.caller_holds_until(), on_repeat=counter.inc)
 
 
 class RenderedLists:
