@@ -89,10 +89,10 @@ class Runner:
                 self._running.add(prompt_id)
             self._touch(prompt_id)
 
-    def following_count(self) -> int:
-        """How many jobs this process follows now (queued in its executor or running)."""
+    def followed_ids(self) -> set[str]:
+        """The jobs this process follows now (queued in its executor or running)."""
         with self._lock:
-            return len(self._followed)
+            return set(self._followed)
 
     def unfollow(self, prompt_id: str) -> None:
         """Forget a job (it ended, or it was deleted)."""

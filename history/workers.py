@@ -268,7 +268,8 @@ def database_path_of(lock_path: Path) -> str:
 # ---- the loop of a process that runs jobs --------------------------------------------------------
 
 class WorkerLoop:
-    """Keep this process's heartbeat fresh, take over the jobs of silent workers, and claim waiting jobs."""
+    """Keep this process's heartbeat fresh and take over the jobs of silent workers (one thread), and claim
+    waiting jobs (another)."""
 
     def __init__(self, worker_id: str, role: str, interval: float, runner, executor, bus, alone: bool = False):
         self.worker_id = worker_id
@@ -281,7 +282,9 @@ class WorkerLoop:
         self.alone = alone
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._claimed: set[str] = set()  # claimed by this worker and not ended yet (in_hand)
         self._paused_until = 0.0  # the executor was unavailable: claim again after a beat
         self._ownerless: list[str] | None = None  # the start-up settling still to do (the store was away)
 
@@ -296,16 +299,20 @@ class WorkerLoop:
         # A listener, not a subscription: it only sets the event (a page's websocket count stays its own).
         self.bus.add_listener(self._hear)
         self.runner.on_end = self.room_freed
-        self._thread = threading.Thread(target=self._run, name="studio-worker", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._beat, name="studio-heartbeat", daemon=True),
+            threading.Thread(target=self._claim, name="studio-claims", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """End the loop (no more claims); the caller retires the worker once its executor has stopped."""
+        """End the loops (no more claims); the caller retires the worker once its executor has stopped."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
 
     def _hear(self, message: str) -> None:
         """Wake the loop on an event that may leave a job to claim (the bus calls this in the publisher's thread)."""
@@ -333,27 +340,37 @@ class WorkerLoop:
                 self.runner.follow(prompt_id)
             self.executor.adopt(prompt_ids, reason)
 
-    def _run(self) -> None:
-        next_beat = time.monotonic() + self.interval
+    def _beat(self) -> None:
+        """Every interval: refresh the heartbeat and take over the jobs of silent workers (a thread of its own,
+        so a slow submission never makes this worker look dead)."""
+        while not self._stop.wait(self.interval):
+            try:
+                if self._ownerless is not None:
+                    self._settle_at_start()
+                    continue
+                if not beat(self.worker_id, self.role):
+                    log.warning("worker %s had been taken for dead (no heartbeat for %g s); it is back",
+                                self.worker_id, self.expiry)
+                self._adopt(take_over(self.worker_id, self.expiry, alone=self.alone))
+            except Exception:  # the heartbeat must outlive a database hiccup
+                log.exception("heartbeat failed")
+
+    def _claim(self) -> None:
+        """Claim waiting jobs whenever woken, and at least every interval (a NOTIFY may be missed)."""
         while not self._stop.is_set():
             try:
                 self.claim()
-            except Exception:  # the loop must outlive a database hiccup
+            except Exception:
                 log.exception("claiming waiting jobs failed")
-            self._wake.wait(timeout=max(0.0, next_beat - time.monotonic()))
+            self._wake.wait(timeout=max(self.interval, self._paused_until - time.monotonic()))
             self._wake.clear()  # one look at the waiting line serves a burst of events
-            if time.monotonic() >= next_beat and not self._stop.is_set():
-                next_beat = time.monotonic() + self.interval
-                try:
-                    if self._ownerless is not None:
-                        self._settle_at_start()
-                        continue
-                    if not beat(self.worker_id, self.role):
-                        log.warning("worker %s had been taken for dead (no heartbeat for %g s); it is back",
-                                    self.worker_id, self.expiry)
-                    self._adopt(take_over(self.worker_id, self.expiry, alone=self.alone))
-                except Exception:
-                    log.exception("heartbeat failed")
+
+    def in_hand(self) -> int:
+        """How many jobs this worker claimed that have not ended yet."""
+        followed = self.runner.followed_ids()
+        with self._lock:
+            self._claimed &= followed  # ended, or deleted meanwhile
+            return len(self._claimed)
 
     def claim(self) -> int:
         """Claim waiting jobs while the executor has room, and submit them; answer how many were claimed."""
@@ -362,7 +379,7 @@ class WorkerLoop:
         count = 0
         while not self._stop.is_set():
             capacity = getattr(self.executor, "capacity", None)
-            room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, CLAIM_AHEAD * capacity - self.runner.following_count())
+            room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, CLAIM_AHEAD * capacity - self.in_hand())
             if room <= 0:
                 return count
             claimed = claim(self.worker_id, room)
@@ -380,6 +397,8 @@ class WorkerLoop:
         """Submit one claimed job; False when the executor cannot take work now (the job is given back)."""
         submission = submission_of(job, kept)
         self.runner.follow(job.prompt_id)
+        with self._lock:
+            self._claimed.add(job.prompt_id)
         if not submission.graph:
             self.runner.failed(job.prompt_id, "no graph was kept for this job, so no worker can run it", utcnow())
             return True

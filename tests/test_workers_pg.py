@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import datetime
+import json
+import urllib.request
+from pathlib import Path
 
 import pytest
 
+import history
 from history import workers
 from history.models import Job
 from history.models import Worker
 from history.models import utcnow
 from tests.conftest import another_app
+from tests.conftest import same_origin_client
 from tests.conftest import wait_for
 
 
@@ -58,3 +63,29 @@ def test_a_heartbeat_refreshes_and_expires(app, db):
     Worker.delete().execute()  # taken for dead by another: the next beat registers it again
     assert workers.beat("w1", "worker") is False
     assert [worker.worker_id for worker in workers.live_workers(30)] == ["w1"]
+
+
+def test_a_comfyui_worker_claims_what_waits_and_settles_a_silent_workers_job_from_comfyuis_history(
+        app_config, comfyui, make_job, db):
+    comfy = {**app_config, **comfyui.studio_settings(), "STUDIO_HEARTBEAT_SECONDS": "1"}
+    # A job a silent worker posted to ComfyUI, which ran it while nobody listened.
+    graph = json.loads((Path(history.__file__).parent / "workflows/txt2img-example/graph.json").read_text())
+    graph["1"]["inputs"].update(width=64, height=64)
+    graph["3"]["inputs"]["filename_prefix"] = "comfyui-studio/20261201_120000_abcdef/final"
+    orphan = make_job(status="running", files=0, owner="silent", comfyui_server=comfyui.url,
+                      output_dir="20261201_120000_abcdef")
+    body = json.dumps({"prompt": graph, "client_id": "a-worker-gone-quiet", "prompt_id": orphan.prompt_id}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{comfyui.url}/prompt", data=body, method="POST",
+                                                  headers={"Content-Type": "application/json"}), timeout=10).close()
+    assert comfyui.wait_idle(10)
+    worker_row("silent", seconds_ago=60)
+    with another_app({**comfy, "START_RUNNER": False}) as web:  # runs nothing: the job waits for a worker
+        posted = same_origin_client(web).post("/api/run/txt2img-example/execute", json={"params": {"width": 64}})
+        waiting = posted.json["prompt_id"]
+    with another_app(comfy) as worker:
+        worker.test_client().get("/api/workflows")  # starts it
+        settled = wait_for(lambda: (job := Job.get_by_id(orphan.prompt_id)).status != "running" and job)
+        ran = wait_for(lambda: (job := Job.get_by_id(waiting)).status == "completed" and job, what="the waiting job ran")
+    assert settled.status == "completed" and settled.error is None  # ComfyUI's history said so: not stalled
+    assert settled.outputs
+    assert ran.comfyui_server == comfyui.url and ran.outputs

@@ -34,6 +34,8 @@ class ComfyUIServers(Executor):
         self.servers = [
             ComfyUIExecutor(reporter, url, client_id=self.client_id, observe=observe, **options) for url in urls
         ]
+        # A worker claims jobs for each server as a built-in executor does for each thread (history/workers.py).
+        self.capacity = len(self.servers)
         self._lock = threading.Lock()
         self._turn = 0  # where the next tie is broken: servers take equal loads in turn
 
