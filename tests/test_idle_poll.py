@@ -170,8 +170,8 @@ def test_without_a_password_the_same_poll_by_another_host_name_is_refused(app, c
 
 @pytest.fixture
 def secured(app_config):
-    """The app with a password (its own, on the test's store)."""
-    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD}) as secured_app:
+    """The app with a password (its own, on the test's store; the test's app runs the jobs: on SQLite one process does)."""
+    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD, "START_RUNNER": False}) as secured_app:
         yield secured_app
 
 
@@ -225,7 +225,7 @@ def test_a_logout_in_another_process_ends_the_repeats_within_a_second(secured, a
     cookie = browser.get_cookie(secured.config["SESSION_COOKIE_NAME"])
     etag = shown_etag(browser)
     assert [poll(browser, etag).status_code for _ in range(2)] == [204, 204]
-    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD}) as elsewhere:
+    with another_app({**app_config, "STUDIO_ADMIN_PASSWORD": PASSWORD, "START_RUNNER": False}) as elsewhere:
         other = same_origin_client(elsewhere)
         other.set_cookie(cookie.key, cookie.value)
         assert other.post("/logout").status_code == 303
