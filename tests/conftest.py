@@ -204,7 +204,7 @@ def app(app_config, migrated_sqlite):
         data_dir.mkdir(parents=True)
         shutil.copyfile(migrated_sqlite, data_dir / migrated_sqlite.name)
     app = create_app(app_config)
-    if app_config.get("STUDIO_DATABASE_URL") == POSTGRES_URL and POSTGRES_URL not in _migrated_postgres:
+    if POSTGRES_URL and app_config.get("STUDIO_DATABASE_URL") == POSTGRES_URL and POSTGRES_URL not in _migrated_postgres:
         remember_migrated_postgres(POSTGRES_URL)
     yield app
     app.extensions["studio"].stop()
