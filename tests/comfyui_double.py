@@ -382,6 +382,23 @@ class ComfyUIDouble:
             self._cond.notify_all()
         self.drop_connections(refuse=down)
 
+    def go_down(self) -> None:
+        """Stop listening, queue and running prompt kept (a host cut off): sockets end and connects are
+        refused (13_two_servers: ``ConnectionRefusedError``) until come_back()."""
+        self.drop_connections()
+        self._server.shutdown()
+        self._server.server_close()
+        self._server_thread.join(timeout=5)
+
+    def come_back(self) -> None:
+        """Listen again on the same port, with whatever ran meanwhile in the history."""
+        port = int(self.url.rsplit(":", 1)[1])
+        self._server = make_server("127.0.0.1", port, self._app, threaded=True, request_handler=_QuietHandler)
+        self._server_thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="comfyui-double-http", daemon=True
+        )
+        self._server_thread.start()
+
     def history(self, prompt_id: str) -> dict | None:
         """ComfyUI's history record of a prompt."""
         with self._cond:

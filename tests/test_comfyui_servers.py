@@ -179,6 +179,25 @@ def test_a_server_stopped_mid_run_stalls_its_job_by_name_and_new_jobs_go_to_the_
     assert Job.select().count() == count
 
 
+def test_a_server_cut_off_mid_run_that_answers_again_with_the_job_done_records_its_real_end(doubles, studio, client):
+    a, b = doubles
+    a.pause_before("2")
+    b.pause_before("2")
+    prompt_id = execute(client)
+    cut = a if job(client, prompt_id)["comfyui_server"] == a.url else b
+    assert cut.wait_paused(WAIT)
+    wait_for(lambda: job(client, prompt_id)["status"] == "running", what="the job runs")
+    cut.go_down()
+    stalled = record(client, prompt_id)
+    assert stalled["status"] == "stalled" and stalled["error"].startswith(f"ComfyUI at {cut.url} went down")
+    cut.resume()  # it ran on meanwhile, unheard
+    assert cut.wait_idle(WAIT)
+    cut.come_back()
+    done = wait_for(lambda: (now := job(client, prompt_id))["status"] == "completed" and now, what="its real end")
+    assert done["error"].startswith("stalled at ") and "went down" in done["error"] and "then completed at" in done["error"]
+    assert (cut.output_dir / done["outputs"][0]["subfolder"] / done["outputs"][0]["filename"]).is_file()
+
+
 def test_each_servers_files_are_served_packaged_and_deleted_from_its_own_folder(doubles, studio, client, settings):
     a, b = doubles
     a.hold()  # the first job waits on A, so the second goes to B
