@@ -20,6 +20,7 @@ class Rate:
     body_bytes: int = 0
     wire_bytes: int = 0
     errors: list = field(default_factory=list)
+    client_cpu: float = 0.0  # this client's own CPU seconds over the run (it shares the cores with the server)
 
     @property
     def per_second(self) -> float:
@@ -33,13 +34,11 @@ async def _connection(host: str, port: int, request: bytes, deadline: float, rat
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-                elif name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
-                    raise RuntimeError("chunked answers are not supported by this client")
+            lowered = head.lower()
+            if b"\r\ntransfer-encoding:" in lowered and b"chunked" in lowered:
+                raise RuntimeError("chunked answers are not supported by this client")
+            at = lowered.find(b"\r\ncontent-length:")
+            length = int(lowered[at + 17:lowered.index(b"\r\n", at + 2)]) if at >= 0 else 0
             body = await reader.readexactly(length) if length else b""
             rate.requests += 1
             rate.statuses[status] = rate.statuses.get(status, 0) + 1
@@ -60,9 +59,10 @@ def rate(host: str, port: int, path: str, headers: dict | None = None, connectio
 
     async def run():
         deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(_connection(host, port, request, deadline, result) for _ in range(connections)))
         result.seconds = time.perf_counter() - started
+        result.client_cpu = time.process_time() - cpu
 
     asyncio.run(run())
     return result

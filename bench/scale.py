@@ -54,7 +54,8 @@ def load_average() -> str:
 # ---- 1. requests per second under `make serve` ------------------------------------------------------
 
 def serve_rates(seconds: float) -> dict:
-    """Idle poll, 304, the 200-record JSON and a static file, req/s against gunicorn gthread over 1,000 jobs."""
+    """Idle poll, 304, a changed poll, the 200-record JSON and a static file, req/s against gunicorn over 1,000
+    jobs: one gthread worker as `make serve` runs it, then the idle poll and the static file on one gevent worker."""
     from bench.load import free_port
     from bench.load import seed_store
     from bench.load import start_server
@@ -62,30 +63,45 @@ def serve_rates(seconds: float) -> dict:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-serve-"))
     seed_store(data_dir, 1000)
-    port = free_port()
-    server = start_server(data_dir, port, "gthread", threads=64)
+    answers = {}
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        connection.request("GET", "/admin/history/list", headers=HTMX)
-        response = connection.getresponse()
-        response.read()
-        etag = response.getheader("ETag").strip('"')
-        answers = {
-            "idle": rate("127.0.0.1", port, "/admin/history/list", {**HTMX, "X-List-ETag": etag}, seconds=seconds),
-            "304": rate("127.0.0.1", port, "/admin/history/list", {"If-None-Match": f'"{etag}"'}, seconds=seconds),
-            "json": rate("127.0.0.1", port, "/api/admin/history", seconds=seconds),
-            "static": rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds),
-        }
+        for worker in ("gthread", "gevent"):
+            port = free_port()
+            server = start_server(data_dir, port, worker, threads=64)
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                connection.request("GET", "/admin/history/list", headers=HTMX)
+                response = connection.getresponse()
+                response.read()
+                etag = response.getheader("ETag").strip('"')
+                idle = {**HTMX, "X-List-ETag": etag}
+                if worker == "gthread":
+                    answers["idle"] = rate("127.0.0.1", port, "/admin/history/list", idle, seconds=seconds)
+                    answers["304"] = rate("127.0.0.1", port, "/admin/history/list", {"If-None-Match": f'"{etag}"'},
+                                          seconds=seconds)
+                    # Every page that showed the old list asks the same after a change: one render, then repeats.
+                    answers["changed"] = rate("127.0.0.1", port, "/admin/history/list", {**HTMX, "X-List-ETag": "old"},
+                                              seconds=seconds)
+                    answers["json"] = rate("127.0.0.1", port, "/api/admin/history", seconds=seconds)
+                    answers["static"] = rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds)
+                else:
+                    answers["gevent_idle"] = rate("127.0.0.1", port, "/admin/history/list", idle, seconds=seconds)
+                    answers["gevent_static"] = rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds)
+            finally:
+                stop_server(server, timeout=15)
     finally:
-        stop_server(server, timeout=15)
         shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"\n1. requests per second, gunicorn gthread (1 worker, 64 threads) over 1,000 jobs, 4 connections, {seconds:g} s each"
-          f" (load average {load_average()})")
-    print(f"  {'request':<44} {'req/s':>8} {'statuses':>22} {'wire bytes':>11}")
-    for label, key in (("idle poll (204, X-List-ETag matches)", "idle"), ("If-None-Match (304)", "304"),
-                       ("GET /api/admin/history (200 records)", "json"), ("a static file (the floor)", "static")):
+    print(f"\n1. requests per second over 1,000 jobs, gunicorn with 1 worker (gthread: 64 threads), 4 kept-alive"
+          f" connections, {seconds:g} s each (load average {load_average()}); the client's own CPU beside it")
+    print(f"  {'request':<52} {'req/s':>8} {'statuses':>14} {'wire bytes':>11} {'client CPU':>11}")
+    for label, key in (("idle poll (204, X-List-ETag matches), gthread", "idle"), ("If-None-Match (304), gthread", "304"),
+                       ("changed poll (200, 50 cards, same old ETag), gthread", "changed"),
+                       ("GET /api/admin/history (200 records), gthread", "json"),
+                       ("a static file (the server's floor), gthread", "static"),
+                       ("idle poll (204), gevent", "gevent_idle"), ("a static file, gevent", "gevent_static")):
         result = answers[key]
-        print(f"  {label:<44} {result.per_second:>8,.0f} {json.dumps(result.statuses):>22} {result.wire_bytes:>11,}"
+        print(f"  {label:<52} {result.per_second:>8,.0f} {json.dumps(result.statuses):>14} {result.wire_bytes:>11,}"
+              f" {result.client_cpu / max(result.seconds, 0.01):>10.0%}"
               + (f"  errors: {result.errors[0]}" if result.errors else ""))
     return {key: result.per_second for key, result in answers.items()}
 
@@ -298,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
              ">= 20x", BEFORE["ratio"], verdict(ratio >= 20)),
             ("1. idle poll, one gthread process (req/s)", f"{rates['idle']:,.0f} (a static file: {rates['static']:,.0f})",
              ">= 2,000", BEFORE["idle_rps"], verdict(rates["idle"] >= 2000)),
+            ("1. idle poll, one gevent process (req/s)",
+             f"{rates['gevent_idle']:,.0f} (a static file: {rates['gevent_static']:,.0f})", ">= 2,000", "",
+             verdict(rates["gevent_idle"] >= 2000)),
         ]
     lines += [
         (f"2. search poll changed at {largest} vs without q", f"{large['search_changed'] / large['changed']:.2f}x"
