@@ -254,11 +254,13 @@ def filtered(history_filter: HistoryFilter, search_text: bool = True, paged: boo
     searched = bool(history_filter.q and search_text)
     by_search_index = searched and search_leads(history_filter)
     status = Job.status
-    if by_search_index or (paged and len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses):
+    if by_search_index or (paged and len(history_filter.statuses) > 1 and COMPLETED in history_filter.statuses and is_sqlite()):
         # With several statuses, completed among them, an index on status would find most of the store and
-        # sort it (time grows with the store); status || '' keeps the planner on the (queued_at, prompt_id)
+        # sort it (time grows with the store); status || '' keeps SQLite's planner on the (queued_at, prompt_id)
         # index, read newest first until the page is full: constant time, since most jobs match. A filter of
-        # rarer statuses (error, stalled) keeps the status index, which reads only those.
+        # rarer statuses (error, stalled) keeps the status index, which reads only those. PostgreSQL's planner
+        # knows from its statistics how many jobs each status holds; the expression would hide that from it
+        # (it then guessed a few matches and sorted the whole table to find the 20,000th newest).
         status = unindexed(Job.status)
     query = Job.select().where(status.in_(history_filter.statuses))
     if history_filter.workflow_id:
@@ -295,6 +297,9 @@ def unindexed(column):
 
 def count_up_to(history_filter: HistoryFilter, cap: int) -> int:
     """How many jobs a filter matches, counted to ``cap + 1`` at most (reading at most the newest 20 x cap jobs of a search)."""
+    if history_filter.q and not is_sqlite() and search.uses_index(history_filter.q):
+        # A count needs no order: PostgreSQL's bitmap of the trigram index's matches, read until cap + 1.
+        return filtered(history_filter, paged=False).select(SQL("1")).order_by().limit(cap + 1).count()
     if search_leads(history_filter):
         # A count needs no order: the search index's matches, streamed, each looked up by rowid, stop at cap + 1.
         return (
