@@ -84,10 +84,22 @@ def register(worker_id: str, role: str) -> None:
         )
 
 
+def _uncounted_write(query) -> int:
+    """Run a write that touches no job beside history/changes.py's count of this process's writes (peewee runs
+    in autocommit, so it commits at once): a heartbeat must not move the idle polls' change token."""
+    sql, params = query.sql()
+    cursor = database.connection().cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+    finally:
+        cursor.close()
+
+
 def beat(worker_id: str, role: str) -> bool:
     """Refresh this worker's heartbeat; False when its row was gone (it had been taken for dead), then it is back."""
-    with connection(), database.atomic():
-        updated = Worker.update(heartbeat_at=utcnow()).where(Worker.worker_id == worker_id).execute()
+    with connection():
+        updated = _uncounted_write(Worker.update(heartbeat_at=utcnow()).where(Worker.worker_id == worker_id))
     if not updated:
         register(worker_id, role)
     return bool(updated)
@@ -139,16 +151,25 @@ def take_over(worker_id: str, expiry_seconds: float, ownerless: list[str] = (), 
     other owner is gone whatever its heartbeat says.
     """
     cutoff = utcnow() - datetime.timedelta(seconds=expiry_seconds)
-    with connection(), database.atomic():
+
+    def orphaned():
         alive = {worker_id}
         if not alone:
             alive |= {wid for (wid,) in Worker.select(Worker.worker_id).where(Worker.heartbeat_at >= cutoff).tuples()}
-        orphaned = Job.status.in_(ACTIVE_STATUSES) & Job.owner.is_null(False) & Job.owner.not_in(sorted(alive))
+        condition = Job.status.in_(ACTIVE_STATUSES) & Job.owner.is_null(False) & Job.owner.not_in(sorted(alive))
         if ownerless:
-            orphaned |= (Job.prompt_id.in_(list(ownerless)) & Job.status.in_(ACTIVE_STATUSES)
-                         & Job.owner.is_null() & _not_waiting())
+            condition |= (Job.prompt_id.in_(list(ownerless)) & Job.status.in_(ACTIVE_STATUSES)
+                          & Job.owner.is_null() & _not_waiting())
+        return alive, condition
+
+    with connection():
+        # A look without a transaction first: a commit, even of nothing, moves the idle polls' change token.
+        if not Job.select().where(orphaned()[1]).exists():
+            return []
+    with connection(), database.atomic():
+        alive, condition = orphaned()
         rows = list(_select_for_update(
-            Job.select(Job.prompt_id, Job.owner).where(orphaned).order_by(Job.queued_at)
+            Job.select(Job.prompt_id, Job.owner).where(condition).order_by(Job.queued_at)
         ).tuples())
         if not rows:
             return []
@@ -170,6 +191,10 @@ def enqueue(prompt_id: str, queued_at: datetime.datetime) -> None:
 
 def claim(worker_id: str, limit: int) -> list[tuple[Job, JobGraph | None]]:
     """Take up to ``limit`` of the oldest waiting jobs for this worker; each with its kept graph."""
+    with connection():
+        # A look without a transaction first (the slow poll's usual answer): a commit moves the change token.
+        if not WaitingJob.select().exists():
+            return []
     with connection(), database.atomic():
         waiting = [
             prompt_id for (prompt_id,) in _select_for_update(
@@ -348,7 +373,9 @@ class WorkerLoop:
                 if self._ownerless is not None:
                     self._settle_at_start()
                     continue
-                if not beat(self.worker_id, self.role):
+                if self.alone:
+                    pass  # nobody reads the heartbeat of a store one process runs (RunnerLock): no write
+                elif not beat(self.worker_id, self.role):
                     log.warning("worker %s had been taken for dead (no heartbeat for %g s); it is back",
                                 self.worker_id, self.expiry)
                 self._adopt(take_over(self.worker_id, self.expiry, alone=self.alone))

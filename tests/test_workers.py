@@ -112,3 +112,28 @@ def test_a_stalled_job_that_then_fails_reads_error_with_both_reasons(app, make_j
     after = record(job.prompt_id)
     assert after["status"] == "error"
     assert "(its worker went silent), then failed: node Save (#3): disk full" in after["error"]
+
+
+@pytest.mark.parametrize("app_config", [{"STUDIO_HEARTBEAT_SECONDS": "0.05"}], indirect=True)
+def test_heartbeats_and_the_claim_poll_leave_an_idle_poll_reading_nothing(app, client, make_job, monkeypatch):
+    from history import jobs
+
+    make_job()
+    etag = client.get("/admin/history/list", headers={"HX-Request": "true"}).headers["ETag"].strip('"')  # starts it
+    bus = app.extensions["studio"].bus
+    if hasattr(bus, "wait_listening"):
+        assert bus.wait_listening()
+    ticks = []
+    for name in ("take_over", "claim", "beat"):
+        original = getattr(workers, name)
+        monkeypatch.setattr(workers, name, lambda *args, _original=original, _name=name, **kwargs:
+                            ticks.append(_name) or _original(*args, **kwargs))
+    poll = {"HX-Request": "true", "X-List-ETag": etag}
+    assert client.get("/admin/history/list", headers=poll).status_code == 204  # known from here on
+    reads = []
+    original_etag = jobs.list_etag
+    monkeypatch.setattr(jobs, "list_etag", lambda *args, **kwargs: reads.append(args) or original_etag(*args, **kwargs))
+    assert client.get("/admin/history/list", headers=poll).status_code == 204
+    wait_for(lambda: ticks.count("take_over") >= 3 and ticks.count("claim") >= 3, what="a few beats and claim polls")
+    assert client.get("/admin/history/list", headers=poll).status_code == 204
+    assert reads == []
