@@ -113,14 +113,13 @@ SQLITE_FILL = """
 WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?),
 r AS (
     SELECT i, datetime(?, printf('-%d seconds', {step} * i)) AS queued_at,
-           json_extract(?, printf('$[%d]', i % {subjects})) || ', ' || json_extract(?, printf('$[%d]', i / 8 % {styles}))
-           || ', number ' || i AS prompt
+           {subject} || ', ' || {style} || ', number ' || i AS prompt
     FROM n
 ),
 s AS (SELECT r.*, strftime('%Y%m%d_%H%M%S', queued_at) || printf('_%06x', i) AS output_dir FROM r)
 INSERT INTO job ({columns})
 SELECT printf('00000000-0000-0000-0000-%012x', i + 1),
-       json_extract(?, printf('$[%d][0]', i % 3)), json_extract(?, printf('$[%d][1]', i % 3)),
+       {workflow_id}, {workflow_name},
        CASE i % 5 WHEN 3 THEN 'error' WHEN 4 THEN 'stalled' ELSE 'completed' END,
        queued_at, datetime(queued_at, '+2 seconds'), datetime(queued_at, '+44 seconds'), 42.0,
        CASE i % 3 WHEN 2 THEN json_object('scenes', json_array(
@@ -161,13 +160,22 @@ FROM s
 """
 
 
+def _pick(index: str, values) -> str:
+    """A CASE expression taking ``values[index % len(values)]`` (cheaper per row than reading a JSON array)."""
+    quoted = ("'" + value.replace("'", "''") + "'" for value in values)
+    return f"CASE ({index}) % {len(values)} " + " ".join(f"WHEN {number} THEN {value}" for number, value in enumerate(quoted)) + " END"
+
+
 def _fill_sql(first: int, last: int, sqlite: bool, job_bytes: int | None = None) -> tuple[str, list]:
     """The statement that inserts jobs ``first`` to ``last`` (inclusive) and its parameters."""
     shape = {"step": STEP_SECONDS, "subjects": len(SUBJECTS), "styles": len(STYLES), "columns": ", ".join(COLUMNS)}
     base = str(BASE_TIME.replace(tzinfo=None))
     subjects, styles, workflows = json.dumps(SUBJECTS), json.dumps(STYLES), json.dumps(WORKFLOWS)
     if sqlite:
-        return SQLITE_FILL.format(**shape), [first, last, base, subjects, styles, workflows, workflows, ERROR_TEXT, job_bytes]
+        shape.update(subject=_pick("i", SUBJECTS), style=_pick("i / 8", STYLES),
+                     workflow_id=_pick("i", [workflow for workflow, _name in WORKFLOWS]),
+                     workflow_name=_pick("i", [name for _workflow, name in WORKFLOWS]))
+        return SQLITE_FILL.format(**shape), [first, last, base, ERROR_TEXT, job_bytes]
     return POSTGRES_FILL.format(**shape), [base, subjects, styles, first, last, workflows, workflows, ERROR_TEXT, job_bytes]
 
 

@@ -135,12 +135,20 @@ class Store:
         """One request: (milliseconds, status, body, headers)."""
         payload = json.dumps(body).encode() if body is not None else None
         headers = {**headers, "Content-Type": "application/json"} if body is not None else headers
-        started = time.perf_counter()
-        self.connection.request(method, path, body=payload, headers=headers)
-        response = self.connection.getresponse()
-        answer = response.read()
-        elapsed = (time.perf_counter() - started) * 1000
-        return elapsed, response.status, answer, dict(response.getheaders())
+        for attempt in (1, 2):
+            started = time.perf_counter()
+            try:
+                self.connection.request(method, path, body=payload, headers=headers)
+                response = self.connection.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                # gunicorn closes a kept-alive connection idle for 2 s (while other stores fill): open another.
+                self.connection.close()
+                if attempt == 2:
+                    raise
+                continue
+            answer = response.read()
+            elapsed = (time.perf_counter() - started) * 1000
+            return elapsed, response.status, answer, dict(response.getheaders())
 
     def close(self) -> None:
         from bench.load import stop_server
