@@ -10,6 +10,10 @@ from history.web import media
 from history.web import templating
 from tests.conftest import soup
 
+# The assets page reads folders only, never the store: a test of it that makes no job would be the same run on
+# PostgreSQL, so it runs once.
+FOLDERS_ONLY = pytest.mark.sqlite_only
+
 
 def job_folder(settings, output_dir: str) -> Path:
     folder = settings.output_dir / "comfyui-studio" / output_dir
@@ -60,6 +64,7 @@ def test_lists_a_job_folder_with_previews_sizes_and_links(client, settings, make
     assert client.get(image.select_one("a.asset-name")["href"], buffered=True).mimetype == "image/png"
 
 
+@FOLDERS_ONLY
 def test_file_names_are_text(client, settings):
     name = '<img src=x onerror=alert(1)>.png'
     folder = job_folder(settings, "20261128_120000_evil")
@@ -70,6 +75,7 @@ def test_file_names_are_text(client, settings):
     assert html.select_one(".asset-name").get_text() == name
 
 
+@FOLDERS_ONLY
 def test_hidden_files_and_links_leading_out_are_not_listed(client, settings):
     folder = job_folder(settings, "20261128_120000_links")
     (folder / "kept.txt").write_text("kept")
@@ -83,6 +89,7 @@ def test_hidden_files_and_links_leading_out_are_not_listed(client, settings):
     assert "asset-file" in html.select_one(".asset")["class"]
 
 
+@FOLDERS_ONLY
 @pytest.mark.parametrize("bad", [
     "..", "../output", "comfyui-studio/../..", "a/b", "/etc", ".hidden", "-leading-dash",
     "x\x00y", "a\\b", "x" * 200, "%2e%2e",
@@ -96,6 +103,7 @@ def test_a_bad_dir_is_a_400_page(client, settings, bad):
     assert html.select_one(".asset-grid") is None
 
 
+@FOLDERS_ONLY
 def test_a_missing_folder_shows_the_empty_state(client, settings):
     page = client.get("/admin/assets?dir=20261128_999999_gone")
     assert page.status_code == 404
@@ -104,6 +112,7 @@ def test_a_missing_folder_shows_the_empty_state(client, settings):
     assert html.select_one(".asset-grid") is None
 
 
+@FOLDERS_ONLY
 def test_an_empty_folder_shows_the_empty_state(client, settings):
     job_folder(settings, "20261128_120000_empty")
     page = client.get("/admin/assets?dir=20261128_120000_empty")
@@ -123,6 +132,7 @@ def test_without_dir_lists_the_newest_folders(client, settings, make_job):
     assert first.select_one(".assets-folder-files").get_text() == "2"
 
 
+@FOLDERS_ONLY
 def test_folder_list_is_bounded(client, settings, monkeypatch):
     for index in range(12):
         job_folder(settings, f"20261128_{index:06d}")
@@ -131,6 +141,7 @@ def test_folder_list_is_bounded(client, settings, monkeypatch):
     assert [row["data-output-dir"] for row in rows] == [f"20261128_{index:06d}" for index in (11, 10, 9, 8, 7)]
 
 
+@FOLDERS_ONLY
 def test_no_folders_yet(client):
     page = client.get("/admin/assets")
     assert page.status_code == 200

@@ -15,6 +15,9 @@ from history.web import media
 from tests.conftest import png_header
 
 SECRET = "top secret: outside every served folder"
+# The media views and their template globals read files only, never the store: a test of them that makes no
+# job would be the same run on PostgreSQL, so it runs once.
+FILES_ONLY = pytest.mark.sqlite_only
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -116,6 +119,7 @@ def test_output_file_supports_ranges(client, job):
     assert response.data == b"\x89PNG\r\n\x1a\n"
 
 
+@FILES_ONLY
 def test_video_is_served_inline(client, settings):
     video = settings.output_dir / "comfyui-studio" / "job1" / "clip_00001.mp4"
     video.parent.mkdir(parents=True)
@@ -126,6 +130,7 @@ def test_video_is_served_inline(client, settings):
     assert "attachment" not in response.headers.get("Content-Disposition", "")
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("name", [
     "page.html", "page.htm", "page.xhtml", "vector.svg", "script.js", "data.xml", "no-extension", "thing.unknownext",
 ])
@@ -140,6 +145,7 @@ def test_risky_and_unknown_types_are_downloads(client, settings, name):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+@FILES_ONLY
 def test_input_file_is_served(client, settings):
     write_png(settings.input_dir / "portrait.png", size=(90, 60))
     response = client.get("/media/input/portrait.png")
@@ -147,6 +153,7 @@ def test_input_file_is_served(client, settings):
     assert response.mimetype == "image/png"
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("url", [
     "/media/output/comfyui-studio/nope/final_00001_.png",
     "/media/output/comfyui-studio",
@@ -190,6 +197,7 @@ def escape_links(settings, secret):
     (settings.input_dir / "link.png").symlink_to(secret)
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize("bad", ESCAPES)
 def test_path_escapes_are_404_and_read_nothing(app, client, settings, escape_links, reads, prefix, bad):
@@ -217,6 +225,7 @@ def test_a_media_folder_above_the_data_dir_stops_start_up(tmp_path, setting):
         create_app({"TESTING": True, "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_DEMO": "0", setting: str(tmp_path)})
 
 
+@FILES_ONLY
 def test_a_symlink_that_stays_inside_is_served(client, settings):
     target = write_png(settings.output_dir / "comfyui-studio" / "job1" / "real.png")
     (target.parent / "alias.png").symlink_to(target)
@@ -309,6 +318,7 @@ def test_thumbnails_behind_a_login_are_private(tmp_path):
         guarded.extensions["studio"].stop()
 
 
+@FILES_ONLY
 def test_input_thumbnail(app, client, settings):
     write_png(settings.input_dir / "portrait.png", size=(90, 160))
     with app.test_request_context():
@@ -329,6 +339,7 @@ BAD_SOURCES = {
 }
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("case", [*BAD_SOURCES, "missing", "video"])
 def test_unthumbnailable_sources_get_the_placeholder(client, settings, case):
     folder = settings.output_dir / "comfyui-studio" / "job1"
@@ -392,6 +403,7 @@ def test_url_prefix_is_respected(tmp_path):
         prefixed.extensions["studio"].stop()
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("ref", [
     None,
     "final.png",
@@ -411,6 +423,7 @@ def test_globals_give_none_for_missing_or_unsafe_refs(app, secret, ref):
         assert media.thumbnail_url(ref) is None
 
 
+@FILES_ONLY
 def test_no_thumbnail_url_for_videos(app, settings):
     video = settings.output_dir / "comfyui-studio" / "job1" / "clip.mp4"
     video.parent.mkdir(parents=True)
@@ -421,6 +434,7 @@ def test_no_thumbnail_url_for_videos(app, settings):
         assert media.output_url(ref) == "/media/output/comfyui-studio/job1/clip.mp4"
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("name", [None, "", "missing.png", "../secret.txt", "/etc/passwd", "a\x00.png", "..\\x.png"])
 def test_input_globals_give_none(app, secret, name):
     with app.test_request_context():
@@ -428,6 +442,7 @@ def test_input_globals_give_none(app, secret, name):
         assert media.input_thumbnail_url(name) is None
 
 
+@FILES_ONLY
 def test_input_globals_allow_subfolders(app, settings):
     write_png(settings.input_dir / "pasted" / "image.png")
     with app.test_request_context():
@@ -435,6 +450,7 @@ def test_input_globals_allow_subfolders(app, settings):
         assert media.input_thumbnail_url("pasted/image.png").startswith("/media/thumb/input/pasted/image.png?v=")
 
 
+@FILES_ONLY
 @pytest.mark.parametrize("size, text", [
     (None, ""), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (1536, "1.5 KB"),
     (5 * 1024**2, "5.0 MB"), (250 * 1024**2, "250 MB"), (3 * 1024**3, "3.0 GB"), (2 * 1024**5, "2048 TB"),
