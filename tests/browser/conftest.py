@@ -19,7 +19,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-POLL_SECONDS = "0.5"
+POLL_SECONDS = "0.2"
 
 
 @pytest.fixture(scope="session")
