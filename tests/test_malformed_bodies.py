@@ -95,14 +95,19 @@ def raw_request(port: int, request: bytes) -> bytes:
     return answer
 
 
-@pytest.mark.parametrize("chunks", [b"ZZ\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"10\r\n{}"])
-def test_a_malformed_chunked_body_under_gunicorn_is_400(gunicorn_server, chunks):
-    request = (
-        b"POST /api/admin/history/delete HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
-    )
-    answer = wait_for(lambda: raw_request(gunicorn_server, request), what="an answer")
-    status = int(answer.split(b" ", 2)[1])
-    assert 400 <= status < 500, answer[:300]
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert b"application/json" in head and b'"error"' in body, answer[:300]  # the app's answer, not the server's
+# A chunk size that is no number, a chunk longer than its size, a body that ends inside a chunk.
+MALFORMED_CHUNKS = [b"ZZ\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"10\r\n{}"]
+
+
+def test_a_malformed_chunked_body_under_gunicorn_is_400(gunicorn_server):
+    # One server for every body (it starts in over a second): each request is a connection of its own.
+    for chunks in MALFORMED_CHUNKS:
+        request = (
+            b"POST /api/admin/history/delete HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+        )
+        answer = wait_for(lambda request=request: raw_request(gunicorn_server, request), what="an answer")
+        status = int(answer.split(b" ", 2)[1])
+        assert 400 <= status < 500, (chunks, answer[:300])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"application/json" in head and b'"error"' in body, (chunks, answer[:300])  # the app's answer, not the server's
