@@ -56,6 +56,7 @@ def load_average() -> str:
 def serve_rates(seconds: float) -> dict:
     """Idle poll, 304, a changed poll, the 200-record JSON and a static file, req/s against gunicorn over 1,000
     jobs: one gthread worker as `make serve` runs it, then the idle poll and the static file on one gevent worker."""
+    from bench.load import cpu_seconds
     from bench.load import free_port
     from bench.load import seed_store
     from bench.load import start_server
@@ -63,7 +64,7 @@ def serve_rates(seconds: float) -> dict:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-scale-serve-"))
     seed_store(data_dir, 1000)
-    answers = {}
+    answers, server_cpu = {}, {}
     try:
         for worker in ("gthread", "gevent"):
             port = free_port()
@@ -76,24 +77,28 @@ def serve_rates(seconds: float) -> dict:
                 etag = response.getheader("ETag").strip('"')
                 idle = {**HTMX, "X-List-ETag": etag}
                 if worker == "gthread":
-                    answers["idle"] = rate("127.0.0.1", port, "/admin/history/list", idle, seconds=seconds)
-                    answers["304"] = rate("127.0.0.1", port, "/admin/history/list", {"If-None-Match": f'"{etag}"'},
-                                          seconds=seconds)
-                    # Every page that showed the old list asks the same after a change: one render, then repeats.
-                    answers["changed"] = rate("127.0.0.1", port, "/admin/history/list", {**HTMX, "X-List-ETag": "old"},
-                                              seconds=seconds)
-                    answers["json"] = rate("127.0.0.1", port, "/api/admin/history", seconds=seconds)
-                    answers["static"] = rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds)
+                    asked = {
+                        "idle": ("/admin/history/list", idle),
+                        "304": ("/admin/history/list", {"If-None-Match": f'"{etag}"'}),
+                        # Every page that showed the old list asks the same after a change: one render, then repeats.
+                        "changed": ("/admin/history/list", {**HTMX, "X-List-ETag": "old"}),
+                        "json": ("/api/admin/history", {}),
+                        "static": ("/static/placeholder-thumb.svg", {}),
+                    }
                 else:
-                    answers["gevent_idle"] = rate("127.0.0.1", port, "/admin/history/list", idle, seconds=seconds)
-                    answers["gevent_static"] = rate("127.0.0.1", port, "/static/placeholder-thumb.svg", seconds=seconds)
+                    asked = {"gevent_idle": ("/admin/history/list", idle), "gevent_static": ("/static/placeholder-thumb.svg", {})}
+                for key, (path, headers) in asked.items():
+                    cpu = cpu_seconds(server.pid)
+                    answers[key] = rate("127.0.0.1", port, path, headers, seconds=seconds)
+                    server_cpu[key] = (cpu_seconds(server.pid) - cpu) / max(1, answers[key].requests)
             finally:
                 stop_server(server, timeout=15)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"\n1. requests per second over 1,000 jobs, gunicorn with 1 worker (gthread: 64 threads), 4 kept-alive"
-          f" connections, {seconds:g} s each (load average {load_average()}); the client's own CPU beside it")
-    print(f"  {'request':<52} {'req/s':>8} {'statuses':>14} {'wire bytes':>11} {'client CPU':>11}")
+          f" connections, {seconds:g} s each (load average {load_average()}); the worker's CPU per request and the client's"
+          " own CPU beside them (both share the 2 cores)")
+    print(f"  {'request':<52} {'req/s':>8} {'statuses':>14} {'wire bytes':>11} {'server CPU':>13} {'client CPU':>16}")
     for label, key in (("idle poll (204, X-List-ETag matches), gthread", "idle"), ("If-None-Match (304), gthread", "304"),
                        ("changed poll (200, 50 cards, same old ETag), gthread", "changed"),
                        ("GET /api/admin/history (200 records), gthread", "json"),
@@ -101,7 +106,7 @@ def serve_rates(seconds: float) -> dict:
                        ("idle poll (204), gevent", "gevent_idle"), ("a static file, gevent", "gevent_static")):
         result = answers[key]
         print(f"  {label:<52} {result.per_second:>8,.0f} {json.dumps(result.statuses):>14} {result.wire_bytes:>11,}"
-              f" {result.client_cpu / max(result.seconds, 0.01):>10.0%}"
+              f" {server_cpu[key] * 1000:>6.2f} ms/req {result.client_cpu / max(result.seconds, 0.01):>6.0%} of a core"
               + (f"  errors: {result.errors[0]}" if result.errors else ""))
     return {key: result.per_second for key, result in answers.items()}
 
