@@ -268,6 +268,8 @@ class Worker(BaseModel):
     pid = IntegerField()
     started = UTCDateTimeField(default=utcnow)
     heartbeat_at = UTCDateTimeField(default=utcnow, index=True)
+    # Each ComfyUI server as this worker sees it ([{url, up, queue_remaining}]), for the web processes' queue page.
+    servers = JSONField(null=True)
 
     class Meta:
         table_name = "worker"

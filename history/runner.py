@@ -22,6 +22,7 @@ from history.events import EventBus
 from history.metrics import Metrics
 from history.models import COMPLETED
 from history.models import ERROR
+from history.models import QUEUED
 from history.models import RUNNING
 from history.models import STALLED
 from history.models import Job
@@ -180,6 +181,12 @@ class Runner:
         """Record the ComfyUI server a job is handed to (its files are found in that server's output folder)."""
         jobs.update_active(prompt_id, lambda job: {"comfyui_server": server})
 
+    def moved(self, prompt_id: str, server: str, note: str) -> None:
+        """Record the server a queued job now waits on, and why, in its ``error`` (a note the job keeps when it
+        completes); a job that started or ended meanwhile is left as it is."""
+        jobs.update_active(prompt_id, lambda job: {"comfyui_server": server, "error": note} if job.status == QUEUED
+                           else {"comfyui_server": job.comfyui_server})
+
     def servers_of(self, prompt_ids: list[str]) -> dict[str, str | None]:
         """The ComfyUI server each job was handed to (None when none is recorded)."""
         return jobs.servers_of(prompt_ids)
@@ -224,6 +231,9 @@ class Runner:
             ended = {"status": status, "finished_at": at, "duration": duration, "bytes": size, **values}
             if job.status == STALLED:
                 ended["error"] = after_stall(job, status, at, values.get("error"))
+            elif job.error:
+                # A note the job carried while active (it was moved to another server) stays with its end.
+                ended["error"] = job.error if status == COMPLETED else f"{values.get('error')} ({job.error})"
             return ended
 
         # Only a real end may follow a stall: a second stall report changes nothing.

@@ -307,10 +307,22 @@ class Studio:
             outputs=[],
             output_dir=None,
             retry_of=original.prompt_id,
-            source=original.source,
+            # Who queued the original, and that this is a retry: it runs wherever the shortest queue is now,
+            # which comfyui_server records (the original's server may be another, or down).
+            source=retried_source(original.source),
         )
         extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}} if kept.ui_workflow else None
         return self._hand_over(job, Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data), [])
+
+
+def retried_source(source: str | None) -> str | None:
+    """The ``source`` of a retry of a prompt another client queued: the original's, said to be a retry."""
+    if not source:
+        return source
+    return source if source.endswith(RETRIED) else source + RETRIED
+
+
+RETRIED = ", retried from the studio"
 
 
 def make_bus(settings) -> EventBus:

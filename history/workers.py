@@ -10,6 +10,8 @@
   claims the oldest ones with ``SELECT ... FOR UPDATE SKIP LOCKED`` (two workers never take the same job
   and never wait for each other), woken by the event bus's ``job.queued`` with a slow poll as the fallback.
 - On SQLite one process runs jobs: RunnerLock (an flock on a file beside the database) refuses a second.
+- On PostgreSQL a worker writes each ComfyUI server's state (up, queue) into its row as it changes, so a
+  ``web`` process's queue page shows them (``shared_server_states``).
 No Flask import.
 """
 from __future__ import annotations
@@ -53,6 +55,8 @@ WAKE_PREFIX = '{"type": "job.queued"'  # events.encode writes the type first
 # without waiting for a claim.
 CLAIM_AHEAD = 2
 LEFT_BEHIND = RESTART_MESSAGE  # the start-up reason, as before workers had heartbeats
+# How often a worker looks whether its ComfyUI servers' states changed (in memory; it writes only a change).
+SERVER_STATES_SECONDS = 0.5
 
 
 class RunnerRefused(RuntimeError):
@@ -116,6 +120,29 @@ def live_workers(expiry_seconds: float) -> list[Worker]:
     cutoff = utcnow() - datetime.timedelta(seconds=expiry_seconds)
     with connection():
         return list(Worker.select().where(Worker.heartbeat_at >= cutoff).order_by(Worker.started))
+
+
+def share_server_states(worker_id: str, states: list[dict]) -> bool:
+    """Write each ComfyUI server's state as this worker sees it into its row; False when the row is gone."""
+    with connection(), database.atomic():
+        return bool(Worker.update(servers=states).where(Worker.worker_id == worker_id).execute())
+
+
+def shared_server_states(expiry_seconds: float) -> dict[str, dict]:
+    """Each ComfyUI server as the live workers see it, by url: up when one of them has its socket open,
+    with the longest queue any of them saw (each counts the whole server's queue)."""
+    merged: dict[str, dict] = {}
+    for worker in live_workers(expiry_seconds):
+        for state in worker.servers if isinstance(worker.servers, list) else []:
+            if not isinstance(state, dict) or not isinstance(state.get("url"), str):
+                continue
+            seen = merged.setdefault(state["url"], {"url": state["url"], "up": False, "queue_remaining": 0})
+            if state.get("up") is True:
+                seen["up"] = True
+                queue = state.get("queue_remaining")
+                if isinstance(queue, int) and not isinstance(queue, bool):
+                    seen["queue_remaining"] = max(seen["queue_remaining"], queue)
+    return merged
 
 
 def _not_waiting():
@@ -328,6 +355,9 @@ class WorkerLoop:
             threading.Thread(target=self._beat, name="studio-heartbeat", daemon=True),
             threading.Thread(target=self._claim, name="studio-claims", daemon=True),
         ]
+        if hasattr(self.executor, "server_states") and not is_sqlite():
+            # Only web processes read them, and they exist on PostgreSQL only.
+            self._threads.append(threading.Thread(target=self._share_states, name="studio-server-states", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -381,6 +411,19 @@ class WorkerLoop:
                 self._adopt(take_over(self.worker_id, self.expiry, alone=self.alone))
             except Exception:  # the heartbeat must outlive a database hiccup
                 log.exception("heartbeat failed")
+
+    def _share_states(self) -> None:
+        """Write the ComfyUI servers' states into this worker's row whenever they change."""
+        written = None
+        while not self._stop.wait(SERVER_STATES_SECONDS):
+            states = self.executor.server_states()
+            if states == written:
+                continue
+            try:
+                # A row gone (taken for dead) is registered again by the next beat: write again then.
+                written = states if share_server_states(self.worker_id, states) else None
+            except Exception:
+                log.exception("could not write the ComfyUI servers' states")
 
     def _claim(self) -> None:
         """Claim waiting jobs whenever woken, and at least every interval (a NOTIFY may be missed)."""

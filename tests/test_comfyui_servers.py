@@ -13,6 +13,8 @@ from history import create_app
 from history.config import ConfigError
 from history.config import load_settings
 from history.executors.comfyui import REMOVED
+from history.executors.comfyui import ComfyUIExecutor
+from history.executors.comfyui_servers import ComfyUIServers
 from history.models import Job
 from tests.comfyui_double import ComfyUIDouble
 from tests.conftest import another_app
@@ -198,6 +200,51 @@ def test_a_server_cut_off_mid_run_that_answers_again_with_the_job_done_records_i
     assert (cut.output_dir / done["outputs"][0]["subfolder"] / done["outputs"][0]["filename"]).is_file()
 
 
+def test_jobs_queued_on_a_server_that_goes_down_move_to_one_that_is_up_and_leave_the_first_when_it_returns(
+        doubles, studio, client, monkeypatch):
+    monkeypatch.setattr(ComfyUIServers, "move_after", 0.3)
+    monkeypatch.setattr(ComfyUIExecutor, "max_reconnect_delay", 0.2)  # a server that answers again is seen at once
+    a, b = doubles
+    a.hold()
+    b.hold()
+    jobs = [execute(client), execute(client)]
+    on = {job(client, prompt_id)["comfyui_server"]: prompt_id for prompt_id in jobs}
+    assert set(on) == {a.url, b.url}
+    moving = on[a.url]
+    # Both down: no server can take A's queued job, so it stays on A, said to wait.
+    a.go_down()
+    b.go_down()
+    waiting = wait_for(lambda: (now := job(client, moving))["error"] and now, what="A's job noted as waiting")
+    assert (waiting["status"], waiting["comfyui_server"]) == ("queued", a.url)
+    assert waiting["error"].startswith(f"ComfyUI at {a.url} went down at ")
+    assert "no other ComfyUI server up to take it" in waiting["error"]
+    page = soup(client.get("/admin/queue", headers={"HX-Request": "true"}))
+    entry = page.select_one(f'li.queue-job[data-prompt-id="{moving}"]')
+    assert "waiting for a ComfyUI server (127.0.0.1:" in entry.select_one(".progress-text").get_text()
+    assert entry.select_one(".queue-note").get_text() == waiting["error"]
+
+    # B answers again: A's job is posted there under its own id; B runs both.
+    b.come_back()
+    moved = wait_for(lambda: (now := job(client, moving))["comfyui_server"] == b.url and now, what="moved to B")
+    assert moved["status"] == "queued"
+    assert moved["error"].startswith(f"moved to ComfyUI at {b.url} at ")
+    assert f"ComfyUI at {a.url} went down at " in moved["error"]
+    b.release()
+    for prompt_id in jobs:
+        done = record(client, prompt_id)
+        assert (done["status"], done["comfyui_server"]) == ("completed", b.url)
+        assert (b.output_dir / done["outputs"][0]["subfolder"] / done["outputs"][0]["filename"]).is_file()
+    assert record(client, moving)["error"] == moved["error"]  # the move stays noted
+
+    # A answers again: the moved prompt leaves its queue before A may run it.
+    a.come_back()
+    wait_for(lambda: ("POST", "/queue", {"delete": [moving]}) in a.requests, what="A's queue emptied of it")
+    a.release()
+    assert a.wait_idle(WAIT)
+    assert a.history(moving) is None and moving not in a.frames
+    assert job(client, moving)["status"] == "completed"
+
+
 def test_each_servers_files_are_served_packaged_and_deleted_from_its_own_folder(doubles, studio, client, settings):
     a, b = doubles
     a.hold()  # the first job waits on A, so the second goes to B
@@ -269,6 +316,12 @@ def test_each_server_is_imported_and_observed_and_never_settles_the_others_jobs(
         post_json(a.url + "/queue", {"delete": [deleted]})
         assert record(client, deleted)["error"] == REMOVED
         assert job(client, on_b)["status"] == "queued"
+        # A retry of B's imported prompt goes to A (B's queue is longer) and says where the original came from.
+        retried = client.post("/api/run/comfyui/execute", json={"retry_of": imported[b.url]})
+        assert retried.status_code == 202, retried.json
+        retry = job(client, retried.json["prompt_id"])
+        assert retry["comfyui_server"] == a.url
+        assert retry["source"] == f"a script on {b.url}, retried from the studio"
         first_app.extensions["studio"].stop()
     # The next process finds B's job queued: only B is asked about it (A would not know it and stall it).
     with another_app(app_config) as next_app:

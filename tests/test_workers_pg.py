@@ -16,6 +16,9 @@ from history.models import utcnow
 from tests.conftest import another_app
 from tests.conftest import same_origin_client
 from tests.conftest import wait_for
+from tests.test_comfyui_servers import SMALL
+from tests.test_comfyui_servers import doubles  # noqa: F401 (a fixture: two ComfyUI doubles)
+from tests.test_comfyui_servers import queue_servers
 
 
 pytestmark = pytest.mark.postgres_only
@@ -89,3 +92,30 @@ def test_a_comfyui_worker_claims_what_waits_and_settles_a_silent_workers_job_fro
     assert settled.status == "completed" and settled.error is None  # ComfyUI's history said so: not stalled
     assert settled.outputs
     assert ran.comfyui_server == comfyui.url and ran.outputs
+
+
+def test_a_web_process_shows_each_comfyui_servers_state_as_the_workers_see_it(app_config, doubles):
+    a, b = doubles
+    comfy = {**app_config, "STUDIO_COMFYUI_URL": f"{a.url},{b.url}", "STUDIO_INPUT_DIR": str(a.input_dir)}
+
+    with another_app({**comfy, "STUDIO_ROLE": "web"}) as web:
+        page = same_origin_client(web)
+        # No worker yet: the web process, which follows no server, cannot say.
+        assert {state for state, _text in queue_servers(page).values()} == {"unknown"}
+        with another_app(comfy) as worker:
+            worker.test_client().get("/healthz")  # starts it
+            assert worker.extensions["studio"].executor.wait_connected(10)
+            a.hold()
+            b.hold()
+            posted = page.post("/api/run/txt2img-example/execute", json={"params": SMALL})
+            assert posted.status_code == 202, posted.json
+            server = wait_for(lambda: Job.get_by_id(posted.json["prompt_id"]).comfyui_server, what="the job posted")
+            idle = b if server == a.url else a
+            shown = wait_for(lambda: (now := queue_servers(page))[server] == ("true", now[server][1]) and "queue 1" in now[server][1]
+                             and now, what="the worker's view of the servers on the web process's page")
+            assert shown[idle.url][0] == "true" and "queue 0" in shown[idle.url][1]
+            idle.go_down()
+            wait_for(lambda: queue_servers(page)[idle.url][0] == "false", what="the stopped server shown down on the web process")
+            assert "queue 1" in queue_servers(page)[server][1]
+            a.release()
+            b.release()

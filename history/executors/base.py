@@ -61,6 +61,9 @@ class Reporter(Protocol):
     def placed(self, prompt_id: str, server: str) -> None:
         """Record the ComfyUI server (its address) a job is handed to, before it is posted there."""
 
+    def moved(self, prompt_id: str, server: str, note: str) -> None:
+        """Record that a queued job now waits on ``server`` (its first server went down), with a note saying why."""
+
     def servers_of(self, prompt_ids: list[str]) -> dict:
         """The ComfyUI server each of these jobs was handed to (None when none is recorded), by prompt_id."""
 

@@ -89,6 +89,9 @@ class _Job:
     # Reported stalled when its server went down; still followed, so its real end is reported if the
     # server comes back with it (the runner decides what a stalled job's later end changes).
     lost: bool = False
+    # What was posted (graph and extra_data), so a job still queued on a server that went down can be
+    # posted to another one under the same prompt_id (history/executors/comfyui_servers.py).
+    submission: Submission | None = None
     # Held while the job's start or end is reported: the socket thread and a reconcile (on another
     # thread) can both learn of a job, and its end must not be stored before its start is.
     reporting: threading.Lock = field(default_factory=threading.Lock)
@@ -199,6 +202,12 @@ class ComfyUIExecutor(Executor):
         # Whether a websocket was open since the server was last found down: a refused connect after
         # one means the server went away, and the jobs it ran end stalled.
         self._was_up = False
+        # When this server was found down (it refused connections after a socket was up), None while up.
+        self.down_since: float | None = None  # time.monotonic()
+        self.down_at: datetime.datetime | None = None
+        # Prompts moved to another server while this one was down: taken out of its queue when it answers
+        # again, so it never runs them a second time.
+        self._moved_away: set[str] = set()
 
     # -- the Executor interface ---------------------------------------------------------------
 
@@ -233,7 +242,7 @@ class ComfyUIExecutor(Executor):
         pass 0, having chosen a connected one or waited for any already.
         """
         prompt_id = submission.prompt_id
-        job = _Job(prompt_id, graph=submission.graph, submitting=True)
+        job = _Job(prompt_id, graph=submission.graph, submitting=True, submission=submission)
         # Track the job before posting: its first frames can arrive before POST /prompt answers.
         with self._lock:
             self._jobs[prompt_id] = job
@@ -323,6 +332,53 @@ class ComfyUIExecutor(Executor):
         with self._lock:
             return list(self._jobs)
 
+    # -- moving queued jobs off a server that is down -------------------------------------------
+
+    def movable(self) -> list[str]:
+        """The jobs this studio posted here that have not started (none was seen start), oldest first."""
+        with self._lock:
+            return [job.prompt_id for job in self._jobs.values() if self._movable(job)]
+
+    @staticmethod
+    def _movable(job: _Job) -> bool:
+        return job.started is False and job.owned and not job.submitting and not job.lost and job.submission is not None
+
+    def hand_off(self, prompt_id: str) -> Submission | None:
+        """Stop following a queued job that goes to another server; it is taken out of this server's queue
+        when it answers again. None when it started or ended meanwhile."""
+        with self._lock:
+            job = self._jobs.get(prompt_id)
+            if job is None or not self._movable(job):
+                return None
+            del self._jobs[prompt_id]
+            self._uncounted.discard(prompt_id)
+            if job.comfy_id:
+                self._aliases.pop(job.comfy_id, None)
+            self._moved_away.add(job.comfy_id or prompt_id)
+        return job.submission
+
+    def take_back(self, submission: Submission) -> None:
+        """Follow again a job handed off that no other server could take: it waits in this server's queue."""
+        with self._lock:
+            self._moved_away.discard(submission.prompt_id)
+            self._jobs.setdefault(submission.prompt_id, _Job(submission.prompt_id, graph=submission.graph,
+                                                             submission=submission))
+
+    def _delete_moved(self) -> None:
+        """Take the prompts moved to another server out of this one's queue (or interrupt one it runs)."""
+        with self._lock:
+            moved = sorted(self._moved_away)
+        if not moved:
+            return
+        self._request("POST", "/queue", {"delete": moved})
+        running, _pending = _queue_entries(self._request("GET", "/queue")[1])
+        for comfy_id in moved:
+            if comfy_id in running:  # it had started before the studio could reach it again
+                self._request("POST", "/interrupt", {"prompt_id": comfy_id})
+        log.warning("took %d prompt(s) run by another server out of ComfyUI at %s's queue", len(moved), self.base_url)
+        with self._lock:
+            self._moved_away.difference_update(moved)
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
@@ -378,7 +434,10 @@ class ComfyUIExecutor(Executor):
                     break
                 self._connection = connection
                 self._was_up = True
+                self.down_since = self.down_at = None
             try:
+                # First of all: what went to another server while this one was away must not run here too.
+                self._delete_moved()
                 # Reconcile only once ComfyUI has registered the socket, so a job that ends meanwhile
                 # is either in /history now or reported by a frame that is already on its way.
                 self._await_greeting(connection)
@@ -424,6 +483,8 @@ class ComfyUIExecutor(Executor):
         """
         reason = error.strerror or str(error) or type(error).__name__
         with self._lock:
+            self.down_since = time.monotonic()
+            self.down_at = utcnow()
             self.queue_remaining = 0
             self._uncounted.clear()
             running = [job for job in self._jobs.values() if job.started is True and not job.lost]

@@ -4,7 +4,13 @@ Each server keeps its own ComfyUIExecutor: one websocket and its HTTP requests, 
 own observing of what other clients queue there (prompt ids are unique across servers, and a server only
 ever follows the jobs handed to it or found in its own queue and history, so one server's sweep never
 touches another's jobs). A server's load is its last status frame's ``queue_remaining`` plus the jobs this
-studio posted there that no status frame has counted yet. No Flask and no database here.
+studio posted there that no status frame has counted yet.
+
+A server that goes down (it refuses connections) for ``move_after`` seconds hands the jobs this studio
+posted there and that have not started to the up server with the shortest queue: the same graph under the
+same prompt_id (ComfyUI 0.3.64's POST /prompt takes the caller's ``prompt_id``), the record's server and a
+note in its ``error`` saying so. When the first server answers again, they are deleted from its queue
+first of all. With no server up they stay where they are, noted as waiting. No Flask and no database here.
 """
 from __future__ import annotations
 
@@ -14,12 +20,18 @@ import time
 import uuid
 
 from history.executors.base import Executor
+from history.executors.base import ExecutorRejected
 from history.executors.base import ExecutorUnavailable
 from history.executors.base import Reporter
 from history.executors.base import Submission
+from history.executors.base import utcnow
 from history.executors.comfyui import ComfyUIExecutor
 
 log = logging.getLogger(__name__)
+
+MOVED = "moved to ComfyUI at {to} at {at:%H:%M:%S} UTC: ComfyUI at {source} went down at {down:%H:%M:%S} UTC before it started"
+WAITING = ("ComfyUI at {source} went down at {down:%H:%M:%S} UTC before this job started, with no other ComfyUI "
+           "server up to take it")
 
 
 class ComfyUIServers(Executor):
@@ -38,6 +50,12 @@ class ComfyUIServers(Executor):
         self.capacity = len(self.servers)
         self._lock = threading.Lock()
         self._turn = 0  # where the next tie is broken: servers take equal loads in turn
+        self._stopping = threading.Event()
+        self._mover: threading.Thread | None = None
+        self._noted: set[str] = set()  # jobs noted as waiting for a server (noted once)
+
+    # A server down this long (seconds) hands its queued jobs to another: a short network drop keeps them.
+    move_after = 5.0
 
     # -- the Executor interface ---------------------------------------------------------------
 
@@ -46,6 +64,10 @@ class ComfyUIServers(Executor):
         mine = self._by_record(pending)
         for server in self.servers:
             server.start(mine[server.base_url])
+        if len(self.servers) > 1 and self._mover is None:
+            self._stopping.clear()
+            self._mover = threading.Thread(target=self._watch_down_servers, name="comfyui-mover", daemon=True)
+            self._mover.start()
 
     def adopt(self, prompt_ids: list[str], reason: str) -> None:
         """Hand jobs taken over from another worker to the server each record names; it asks what became of them."""
@@ -87,6 +109,10 @@ class ComfyUIServers(Executor):
 
     def stop(self) -> None:
         """Close every server's websocket; jobs stay as they are in the store."""
+        self._stopping.set()
+        if self._mover is not None:
+            self._mover.join(timeout=10)
+            self._mover = None
         for server in self.servers:
             server.stop()
 
@@ -127,6 +153,57 @@ class ComfyUIServers(Executor):
     def server_states(self) -> list[dict]:
         """Each server as the queue page shows it: url, up (its websocket open) and queue_remaining (its load)."""
         return [{"url": server.base_url, "up": server.connected, "queue_remaining": server.load} for server in self.servers]
+
+    # -- moving the queued jobs of a server that is down ---------------------------------------
+
+    def _watch_down_servers(self) -> None:
+        """Look a few times a second for a server down long enough to move its queued jobs."""
+        while not self._stopping.wait(max(0.05, min(0.5, self.move_after / 4))):
+            try:
+                self.move_queued()
+            except Exception:  # the watcher must outlive a failing store or server
+                log.exception("could not move the queued jobs of a ComfyUI server that is down")
+
+    def move_queued(self) -> None:
+        """Post each job queued on a server down for ``move_after`` seconds to an up one (or note it waits)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._noted:  # ended or deleted meanwhile
+                self._noted.intersection_update(self.following())
+        for server in self.servers:
+            since = server.down_since
+            if since is None or now - since < self.move_after:
+                continue
+            for prompt_id in server.movable():
+                self._move(server, prompt_id)
+
+    def _move(self, source: ComfyUIExecutor, prompt_id: str) -> None:
+        """Post one queued job of a down server to the up server with the shortest queue, under its own id."""
+        down = source.down_at or utcnow()
+        targets = [server for server in self._by_load() if server is not source and server.connected]
+        submission = source.hand_off(prompt_id) if targets else None
+        if submission is not None:
+            for target in targets:
+                self.reporter.moved(prompt_id, target.base_url,
+                                    MOVED.format(to=target.base_url, at=utcnow(), source=source.base_url, down=down))
+                try:
+                    target.submit(submission, connect_wait=0)
+                except ExecutorUnavailable as error:
+                    log.warning("could not move job %s to %s: %s", prompt_id, target.base_url, error)
+                    continue
+                except ExecutorRejected as error:  # the same graph another ComfyUI took: a different node set
+                    self.reporter.failed(prompt_id, str(error), utcnow())
+                    return
+                log.warning("moved job %s from %s (down) to %s", prompt_id, source.base_url, target.base_url)
+                with self._lock:
+                    self._noted.discard(prompt_id)
+                return
+            source.take_back(submission)
+        with self._lock:
+            if prompt_id in self._noted:
+                return
+            self._noted.add(prompt_id)
+        self.reporter.moved(prompt_id, source.base_url, WAITING.format(source=source.base_url, down=down))
 
     # -- choosing --------------------------------------------------------------------------------
 
