@@ -152,7 +152,8 @@ class Cluster:
             "STUDIO_DATABASE_URL": POSTGRES_URL,
             "STUDIO_DEMO": "0",
             "STUDIO_SECRET_KEY": "shared-by-every-process",
-            "STUDIO_HEARTBEAT_SECONDS": "1",  # a silent worker is taken for dead after 3 s
+            # A silent worker is taken for dead after 6 s: long enough that a loaded machine never makes a live one look dead.
+            "STUDIO_HEARTBEAT_SECONDS": "2",
         }
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
