@@ -62,11 +62,15 @@ def start_server(data_dir: Path, port: int, worker: str, threads: int) -> subpro
     server = subprocess.Popen(command, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        # The master listens before its worker has booted: wait for the worker's own answer.
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return server
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+                probe.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                if probe.recv(12).startswith(b"HTTP/1.1 200"):
+                    return server
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     server.kill()
     raise SystemExit("gunicorn did not start")
 
@@ -110,6 +114,7 @@ class Tally:
         self.fanout: list[float] = []
         self.heard: list[int] = []
         self.open = 0
+        self.reconnects = 0  # kept-alive poll connections the server had closed, opened again
 
 
 class Watcher(asyncio.Protocol):
@@ -221,17 +226,33 @@ async def watch(port: int, stop: asyncio.Event, opened: asyncio.Event, tally: Ta
 
 async def poll(port: int, stop: asyncio.Event, tally: Tally, offset: float = 0.0) -> None:
     """Ask for the list once a second with the ETag last shown, like the page's poller, starting ``offset``
-    seconds into the first second (pages opened at different moments poll at different moments)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    seconds into the first second (pages opened at different moments poll at different moments). A kept-alive
+    connection the server closed meanwhile (gunicorn's keep-alive is 2 s) is opened again and the poll sent
+    again, as a browser does; those are counted apart from errors."""
+    connection = None
     etag = ""
     next_at = time.monotonic() + offset
     await asyncio.sleep(offset)
     try:
         while not stop.is_set():
             started = time.perf_counter()
-            writer.write((f"GET /admin/history/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHX-Request: true\r\n"
-                          f"X-List-ETag: {etag}\r\n\r\n").encode())
-            head = await reader.readuntil(b"\r\n\r\n")
+            request = (f"GET /admin/history/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHX-Request: true\r\n"
+                       f"X-List-ETag: {etag}\r\n\r\n").encode()
+            for attempt in range(2):
+                reused = connection is not None
+                if connection is None:
+                    connection = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = connection
+                try:
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    break
+                except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
+                    writer.close()
+                    connection = None
+                    if not reused or attempt:
+                        raise
+                    tally.reconnects += 1
             status = int(head[9:12])
             headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
             length = int(headers.get(b"Content-Length", b"0"))
@@ -251,7 +272,8 @@ async def poll(port: int, stop: asyncio.Event, tally: Tally, offset: float = 0.0
     except (OSError, asyncio.IncompleteReadError) as error:
         tally.errors.append(f"poll: {error!r}")
     finally:
-        writer.close()
+        if connection is not None:
+            connection[1].close()
 
 
 async def run_jobs(port: int, stop: asyncio.Event, tally: Tally, every: float) -> int:
@@ -352,7 +374,8 @@ def measure(websockets: int = 1000, pollers: int = 200, seconds: float = 60, job
           f" {args.job_every:g} s (gunicorn {args.worker}, 1 worker, loopback)")
     print(f"  websockets open  {tally.open - sum(1 for e in tally.errors if e.startswith('websocket connect'))}"
           f" of {args.websockets} in {memory['open_seconds']:.1f} s")
-    print(f"  poll requests    {len(latencies):>8}   statuses {dict(sorted(tally.statuses.items()))}")
+    print(f"  poll requests    {len(latencies):>8}   statuses {dict(sorted(tally.statuses.items()))}"
+          f"   (reconnected after gunicorn's keep-alive closed them: {tally.reconnects})")
     print(f"  poll latency     median {pct(latencies, 0.5):7.1f} ms   p95 {pct(latencies, 0.95):7.1f} ms   max {pct(latencies, 1):7.1f} ms")
     print(f"  jobs run         {memory['jobs']:>8}")
     if tally.heard:
