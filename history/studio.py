@@ -89,6 +89,21 @@ class Studio:
         """Whether background work runs."""
         return self._started
 
+    def server_states(self) -> list[dict]:
+        """Each ComfyUI server (url, up, queue_remaining) as this process sees it, or, when it follows none (it runs
+        no jobs), as the live workers last wrote it; up None when no live worker reports it. [] without ComfyUI."""
+        states = getattr(self.executor, "server_states", None)
+        if states is None:
+            return []
+        if self.started and self.runs_jobs:
+            return states()
+        try:
+            shared = workers.shared_server_states(workers.EXPIRY_BEATS * self.settings.heartbeat_seconds)
+        except Exception as error:  # a health check must answer while the store is away; nothing is known then
+            log.warning("could not read the workers' view of the ComfyUI servers: %s", error)
+            shared = {}
+        return [shared.get(state["url"], {"url": state["url"], "up": None, "queue_remaining": None}) for state in states()]
+
     def snapshot_leftovers(self) -> None:
         """Note the active jobs no worker holds (the first process to start after this settles them)."""
         if not self.runs_jobs:

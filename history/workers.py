@@ -124,8 +124,8 @@ def live_workers(expiry_seconds: float) -> list[Worker]:
 
 def share_server_states(worker_id: str, states: list[dict]) -> bool:
     """Write each ComfyUI server's state as this worker sees it into its row; False when the row is gone."""
-    with connection(), database.atomic():
-        return bool(Worker.update(servers=states).where(Worker.worker_id == worker_id).execute())
+    with connection():
+        return bool(_uncounted_write(Worker.update(servers=states).where(Worker.worker_id == worker_id)))
 
 
 def shared_server_states(expiry_seconds: float) -> dict[str, dict]:

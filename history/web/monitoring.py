@@ -28,10 +28,10 @@ def executor_state() -> dict:
     """Which executor runs jobs and whether it is reachable now (ComfyUI: its websocket is connected)."""
     the_studio = studio()
     settings = current_app.config["STUDIO"]
-    executor = the_studio.executor
     if not settings.comfyui_urls:
         return {"kind": "builtin", "reachable": True}
-    states = executor.server_states() if hasattr(executor, "server_states") else []
+    # A process that runs no jobs says what the live workers see (up None: no live worker reports it).
+    states = the_studio.server_states()
     return {
         "kind": "comfyui",
         "url": ",".join(settings.comfyui_urls),

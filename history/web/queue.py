@@ -9,7 +9,6 @@ from flask import render_template
 from flask import request
 
 from history import jobs
-from history import workers
 from history.models import RUNNING
 from history.studio import studio
 
@@ -21,30 +20,18 @@ class ServerState:
     """One ComfyUI server as the queue page shows it."""
 
     url: str
-    up: bool | None  # None: this process runs no jobs, so it follows no server
+    up: bool | None  # None: this process follows no server (it runs no jobs) and no live worker reports it
     queue_remaining: int | None
     running: list  # the Job records running there now
 
 
 def server_states(active: list) -> list[ServerState]:
     """Each configured ComfyUI server's state, with the jobs of ``active`` that run on it (as the store says)."""
-    the_studio = studio()
-    states = getattr(the_studio.executor, "server_states", None)
-    if states is None:
-        return []
-    shared = None
-    if not (the_studio.started and the_studio.runs_jobs):
-        # This process follows no server: the live workers write what they see into their rows.
-        expiry = workers.EXPIRY_BEATS * the_studio.settings.heartbeat_seconds
-        shared = workers.shared_server_states(expiry)
     shown = []
-    for state in states():
-        url = state["url"]
+    for state in studio().server_states():
         # From the records, so a process that runs no jobs (STUDIO_ROLE=web) shows them too.
-        running = [job for job in active if job.status == RUNNING and job.comfyui_server == url]
-        if shared is not None:
-            state = shared.get(url, {"up": None, "queue_remaining": None})  # None: no live worker follows it
-        shown.append(ServerState(url, state["up"], state["queue_remaining"], running))
+        running = [job for job in active if job.status == RUNNING and job.comfyui_server == state["url"]]
+        shown.append(ServerState(state["url"], state["up"], state["queue_remaining"], running))
     return shown
 
 
