@@ -375,7 +375,8 @@ class ComfyUIExecutor(Executor):
         for comfy_id in moved:
             if comfy_id in running:  # it had started before the studio could reach it again
                 self._request("POST", "/interrupt", {"prompt_id": comfy_id})
-        log.warning("took %d prompt(s) run by another server out of ComfyUI at %s's queue", len(moved), self.base_url)
+        log.warning("ComfyUI at %s answers again: took %d prompt(s) moved to another server out of its queue",
+                    self.base_url, len(moved))
         with self._lock:
             self._moved_away.difference_update(moved)
 
