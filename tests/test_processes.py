@@ -248,7 +248,10 @@ def test_a_job_posted_to_a_web_process_runs_on_a_worker_and_its_websocket_hears_
 
 
 def test_restarting_one_worker_leaves_the_jobs_of_another_to_finish(cluster):
+    stopped = cluster.health("worker-1")["worker"]
     cluster.stop("worker-1")  # every job now goes to worker-2
+    with psycopg.connect(POSTGRES_URL) as connection:  # SIGTERM retired it: nobody waits for its heartbeat to expire
+        assert connection.execute("SELECT count(*) FROM worker WHERE worker_id = %s", (stopped,)).fetchone() == (0,)
     prompt_ids = [execute(cluster.ports["web"], f"slow job {number}", **SLOW) for number in range(2)]
     wait_for(lambda: all(cluster.job(prompt_id)["status"] == "running" for prompt_id in prompt_ids),
              timeout=30, what="worker-2 runs both jobs")

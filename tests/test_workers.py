@@ -137,3 +137,21 @@ def test_heartbeats_and_the_claim_poll_leave_an_idle_poll_reading_nothing(app, c
     wait_for(lambda: ticks.count("take_over") >= 3 and ticks.count("claim") >= 3, what="a few beats and claim polls")
     assert client.get("/admin/history/list", headers=poll).status_code == 204
     assert reads == []
+
+
+def test_jobs_a_stopping_worker_never_started_run_on_the_next_one(app, app_config, client, db):
+    slow = {"params": {"width": 2048, "height": 2048, "batch_size": 2}}  # about a second each: both threads busy
+    prompt_ids = [client.post("/api/run/txt2img-example/execute", json=slow).json["prompt_id"] for _ in range(4)]
+    app.extensions["studio"].stop()  # SIGTERM: the two threads' jobs are cut off, the two behind them given back
+    waiting = {row.prompt_id for row in WaitingJob.select()}
+    assert len(waiting) >= 2 and waiting <= set(prompt_ids)
+    assert all(Job.get_by_id(prompt_id).owner is None for prompt_id in waiting)
+    with another_app(app_config) as next_one:
+        next_one.test_client().get("/api/workflows")  # starts it
+        ended = wait_for(lambda: all(record(p)["status"] not in ("queued", "running") for p in prompt_ids)
+                         and [record(p) for p in prompt_ids], timeout=60, what="every job ends")
+    by_id = {job["prompt_id"]: job for job in ended}
+    assert {by_id[prompt_id]["status"] for prompt_id in waiting} == {"completed"}
+    # The ones cut off mid-run ended with the process that ran them (the next one says so), unless they finished first.
+    assert {(job["status"], job["error"]) for job in ended if job["prompt_id"] not in waiting} <= {
+        ("stalled", workers.LEFT_BEHIND), ("completed", None)}
