@@ -198,10 +198,11 @@ class ComfyUIServers(Executor):
                 with self._lock:
                     self._noted.discard(prompt_id)
                 return
+            # No server took it: it waits on the first one again, and its record says so (not the last one tried).
             source.take_back(submission)
+        elif prompt_id in self._noted:
+            return
         with self._lock:
-            if prompt_id in self._noted:
-                return
             self._noted.add(prompt_id)
         self.reporter.moved(prompt_id, source.base_url, WAITING.format(source=source.base_url, down=down))
 
