@@ -213,6 +213,7 @@ def cluster(tmp_path_factory):
 def test_a_job_posted_to_a_web_process_runs_on_a_worker_and_its_websocket_hears_it(cluster):
     web = cluster.ports["web"]
     assert cluster.health("web")["role"] == "web"
+    assert cluster.health("web")["live_workers"] == 2
     urllib.request.urlopen(f"http://127.0.0.1:{web}/admin/history", timeout=15).close()  # starts its listener
     ws = websocket.create_connection(f"ws://127.0.0.1:{web}/ws", timeout=15, origin=f"http://127.0.0.1:{web}")
     try:

@@ -8,6 +8,7 @@ from flask import make_response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from history import db
+from history import workers
 from history.studio import studio
 from history.web.guard import public
 
@@ -58,6 +59,9 @@ def healthz():
         body["role"] = the_studio.role
         if the_studio.runs_jobs:
             body["worker"] = the_studio.worker_id
+        elif problem is None:
+            # A web process runs nothing: whether any worker is alive to run what is posted to it.
+            body["live_workers"] = len(workers.live_workers(workers.EXPIRY_BEATS * the_studio.settings.heartbeat_seconds))
     response = jsonify(body)
     response.status_code = 200 if problem is None else 503
     response.headers["Cache-Control"] = "no-store"
