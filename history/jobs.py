@@ -297,8 +297,10 @@ def unindexed(column):
 
 def count_up_to(history_filter: HistoryFilter, cap: int) -> int:
     """How many jobs a filter matches, counted to ``cap + 1`` at most (reading at most the newest 20 x cap jobs of a search)."""
-    if history_filter.q and not is_sqlite() and search.uses_index(history_filter.q):
-        # A count needs no order: PostgreSQL's bitmap of the trigram index's matches, read until cap + 1.
+    needle = history_filter.q
+    if needle and search.uses_index(needle) and (not is_sqlite() or search.fts_query(needle)[1]):
+        # A count needs no order: the index's matches (PostgreSQL's trigram bitmap; SQLite's candidates of a
+        # needle of repeated trigrams, each checked) read until cap + 1.
         return filtered(history_filter, paged=False).select(SQL("1")).order_by().limit(cap + 1).count()
     if search_leads(history_filter):
         # A count needs no order: the search index's matches, streamed, each looked up by rowid, stop at cap + 1.
@@ -307,7 +309,7 @@ def count_up_to(history_filter: HistoryFilter, cap: int) -> int:
             .select(SQL("1"))
             .order_by()
             .from_(SQL("job_search CROSS JOIN job AS t1"))
-            .where(SQL("job_search MATCH ? AND job_search.rowid = t1.rowid", [search.fts_phrase(history_filter.q)]))
+            .where(SQL("job_search MATCH ? AND job_search.rowid = t1.rowid", [search.fts_phrase(needle)]))
             .limit(cap + 1)
             .count()
         )
@@ -356,7 +358,7 @@ def _fewer_matches(needle: str, bound: int) -> bool:
     if not (is_sqlite() and search.uses_index(needle)):
         return False
     found = database.execute_sql(
-        "SELECT COUNT(*) FROM (SELECT rowid FROM job_search WHERE job_search MATCH ? LIMIT ?)", (search.fts_phrase(needle), bound)
+        "SELECT COUNT(*) FROM (SELECT rowid FROM job_search WHERE job_search MATCH ? LIMIT ?)", (search.fts_query(needle)[0], bound)
     ).fetchone()[0]
     return found < bound
 
@@ -366,9 +368,15 @@ def text_matches(needle: str):
     if not search.uses_index(needle):
         return _document_like(needle)
     if is_sqlite():
-        return SQL("rowid IN (SELECT rowid FROM job_search WHERE job_search MATCH ?)", [search.fts_phrase(needle)])
+        return _index_match(needle, "rowid IN (SELECT rowid FROM job_search WHERE job_search MATCH ?)")
     # contains() is ILIKE with % and _ escaped; the pg_trgm index is on exactly this expression.
     return _search_text().contains(needle)
+
+
+def _index_match(needle: str, sql: str):
+    """``sql`` (whose one parameter is an FTS5 query) matching ``needle`` by SQLite's search index, checked by LIKE where the query finds more."""
+    query, check = search.fts_query(needle)
+    return SQL(sql, [query]) & _document_like(needle) if check else SQL(sql, [query])
 
 
 def _search_text():

@@ -116,3 +116,19 @@ def uses_index(needle: str) -> bool:
 def fts_phrase(needle: str) -> str:
     """The FTS5 query matching ``needle`` as a substring: one quoted phrase (its trigrams, in order)."""
     return '"' + needle.replace('"', '""') + '"'
+
+
+def fts_query(needle: str) -> tuple[str, bool]:
+    """The FTS5 query for ``needle``, and whether what it finds must still be checked by a LIKE (sqlite_like_agrees).
+
+    A phrase reads one list of rows per trigram, a repeated trigram's as often as it repeats: an id like
+    00000000-0000-0000-0000-0000000f4240 has 34 trigrams, 25 of them the four that every such id holds, so its
+    phrase reads a million-row list 25 times. A needle that is mostly repeats asks for each distinct trigram
+    once instead (every row holding them all, found by skipping through the lists) and a LIKE keeps the rows
+    that hold the needle itself.
+    """
+    trigrams = [needle[start:start + MIN_NEEDLE] for start in range(len(needle) - MIN_NEEDLE + 1)]
+    distinct = list(dict.fromkeys(trigrams))
+    if 2 * len(distinct) > len(trigrams) or not sqlite_like_agrees(needle):
+        return fts_phrase(needle), False
+    return " AND ".join(fts_phrase(trigram) for trigram in distinct), True

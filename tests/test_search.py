@@ -79,6 +79,21 @@ def test_a_search_reads_the_index_past_the_newest_jobs(make_job, monkeypatch):
     assert search("a n") == [rare.prompt_id]
 
 
+def test_ids_of_repeated_characters_find_exactly_the_jobs_that_hold_them(make_job, monkeypatch):
+    # Such a needle asks the index for its distinct trigrams once each; a job holding them all but not the
+    # needle itself ("000-00" has every trigram of "0000-0000-00") is still no match.
+    monkeypatch.setattr(jobs, "SEARCH_PROBE_ROWS", 1)
+    made = [make_job(prompt_id=f"00000000-0000-0000-0000-{number:012x}", files=0, minutes_ago=number) for number in (1, 2, 0x2A3E0)]
+    decoy = make_job(files=0, minutes_ago=0x2A3E0 + 1, params={"positive_prompt": "frame 000-00 of 0-0"})
+    assert search(made[2].prompt_id) == [made[2].prompt_id]
+    assert search("0000-0000-00") == [job.prompt_id for job in made]
+    assert search("000-00") == [job.prompt_id for job in made] + [decoy.prompt_id]
+    for needle, count in ((made[0].prompt_id, 1), ("0000-0000-00", 3)):
+        history_filter = jobs.HistoryFilter.parse(None, None, needle)
+        assert jobs.count_up_to(history_filter, 100) == count
+        assert jobs.removal_usage(history_filter)["jobs"] == count
+
+
 def test_the_index_follows_updates_and_deletes(searchable, db):
     Job.update(params={"positive_prompt": "a grey wolf"}).where(Job.prompt_id == "fox-1").execute()
     assert search("red fox") == ["fox-2"]
