@@ -99,6 +99,7 @@ POSTGRES_TRIGGERS = [
 
 
 def _is_sqlite(database) -> bool:
+    """Whether ``database`` (a peewee database or the proxy) is SQLite."""
     return isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase)
 
 
