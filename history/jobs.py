@@ -580,17 +580,6 @@ def update_active(prompt_id: str, change, after_stall: bool = False) -> Job | No
         return Job.get_or_none(Job.prompt_id == prompt_id) if updated else None
 
 
-def leftover_jobs() -> list[tuple[str, str]]:
-    """(prompt_id, status) of every queued or running job, oldest first (left by a previous process, at start)."""
-    with connection():
-        return list(
-            Job.select(Job.prompt_id, Job.status)
-            .where(Job.status.in_(ACTIVE_STATUSES))
-            .order_by(Job.queued_at)
-            .tuples()
-        )
-
-
 def servers_of(prompt_ids: list[str]) -> dict[str, str | None]:
     """The ComfyUI server each of these jobs was handed to (None when no server is recorded), by prompt_id."""
     found: dict[str, str | None] = {}

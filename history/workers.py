@@ -280,6 +280,7 @@ class RunnerLock:
     """An exclusive flock on ``<database>.runner``: on SQLite one process runs jobs; CLI commands take no lock."""
 
     def __init__(self, database_path: str | Path):
+        self.database_path = str(database_path)
         self.path = Path(f"{database_path}.runner")
         self._handle = None
 
@@ -295,7 +296,7 @@ class RunnerLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise RunnerRefused(
-                f"{holder} already runs this studio's jobs on the SQLite store {database_path_of(self.path)}: "
+                f"{holder} already runs this studio's jobs on the SQLite store {self.database_path}: "
                 "on SQLite one process does everything; stop it first, or use PostgreSQL "
                 "(STUDIO_DATABASE_URL=postgresql://...) with STUDIO_ROLE=web and worker processes"
             ) from None
@@ -311,10 +312,6 @@ class RunnerLock:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
-
-
-def database_path_of(lock_path: Path) -> str:
-    return str(lock_path)[: -len(".runner")]
 
 
 # ---- the loop of a process that runs jobs --------------------------------------------------------
