@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import logging
 import threading
+import time
 
 from flask import Blueprint
 from flask import abort
@@ -220,6 +221,10 @@ def history_list():
     key = (request.host, request.full_path, request.headers.get("Origin"), templating.tz_name())
 
     def render() -> tuple[str, str]:
+        # Let what is already waiting go first: on a gevent worker a change's websocket events are queued to
+        # a thousand sockets just before the first poll that sees it, and this render (tens of ms) would
+        # otherwise hold the one event loop, and every one of those sends, until it is done.
+        time.sleep(0)
         context = list_context(history_filter, since, compact)
         return context["list_etag"], render_template("job_list.html", **context)
 
