@@ -1233,6 +1233,11 @@ def star_jobs(prompt_ids: list[str], starred: bool) -> tuple[list[str], list[str
     return [prompt_id for prompt_id in ids if prompt_id in found], [prompt_id for prompt_id in ids if prompt_id not in found]
 
 
+# The largest count a person can have seen (a form's expect is at most 9 digits too): a bigger one is refused,
+# never handed to the store as a LIMIT it cannot hold.
+MAX_EXPECT = 999_999_999
+
+
 class CountChanged(Exception):
     """A bulk action's filter no longer matches the number of jobs the person confirmed."""
 

@@ -79,6 +79,8 @@ PROMPT_ID = {
 PROMPT_IDS_BODY = {
     "type": "object",
     "required": ["prompt_ids"],
+    # A body with a filter is a bulk request (api.is_bulk), read by BulkRequest's stricter rules instead.
+    "not": {"required": ["filter"]},
     "properties": {
         "prompt_ids": {
             "type": "array",
@@ -231,7 +233,7 @@ SCHEMAS = {
         "additionalProperties": False,
         "properties": {
             "filter": _ref("HistoryFilter"),
-            "expect": {"type": "integer", "minimum": 0,
+            "expect": {"type": "integer", "minimum": 0, "maximum": jobs.MAX_EXPECT,
                        "description": "how many jobs the filter matched when the person chose them; "
                        "another count now answers 409 with the new count and changes nothing"},
             "include_starred": {"type": "boolean", "default": False,

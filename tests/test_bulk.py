@@ -97,6 +97,7 @@ def test_include_starred_takes_stars_and_the_count_includes_them(client, make_jo
     ({"filter": {"status": ["error"]}}, "expect"),
     ({"filter": {"status": ["error"]}, "expect": -1}, "expect"),
     ({"filter": {"status": ["error"]}, "expect": True}, "expect"),
+    ({"filter": {"status": ["error"]}, "expect": 182674288030691528540160}, "expect"),
     ({"filter": {"status": ["lost"]}, "expect": 1}, "unknown status"),
     ({"filter": {"queued_before": "yesterday"}, "expect": 1}, "queued_before"),
     ({"filter": {"cause": "../x"}, "expect": 1}, "cause"),

@@ -141,7 +141,8 @@ def read_bulk(payload, need_expect: bool = True) -> Bulk:
     expect = payload.get("expect")
     if isinstance(expect, float) and expect.is_integer() and expect >= 0:
         expect = int(expect)  # JSON has one number type: 310.0 is the whole number 310 (JSON Schema's "integer" too)
-    if (expect is None and need_expect) or (expect is not None and (isinstance(expect, bool) or not isinstance(expect, int) or expect < 0)):
+    if (expect is None and need_expect) or (expect is not None and (isinstance(expect, bool) or not isinstance(expect, int)
+                                                                    or not 0 <= expect <= jobs.MAX_EXPECT)):
         abort(400, "expect: the number of jobs the filter matched when you chose them (a whole number)")
     include_starred = payload.get("include_starred", False)
     if not isinstance(include_starred, bool):
