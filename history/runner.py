@@ -18,6 +18,7 @@ import time
 from history import files
 from history import jobs
 from history import thumbnails
+from history.db import is_busy
 from history.events import EventBus
 from history.metrics import Metrics
 from history.models import COMPLETED
@@ -43,6 +44,11 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
     """A fresh job folder name: ``YYYYMMDD_HHMMSS_<6 hex>`` (UTC)."""
     now = now or utcnow()
     return f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+
+
+# How long a job's own write waits for a busy store (a full connection pool, another writer's lock) before
+# it gives up: a write lost there would leave the job queued or running for good.
+BUSY_RETRY_SECONDS = 120.0
 
 
 def after_stall(job: Job, status: str, at: datetime.datetime, error: str | None) -> str:
@@ -120,7 +126,7 @@ class Runner:
             # real start from ComfyUI's history later.
             return {"status": RUNNING, "started_at": min(job.started_at, at) if job.started_at else at}
 
-        job = jobs.update_active(prompt_id, change)
+        job = self._update(prompt_id, change)
         if job is None:
             self.unfollow(prompt_id)
             return
@@ -179,12 +185,12 @@ class Runner:
 
     def placed(self, prompt_id: str, server: str) -> None:
         """Record the ComfyUI server a job is handed to (its files are found in that server's output folder)."""
-        jobs.update_active(prompt_id, lambda job: {"comfyui_server": server})
+        self._update(prompt_id, lambda job: {"comfyui_server": server})
 
     def moved(self, prompt_id: str, server: str, note: str) -> None:
         """Record the server a queued job now waits on, and why, in its ``error`` (a note the job keeps when it
         completes); a job that started or ended meanwhile is left as it is."""
-        jobs.update_active(prompt_id, lambda job: {"comfyui_server": server, "error": note} if job.status == QUEUED
+        self._update(prompt_id, lambda job: {"comfyui_server": server, "error": note} if job.status == QUEUED
                            else {"comfyui_server": job.comfyui_server})
 
     def servers_of(self, prompt_ids: list[str]) -> dict[str, str | None]:
@@ -237,7 +243,7 @@ class Runner:
             return ended
 
         # Only a real end may follow a stall: a second stall report changes nothing.
-        job = jobs.update_active(prompt_id, change, after_stall=status != STALLED)
+        job = self._update(prompt_id, change, after_stall=status != STALLED)
         self.unfollow(prompt_id)
         if self.on_end is not None:
             self.on_end()
@@ -245,6 +251,21 @@ class Runner:
             self.metrics.executions_finished.labels(status).inc()
             self.bus.publish(event, job.to_dict())
         return job
+
+    def _update(self, prompt_id: str, change, after_stall: bool = False) -> Job | None:
+        """Write a job's change (jobs.update_active), waiting out a busy store rather than losing the write."""
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return jobs.update_active(prompt_id, change, after_stall=after_stall)
+            except Exception as error:
+                # A busy store wrote nothing; give up only when stopping or after BUSY_RETRY_SECONDS.
+                if not is_busy(error) or time.monotonic() + delay > deadline or self._stop.is_set():
+                    raise
+                log.warning("store busy while recording job %s (%s); trying again", prompt_id, error)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 1.0)
 
     # ---- stalls ----------------------------------------------------------------------------------
 

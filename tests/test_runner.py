@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sqlite3
 import threading
 import time
 
@@ -142,6 +143,29 @@ def test_a_deleted_running_job_never_comes_back(app, make_job, db):
     assert Job.get_or_none(Job.prompt_id == job.prompt_id) is None
     # Progress is ephemeral and may still flicker by; the job never ends again, and is then forgotten.
     assert types == ["job.started", "job.progress"]
+
+
+@pytest.mark.sqlite_only  # another writer's lock, held past the busy timeout, is SQLite's busy store
+@pytest.mark.parametrize("app_config", [{"STUDIO_BUSY_SECONDS": "0.1"}], indirect=True)
+def test_a_job_that_ends_while_the_store_is_busy_still_records_its_end(app, client, db):
+    runner = app.extensions["studio"].runner
+    real_completed = runner.completed
+    held = []
+
+    def completed_while_another_process_writes(prompt_id, outputs, at):
+        # Another process holds the write lock for 5 busy timeouts just as this job ends.
+        other = sqlite3.connect(db.obj.database, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        held.append(prompt_id)
+        threading.Timer(0.5, other.commit).start()
+        real_completed(prompt_id, outputs, at)
+
+    runner.completed = completed_while_another_process_writes
+    prompt_id = client.post("/api/run/txt2img-example/execute", json={"params": {}}).json["prompt_id"]
+    ended = wait_for(lambda: (job := record(db, prompt_id)) and job["status"] not in ("queued", "running") and job)
+    assert held == [prompt_id]
+    assert ended["status"] == "completed" and ended["outputs"]
+    assert client.get(f"/api/admin/history/{prompt_id}").json["status"] == "completed"
 
 
 def test_an_ended_job_is_not_overwritten(app, make_job, db):
