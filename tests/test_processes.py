@@ -95,30 +95,37 @@ def execute(port: int, prompt: str, size: int = 64, batch: int = 1) -> str:
         return json.loads(response.read())["prompt_id"]
 
 
+def hear_a_job_end_to_end(ws, post, seconds_each: float) -> tuple[str, dict[str, list[str]]]:
+    """Post jobs (``post()`` answers a prompt_id) until ``ws`` hears one from job.queued to job.completed
+    (30 s at most, ``seconds_each`` per job); answer the last job posted and the event types heard, by job."""
+    deadline = time.monotonic() + 30
+    heard: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        prompt_id = post()
+        heard[prompt_id] = []
+        until = time.monotonic() + seconds_each
+        while time.monotonic() < until:
+            ws.settimeout(max(0.05, until - time.monotonic()))
+            try:
+                frame = json.loads(ws.recv())
+            except websocket.WebSocketTimeoutException:
+                break
+            heard.setdefault(frame["data"].get("prompt_id"), []).append(frame["type"])
+            if frame["type"] == "job.completed" and frame["data"]["prompt_id"] == prompt_id:
+                break
+        if heard[prompt_id][:1] == ["job.queued"] and heard[prompt_id][-1:] == ["job.completed"]:
+            break
+    return prompt_id, heard
+
+
 def test_a_job_run_by_one_process_reaches_the_websocket_of_another(two_servers):
     runs_it, watches = two_servers
     # The watcher's first request starts its studio, and with it the LISTEN on PostgreSQL.
     urllib.request.urlopen(f"http://127.0.0.1:{watches}/admin/history", timeout=15).close()
     ws = websocket.create_connection(f"ws://127.0.0.1:{watches}/ws", timeout=15, origin=f"http://127.0.0.1:{watches}")
     try:
-        # The listener connects in the background; run jobs until one is heard from start to end.
-        deadline = time.monotonic() + 30
-        heard: dict[str, list[str]] = {}
-        while time.monotonic() < deadline:
-            prompt_id = execute(runs_it, "crossing processes")
-            heard[prompt_id] = []
-            until = time.monotonic() + 5
-            while time.monotonic() < until:
-                ws.settimeout(max(0.05, until - time.monotonic()))
-                try:
-                    frame = json.loads(ws.recv())
-                except websocket.WebSocketTimeoutException:
-                    break
-                heard.setdefault(frame["data"].get("prompt_id"), []).append(frame["type"])
-                if frame["type"] == "job.completed" and frame["data"]["prompt_id"] == prompt_id:
-                    break
-            if heard[prompt_id][:1] == ["job.queued"] and heard[prompt_id][-1:] == ["job.completed"]:
-                break
+        # The listener connects in the background: run jobs until one is heard from start to end.
+        prompt_id, heard = hear_a_job_end_to_end(ws, lambda: execute(runs_it, "crossing processes"), 5)
         assert heard[prompt_id][0] == "job.queued"
         assert heard[prompt_id][-1] == "job.completed"
         assert "job.started" in heard[prompt_id]
@@ -217,24 +224,8 @@ def test_a_job_posted_to_a_web_process_runs_on_a_worker_and_its_websocket_hears_
     urllib.request.urlopen(f"http://127.0.0.1:{web}/admin/history", timeout=15).close()  # starts its listener
     ws = websocket.create_connection(f"ws://127.0.0.1:{web}/ws", timeout=15, origin=f"http://127.0.0.1:{web}")
     try:
-        # The listener connects in the background; post jobs until one is heard from start to end.
-        deadline = time.monotonic() + 30
-        heard: dict[str, list[str]] = {}
-        while time.monotonic() < deadline:
-            prompt_id = execute(web, "posted to a web process")
-            heard[prompt_id] = []
-            until = time.monotonic() + 10
-            while time.monotonic() < until:
-                ws.settimeout(max(0.05, until - time.monotonic()))
-                try:
-                    frame = json.loads(ws.recv())
-                except websocket.WebSocketTimeoutException:
-                    break
-                heard.setdefault(frame["data"].get("prompt_id"), []).append(frame["type"])
-                if frame["type"] == "job.completed" and frame["data"]["prompt_id"] == prompt_id:
-                    break
-            if heard[prompt_id][:1] == ["job.queued"] and heard[prompt_id][-1:] == ["job.completed"]:
-                break
+        # The listener connects in the background: post jobs until one is heard from start to end.
+        prompt_id, heard = hear_a_job_end_to_end(ws, lambda: execute(web, "posted to a web process"), 10)
         assert heard[prompt_id][0] == "job.queued"
         assert "job.started" in heard[prompt_id]
         assert heard[prompt_id][-1] == "job.completed"
