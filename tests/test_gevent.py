@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +11,7 @@ from pathlib import Path
 import websocket
 
 from tests.test_processes import free_port
+from tests.test_processes import stop_processes
 from tests.test_processes import wait_for_port
 from tests.test_ws import receive_until
 
@@ -50,9 +50,4 @@ def test_the_gevent_worker_serves_the_poll_and_the_websocket(tmp_path):
             assert response.status == 200
             assert f'data-prompt-id="{prompt_id}"' in response.read().decode()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_processes(server)

@@ -46,6 +46,18 @@ def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30) -> N
     raise AssertionError(f"nothing listens on {port}")
 
 
+def stop_processes(*processes: subprocess.Popen) -> None:
+    """Ask each server process to stop (SIGTERM, all at once), and kill one that has not within 15 s."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture
 def two_servers(tmp_path):
     reset_postgres(POSTGRES_URL)
@@ -71,14 +83,7 @@ def two_servers(tmp_path):
             ports.append(port)
         yield ports
     finally:
-        for server in servers:
-            server.send_signal(signal.SIGTERM)
-        for server in servers:
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_processes(*servers)
 
 
 def execute(port: int, prompt: str, size: int = 64, batch: int = 1) -> str:
@@ -179,13 +184,7 @@ class Cluster:
         return port
 
     def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes(self.processes.pop(name))
 
     def health(self, name: str) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[name]}/healthz", timeout=15) as response:
