@@ -353,6 +353,17 @@ def test_a_single_url_studio_records_its_server_and_keeps_one_shared_folder(tmp_
         app.extensions["studio"].stop()
 
 
+def test_a_job_taken_over_on_a_server_no_longer_configured_ends_stalled_saying_so(doubles, make_job, client):
+    gone = "http://127.0.0.1:9"  # in STUDIO_COMFYUI_URL when the job ran, no longer
+    left = make_job(status="running", files=0, owner="a-process-now-gone", comfyui_server=gone)
+    client.get("/healthz")  # starts the studio, which takes over the jobs of workers that are gone
+    ended = wait_for(lambda: (found := job(client, left.prompt_id))["status"] != "running" and found,
+                     what="the job taken over ending")
+    assert ended["status"] == "stalled"
+    assert ended["error"].endswith(f"it was on ComfyUI at {gone}, which is no longer in STUDIO_COMFYUI_URL")
+    assert ended["finished_at"] and ended["comfyui_server"] == gone
+
+
 @pytest.mark.parametrize("stored", ["http://[::1", "not a url at all", "http://gone.example:8188"])
 def test_a_stored_server_that_is_no_longer_configured_or_no_address_never_breaks_a_page(client, make_job, stored):
     job = make_job(comfyui_server=stored)

@@ -62,6 +62,8 @@ class ComfyUIServers(Executor):
     def start(self, pending: list[str]) -> None:
         """Hand each leftover job to the server its record names (one with none to the first), then connect."""
         mine = self._by_record(pending)
+        for url, gone in mine.pop(None, {}).items():
+            log.warning("job(s) %s ran on %s, which is no longer in STUDIO_COMFYUI_URL; left as they are", gone, url)
         for server in self.servers:
             server.start(mine[server.base_url])
         if len(self.servers) > 1 and self._mover is None:
@@ -72,22 +74,27 @@ class ComfyUIServers(Executor):
     def adopt(self, prompt_ids: list[str], reason: str) -> None:
         """Hand jobs taken over from another worker to the server each record names; it asks what became of them."""
         mine = self._by_record(prompt_ids)
+        # Nothing can tell what became of a job on a server no longer configured: it ends stalled, saying why,
+        # rather than staying queued or running under this worker for good.
+        for url, gone in mine.pop(None, {}).items():
+            super().adopt(gone, f"{reason}; it was on ComfyUI at {url}, which is no longer in STUDIO_COMFYUI_URL")
         for server in self.servers:
             if mine[server.base_url]:
                 server.adopt(mine[server.base_url], reason)
 
-    def _by_record(self, prompt_ids: list[str]) -> dict[str, list[str]]:
-        """The given jobs by the server their records name (one with none: the first)."""
+    def _by_record(self, prompt_ids: list[str]) -> dict:
+        """Group the given jobs by the server their records name (one with none: the first); under None, the
+        jobs of servers no longer configured, by their server."""
         servers = self.reporter.servers_of(list(prompt_ids)) if prompt_ids else {}
         first = self.servers[0].base_url
-        mine: dict[str, list[str]] = {server.base_url: [] for server in self.servers}
+        mine: dict = {server.base_url: [] for server in self.servers}
         for prompt_id in prompt_ids:
             # A record from before servers were recorded ran on the one server the studio had then.
             url = servers.get(prompt_id) or first
             if url in mine:
                 mine[url].append(prompt_id)
             else:
-                log.warning("job %s ran on %s, which is no longer in STUDIO_COMFYUI_URL; left as it is", prompt_id, url)
+                mine.setdefault(None, {}).setdefault(url, []).append(prompt_id)
         return mine
 
     def submit(self, submission: Submission) -> None:
