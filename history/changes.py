@@ -156,7 +156,7 @@ class Remembered:
         self._lock = threading.Lock()
 
     def made_at(self, key) -> float:
-        """When (time.monotonic()) the value kept for ``key`` was computed (now when none is kept)."""
+        """Answer when (time.monotonic()) the value kept for ``key`` was computed (now when none is kept)."""
         entry = self._values.get(key)
         return entry[1] if entry is not None else time.monotonic()
 

@@ -108,7 +108,7 @@ class OutputRoots:
     servers: tuple = ()  # every configured server, in order: media URLs name a folder by its position
 
     def of(self, server: str | None) -> Path:
-        """The output folder of ``server`` (a ComfyUI URL, or None)."""
+        """Answer the output folder of ``server`` (a ComfyUI URL, or None)."""
         return self.own.get(server, self.shared) if server else self.shared
 
     def every(self) -> list[Path]:
@@ -116,11 +116,11 @@ class OutputRoots:
         return list(dict.fromkeys([self.shared, *self.own.values()]))
 
     def position(self, server: str | None) -> int | None:
-        """The position that names ``server``'s own folder in a media URL, or None when it uses the shared one."""
+        """Answer the position that names ``server``'s own folder in a media URL, or None when it uses the shared one."""
         return self.servers.index(server) if server in self.own else None
 
     def at(self, position) -> Path | None:
-        """The own folder of the server at ``position`` (a media URL's ``server``), or None when there is none."""
+        """Answer the own folder of the server at ``position`` (a media URL's ``server``), or None when there is none."""
         try:
             server = self.servers[int(position)]
         except (IndexError, TypeError, ValueError):
@@ -129,7 +129,7 @@ class OutputRoots:
 
 
 def root_of(output_root, server: str | None) -> Path:
-    """The folder a job of ``server`` keeps its files in: ``output_root`` is a folder or OutputRoots."""
+    """Answer the folder a job of ``server`` keeps its files in: ``output_root`` is a folder or OutputRoots."""
     return output_root.of(server) if isinstance(output_root, OutputRoots) else Path(output_root)
 
 

@@ -52,7 +52,7 @@ BUSY_RETRY_SECONDS = 120.0
 
 
 def after_stall(job: Job, status: str, at: datetime.datetime, error: str | None) -> str:
-    """The ``error`` of a stalled job that then truly ended: the stall, when and why, then the real end."""
+    """Write the ``error`` of a stalled job that then truly ended: the stall, when and why, then the real end."""
     stalled = f"stalled at {job.finished_at:%H:%M:%S} UTC ({job.error})" if job.finished_at else f"stalled ({job.error})"
     if status == COMPLETED:
         return f"{stalled}, then completed at {at.astimezone(datetime.timezone.utc):%H:%M:%S} UTC"
@@ -97,7 +97,7 @@ class Runner:
             self._touch(prompt_id)
 
     def followed_ids(self) -> set[str]:
-        """The jobs this process follows now (queued in its executor or running)."""
+        """List the jobs this process follows now (queued in its executor or running)."""
         with self._lock:
             return set(self._followed)
 
@@ -194,7 +194,7 @@ class Runner:
                            else {"comfyui_server": job.comfyui_server})
 
     def servers_of(self, prompt_ids: list[str]) -> dict[str, str | None]:
-        """The ComfyUI server each job was handed to (None when none is recorded)."""
+        """Look up the ComfyUI server each job was handed to (None when none is recorded)."""
         return jobs.servers_of(prompt_ids)
 
     # ---- prompts other clients queued on ComfyUI --------------------------------------------------

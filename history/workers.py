@@ -64,7 +64,7 @@ class RunnerRefused(RuntimeError):
 
 
 def new_worker_id() -> str:
-    """A fresh id for this process: host, pid and a few random characters (a restarted pid is a new worker)."""
+    """Make a fresh id for this process: host, pid and a few random characters (a restarted pid is a new worker)."""
     return f"{socket.gethostname()[:80]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
@@ -116,7 +116,7 @@ def retire(worker_id: str) -> None:
 
 
 def live_workers(expiry_seconds: float) -> list[Worker]:
-    """The workers whose heartbeat is fresh."""
+    """List the workers whose heartbeat is fresh."""
     cutoff = utcnow() - datetime.timedelta(seconds=expiry_seconds)
     with connection():
         return list(Worker.select().where(Worker.heartbeat_at >= cutoff).order_by(Worker.started))
@@ -372,7 +372,7 @@ class WorkerLoop:
             self._wake.set()
 
     def room_freed(self) -> None:
-        """One of this worker's jobs ended: look for the next (the runner calls this)."""
+        """Look for the next job, one of this worker's having ended (the runner calls this)."""
         self._wake.set()
 
     def _settle_at_start(self) -> None:
@@ -433,7 +433,7 @@ class WorkerLoop:
             self._wake.clear()  # one look at the waiting line serves a burst of events
 
     def in_hand(self) -> int:
-        """How many jobs this worker claimed that have not ended yet."""
+        """Count the jobs this worker claimed that have not ended yet."""
         followed = self.runner.followed_ids()
         with self._lock:
             self._claimed &= followed  # ended, or deleted meanwhile

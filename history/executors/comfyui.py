@@ -300,7 +300,7 @@ class ComfyUIExecutor(Executor):
 
     @property
     def load(self) -> int:
-        """How many jobs wait or run here: the last status frame's queue and the posts it has not counted yet."""
+        """Count the jobs that wait or run here: the last status frame's queue and the posts it has not counted yet."""
         with self._lock:
             return self.queue_remaining + len(self._uncounted)
 
@@ -335,7 +335,7 @@ class ComfyUIExecutor(Executor):
     # -- moving queued jobs off a server that is down -------------------------------------------
 
     def movable(self) -> list[str]:
-        """The jobs this studio posted here that have not started (none was seen start), oldest first."""
+        """List the jobs this studio posted here that have not started (none was seen start), oldest first."""
         with self._lock:
             return [job.prompt_id for job in self._jobs.values() if self._movable(job)]
 

@@ -145,7 +145,7 @@ class ComfyUIServers(Executor):
 
     @property
     def connected(self) -> bool:
-        """Whether every server's websocket is open and reconciled."""
+        """Say whether every server's websocket is open and reconciled."""
         return all(server.connected for server in self.servers)
 
     def wait_connected(self, timeout: float) -> bool:
@@ -154,7 +154,7 @@ class ComfyUIServers(Executor):
         return all(server.wait_connected(max(0.0, deadline - time.monotonic())) for server in self.servers)
 
     def following(self) -> list[str]:
-        """The prompt ids every server follows."""
+        """List the prompt ids every server follows."""
         return [prompt_id for server in self.servers for prompt_id in server.following()]
 
     def server_states(self) -> list[dict]:
@@ -216,7 +216,7 @@ class ComfyUIServers(Executor):
     # -- choosing --------------------------------------------------------------------------------
 
     def _by_load(self) -> list[ComfyUIExecutor]:
-        """The up servers, shortest queue first, equal queues in turn; every server when none is up."""
+        """Order the up servers shortest queue first, equal queues in turn; every server when none is up."""
         with self._lock:
             count = len(self.servers)
             turn = self._turn

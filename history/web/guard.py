@@ -78,7 +78,7 @@ class AuthState:
         return login_id in self._ended
 
     def ended_known_until(self) -> float:
-        """When (time.monotonic()) this process will next read the ended logins: until then a login's answer stands."""
+        """Answer when (time.monotonic()) this process will next read the ended logins: until then a login's answer stands."""
         return self._ended_read_at + ENDED_LOGINS_SECONDS
 
     def end_login(self, login_id: str) -> None:
@@ -212,7 +212,7 @@ def login_ends_at() -> float | None:
 
 
 def caller_holds_until() -> float:
-    """Until when (a Unix time) the pipeline would decide the same about an identical request's caller.
+    """Answer until when (a Unix time) the pipeline would decide the same about an identical request's caller.
 
     Without a password, or with a bearer token, the decision depends on the request alone; a session login
     holds until it runs out or this process next reads the logins a logout ended (a logout in another
@@ -366,7 +366,7 @@ WORKER_ENDPOINTS = frozenset({"monitoring.healthz", "monitoring.metrics"})
 
 
 def serve_workers_health_only():
-    """A ``worker`` process (STUDIO_ROLE) runs jobs and answers only /healthz and /metrics."""
+    """Refuse anything but /healthz and /metrics in a ``worker`` process (STUDIO_ROLE), which runs jobs."""
     if _settings().role != "worker" or request.endpoint in WORKER_ENDPOINTS:
         return None
     return errors.plain(404, "this process is a worker (STUDIO_ROLE=worker): it runs jobs and serves only "

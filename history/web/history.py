@@ -234,7 +234,7 @@ def history_list():
 
 
 def _unchanged(status: int, etag: str, etags: changes.Remembered, etag_key, token):
-    """The bodiless answer to a poll whose list has not changed."""
+    """Answer a poll whose list has not changed, without a body."""
     _may_repeat(status, etags, etag_key, token)
     return _fragment_headers(make_response("", status), etag)
 

@@ -42,7 +42,7 @@ class RepeatableAnswer:
         self.on_repeat = on_repeat  # called on every repeat (a metrics counter's inc)
 
     def holds(self) -> bool:
-        """Whether the answer is still the one the app would give (the token also runs out after its max age)."""
+        """Say whether the answer is still the one the app would give (the token also runs out after its max age)."""
         return time.time() < self.holds_until and self.changes.fresh(self.token, self.made_at)
 
 
@@ -55,7 +55,7 @@ def allow_repeat(environ: dict, changes, token, made_at: float, holds_until: flo
 
 
 def request_key(environ: dict):
-    """The inputs of a request that decide its answer (None for a request that cannot be a poll)."""
+    """Answer the inputs of a request that decide its answer (None for a request that cannot be a poll)."""
     if environ.get("REQUEST_METHOD") != "GET" or not any(name in environ for name in CONDITIONAL_HEADERS):
         return None
     return (tuple(environ.get(name) for name in ENVIRON_INPUTS),
