@@ -157,7 +157,7 @@ def test_a_job_that_ends_while_the_store_is_busy_still_records_its_end(app, clie
         other = sqlite3.connect(db.obj.database, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
         held.append(prompt_id)
-        threading.Timer(0.5, other.commit).start()
+        threading.Timer(0.5, lambda: (other.commit(), other.close())).start()
         real_completed(prompt_id, outputs, at)
 
     runner.completed = completed_while_another_process_writes
