@@ -31,6 +31,7 @@ from history.arrivals import ThumbnailMaker
 from history.events import EventBus
 from history.executors import make_executor
 from history.executors.base import Submission
+from history.executors.builtin import BuiltinExecutor
 from history.executors.comfyui_graph import COMFYUI_WORKFLOW_ID
 from history.metrics import Metrics
 from history.models import Job
@@ -154,6 +155,15 @@ class Studio:
         if self.demo_thread is not None:
             self.demo_thread.join(timeout=10)
         if self.worker_loop is not None:
+            if started and self.role == "worker" and isinstance(self.executor, BuiltinExecutor):
+                # A restart (deploy, systemctl restart) should not stall the jobs this process runs: they end here.
+                log.warning("worker %s stopping: letting its running jobs finish (at most %d s)",
+                            self.worker_id, workers.WIND_DOWN_SECONDS)
+                given, running = self.worker_loop.wind_down(workers.WIND_DOWN_SECONDS)
+                log.warning("worker %s stopped: %d job(s) not started went back to the waiting line; %s",
+                            self.worker_id, len(given),
+                            f"{running} still running are left to another worker" if running
+                            else "every job it ran ended")
             self.worker_loop.stop()
         self.runner.stop()
         self.retention.stop()

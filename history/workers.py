@@ -57,6 +57,8 @@ CLAIM_AHEAD = 2
 LEFT_BEHIND = RESTART_MESSAGE  # the start-up reason, as before workers had heartbeats
 # How often a worker looks whether its ComfyUI servers' states changed (in memory; it writes only a change).
 SERVER_STATES_SECONDS = 0.5
+# A stopping built-in worker lets the jobs it runs finish for this long (below the README units' TimeoutStopSec=30).
+WIND_DOWN_SECONDS = 20
 
 
 class RunnerRefused(RuntimeError):
@@ -164,7 +166,8 @@ def ownerless_active() -> list[str]:
 
 def _why(owner: str | None, worker: Worker | None) -> str:
     if worker is None:
-        return LEFT_BEHIND
+        # A row that went as its worker stopped (retire) still names it: "the studio restarted" would be untrue.
+        return LEFT_BEHIND if owner is None else f"its worker {owner} stopped while this job ran"
     return (f"its worker {worker.host} (pid {worker.pid}) stopped sending heartbeats; "
             f"the last was at {worker.heartbeat_at:%H:%M:%S} UTC")
 
@@ -335,6 +338,7 @@ class WorkerLoop:
         self._lock = threading.Lock()
         self._claimed: set[str] = set()  # claimed by this worker and not ended yet (in_hand)
         self._paused_until = 0.0  # the executor was unavailable: claim again after a beat
+        self._winding_down = False  # stopping: claim nothing more
         self._ownerless: list[str] | None = None  # the start-up settling still to do (the store was away)
 
     def start(self, ownerless: list[str]) -> None:
@@ -365,6 +369,21 @@ class WorkerLoop:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads = []
+
+    def wind_down(self, seconds: float) -> tuple[list[str], int]:
+        """Claim no more, give back the jobs the executor has not started, and wait up to ``seconds`` for the ones
+        it runs to end, the heartbeat still beating (so a restart cuts none off); answer (given back, still running)."""
+        self._winding_down = True
+        given = self.executor.unstarted()
+        give_back(self.worker_id, given)
+        for prompt_id in given:
+            self.runner.unfollow(prompt_id)
+        with self._lock:
+            self._claimed -= set(given)
+        deadline = time.monotonic() + seconds
+        while self.in_hand() and time.monotonic() < deadline and not self._stop.wait(0.1):
+            pass
+        return given, self.in_hand()
 
     def _hear(self, message: str) -> None:
         """Wake the loop on an event that may leave a job to claim (the bus calls this in the publisher's thread)."""
@@ -441,10 +460,10 @@ class WorkerLoop:
 
     def claim(self) -> int:
         """Claim waiting jobs while the executor has room, and submit them; answer how many were claimed."""
-        if time.monotonic() < self._paused_until:
+        if time.monotonic() < self._paused_until or self._winding_down:
             return 0
         count = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._winding_down:
             capacity = getattr(self.executor, "capacity", None)
             room = CLAIM_BATCH if capacity is None else min(CLAIM_BATCH, CLAIM_AHEAD * capacity - self.in_hand())
             if room <= 0:

@@ -11,6 +11,7 @@ import pytest
 import history
 from history import workers
 from history.models import Job
+from history.models import WaitingJob
 from history.models import Worker
 from history.models import utcnow
 from tests.conftest import another_app
@@ -46,7 +47,7 @@ def test_a_starting_worker_takes_over_only_the_jobs_of_silent_workers(app_config
         assert status_of(busy.prompt_id) == "running"  # a live worker's job is never touched
         assert Job.get_by_id(busy.prompt_id).owner == "alive"
         assert Job.get_by_id(lost.prompt_id).error.startswith("its worker gpu-box (pid 4242) stopped sending heartbeats")
-        assert Job.get_by_id(gone.prompt_id).error == workers.LEFT_BEHIND
+        assert Job.get_by_id(gone.prompt_id).error == "its worker stopped-cleanly stopped while this job ran"
         assert Worker.get_or_none(Worker.worker_id == "silent") is None  # its row goes with its jobs
         assert Worker.get_by_id(me).role == "all"
         # Once "alive" stops beating, the live worker takes its job over at its next beats.
@@ -122,3 +123,22 @@ def test_a_web_process_shows_each_comfyui_servers_state_as_the_workers_see_it(ap
             assert {state["url"]: state["reachable"] for state in health["servers"]} == {server: True, idle.url: False}
             a.release()
             b.release()
+
+
+def test_a_stopping_worker_lets_the_jobs_it_runs_finish_and_gives_back_the_rest(app_config, db):
+    with another_app({**app_config, "START_RUNNER": False}) as web:  # runs nothing: the jobs wait for a worker
+        client = same_origin_client(web)
+        slow = {"params": {"width": 2048, "height": 2048}}  # half a second each or more: both threads busy
+        prompt_ids = [client.post("/api/run/txt2img-example/execute", json=slow).json["prompt_id"] for _ in range(6)]
+    with another_app({**app_config, "STUDIO_ROLE": "worker", "STUDIO_HEARTBEAT_SECONDS": "0.5"}) as worker:
+        worker.test_client().get("/healthz")  # starts it
+        running = wait_for(lambda: [job.prompt_id for job in Job.select().where(Job.status == "running")],
+                           what="the worker runs jobs")
+        worker.extensions["studio"].stop()  # SIGTERM (a restart): what runs ends here, not stalled
+    ended = {job.prompt_id: job for job in Job.select().where(Job.prompt_id.in_(prompt_ids))}
+    assert {ended[prompt_id].status for prompt_id in running} == {"completed"}
+    assert all(job.error is None for job in ended.values())
+    left = {prompt_id for prompt_id, job in ended.items() if job.status != "completed"}
+    assert left and {ended[prompt_id].status for prompt_id in left} == {"queued"}
+    assert {row.prompt_id for row in WaitingJob.select()} == left  # back in line for the next worker
+    assert all(ended[prompt_id].owner is None for prompt_id in left)
