@@ -90,6 +90,12 @@ class Studio:
         """Whether background work runs."""
         return self._started
 
+    def live_worker_count(self) -> int | None:
+        """How many workers could run what this process records; None when it runs jobs itself (not a web process)."""
+        if self.runs_jobs or self.role != "web":
+            return None
+        return len(workers.live_workers(workers.EXPIRY_BEATS * self.settings.heartbeat_seconds))
+
     def server_states(self) -> list[dict]:
         """Each ComfyUI server (url, up, queue_remaining) as this process sees it, or, when it follows none (it runs
         no jobs), as the live workers last wrote it; up None when no live worker reports it. [] without ComfyUI."""

@@ -142,3 +142,19 @@ def test_a_stopping_worker_lets_the_jobs_it_runs_finish_and_gives_back_the_rest(
     assert left and {ended[prompt_id].status for prompt_id in left} == {"queued"}
     assert {row.prompt_id for row in WaitingJob.select()} == left  # back in line for the next worker
     assert all(ended[prompt_id].owner is None for prompt_id in left)
+
+
+def test_a_web_process_with_no_live_worker_says_its_jobs_wait_for_one(app_config, db):
+    with another_app({**app_config, "STUDIO_ROLE": "web"}) as web:
+        client = same_origin_client(web)
+        posted = client.post("/api/run/txt2img-example/execute", json={"params": {"width": 64}})
+        assert posted.status_code == 202
+        health = client.get("/healthz").json
+        assert health["live_workers"] == 0 and health["executor"]["reachable"] is False
+        page = client.get("/admin/queue").get_data(as_text=True)
+        assert "No worker is running" in page and "waiting for a worker (none is running)" in page
+        worker_row("alive", seconds_ago=0)
+        health = client.get("/healthz").json
+        assert health["live_workers"] == 1 and health["executor"]["reachable"] is True
+        page = client.get("/admin/queue").get_data(as_text=True)
+        assert "No worker is running" not in page and "waiting for a worker" not in page

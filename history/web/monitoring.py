@@ -8,7 +8,6 @@ from flask import make_response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from history import db
-from history import workers
 from history.studio import studio
 from history.web.guard import public
 
@@ -30,7 +29,9 @@ def executor_state() -> dict:
     the_studio = studio()
     settings = current_app.config["STUDIO"]
     if not settings.comfyui_urls:
-        return {"kind": "builtin", "reachable": True}
+        # A web process runs nothing itself: the built-in executor is there only in the live workers.
+        live = the_studio.live_worker_count()
+        return {"kind": "builtin", "reachable": live is None or live > 0}
     # A process that runs no jobs says what the live workers see (up None: no live worker reports it).
     states = the_studio.server_states()
     return {
@@ -61,7 +62,7 @@ def healthz():
             body["worker"] = the_studio.worker_id
         elif problem is None:
             # A web process runs nothing: whether any worker is alive to run what is posted to it.
-            body["live_workers"] = len(workers.live_workers(workers.EXPIRY_BEATS * the_studio.settings.heartbeat_seconds))
+            body["live_workers"] = the_studio.live_worker_count()
     response = jsonify(body)
     response.status_code = 200 if problem is None else 503
     response.headers["Cache-Control"] = "no-store"

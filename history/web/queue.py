@@ -43,6 +43,8 @@ def queue():
     context = {
         "entries": [{"job": job, "progress": progress.get(job.prompt_id)} for job in active],
         "servers": server_states(active),
+        # A web process with no live worker: what is posted waits, and the page says why.
+        "no_worker": studio().live_worker_count() == 0,
     }
     # The list polls itself with hx-get on this URL; htmx says so with HX-Request.
     template = "queue_list.html" if request.htmx else "queue.html"
