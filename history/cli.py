@@ -314,7 +314,7 @@ def serve_health(app, host: str, port: int) -> None:
     server = make_server(host, port, app, threaded=True)
     prefix = app.config["STUDIO"].url_prefix
     click.echo(f" * Studio History worker {app.extensions['studio'].worker_id}: "
-               f"http://{host}:{server.server_port}{prefix}/healthz", )
+               f"http://{host}:{server.server_port}{prefix}/healthz")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import peewee
 import pytest
 
 import history
@@ -158,3 +159,16 @@ def test_a_web_process_with_no_live_worker_says_its_jobs_wait_for_one(app_config
         assert health["live_workers"] == 1 and health["executor"]["reachable"] is True
         page = client.get("/admin/queue").get_data(as_text=True)
         assert "No worker is running" not in page and "waiting for a worker" not in page
+
+
+def test_a_web_processs_health_check_is_503_with_the_reason_when_the_workers_cannot_be_read(app_config, db, monkeypatch):
+    with another_app({**app_config, "STUDIO_ROLE": "web"}) as web:
+        def store_gone(max_age):
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(workers, "live_workers", store_gone)  # the store fails after answering SELECT 1
+        response = web.test_client().get("/healthz")
+        assert response.status_code == 503
+        assert response.json["status"] == "unavailable"
+        assert "server closed the connection" in response.json["store"]
+        assert response.json["executor"]["reachable"] is False and "live_workers" not in response.json

@@ -24,14 +24,26 @@ def store_problem() -> str | None:
     return None
 
 
-def executor_state() -> dict:
-    """Which executor runs jobs and whether it is reachable now (ComfyUI: its websocket is connected)."""
+def live_workers() -> tuple[int | None, str | None]:
+    """How many workers are alive for a web process (None elsewhere), and why that could not be read."""
+    try:
+        return studio().live_worker_count(), None
+    except Exception as error:  # the store went away after its check: reported, never a 500
+        return None, f"{type(error).__name__}: {error}".strip()
+
+
+def executor_state(live: int | None) -> dict:
+    """Which executor runs jobs and whether it is reachable now (ComfyUI: its websocket is connected).
+
+    ``live`` is live_workers()'s count: a web process runs nothing itself, so the built-in executor is
+    there only in the live workers (None on a web process whose store did not answer: not reachable).
+    """
     the_studio = studio()
     settings = current_app.config["STUDIO"]
     if not settings.comfyui_urls:
-        # A web process runs nothing itself: the built-in executor is there only in the live workers.
-        live = the_studio.live_worker_count()
-        return {"kind": "builtin", "reachable": live is None or live > 0}
+        if the_studio.role == "web" and not the_studio.runs_jobs:
+            return {"kind": "builtin", "reachable": bool(live)}
+        return {"kind": "builtin", "reachable": True}
     # A process that runs no jobs says what the live workers see (up None: no live worker reports it).
     states = the_studio.server_states()
     return {
@@ -49,10 +61,13 @@ def executor_state() -> dict:
 def healthz():
     """Answer 200 when the store answers, else 503 with the reason; say whether the executor is reachable."""
     problem = store_problem()
+    live = None
+    if problem is None:
+        live, problem = live_workers()
     body = {
         "status": "ok" if problem is None else "unavailable",
         "store": "ok" if problem is None else problem,
-        "executor": executor_state(),
+        "executor": executor_state(live),
     }
     the_studio = studio()
     if the_studio.role != "all":
@@ -60,9 +75,9 @@ def healthz():
         body["role"] = the_studio.role
         if the_studio.runs_jobs:
             body["worker"] = the_studio.worker_id
-        elif problem is None:
+        elif live is not None:
             # A web process runs nothing: whether any worker is alive to run what is posted to it.
-            body["live_workers"] = the_studio.live_worker_count()
+            body["live_workers"] = live
     response = jsonify(body)
     response.status_code = 200 if problem is None else 503
     response.headers["Cache-Control"] = "no-store"
