@@ -173,9 +173,10 @@ def _why(owner: str | None, worker: Worker | None) -> str:
 
 
 def take_over(worker_id: str, expiry_seconds: float, ownerless: list[str] = (), alone: bool = False
-              ) -> list[tuple[str, str]]:
+              ) -> list[tuple[str, str, datetime.datetime | None]]:
     """Make this worker the owner of every active job whose owner is not alive (and of the ``ownerless`` ones
-    still without one); answer (prompt_id, why its owner lost it) for each, oldest first.
+    still without one); answer (prompt_id, why its owner lost it, when it was last known alive: its owner's last
+    heartbeat, or its start when later; None when unknown) for each, oldest first.
 
     ``alone``: this process is the only one that can run jobs (the SQLite RunnerLock says so), so every
     other owner is gone whatever its heartbeat says.
@@ -199,17 +200,24 @@ def take_over(worker_id: str, expiry_seconds: float, ownerless: list[str] = (), 
     with connection(), database.atomic():
         alive, condition = orphaned()
         rows = list(_select_for_update(
-            Job.select(Job.prompt_id, Job.owner).where(condition).order_by(Job.queued_at)
+            Job.select(Job.prompt_id, Job.owner, Job.started_at).where(condition).order_by(Job.queued_at)
         ).tuples())
         if not rows:
             return []
-        ids = [prompt_id for prompt_id, _owner in rows]
+        ids = [prompt_id for prompt_id, _owner, _started in rows]
         Job.update(owner=worker_id).where(Job.prompt_id.in_(ids)).execute()
-        owners = {owner for _prompt_id, owner in rows if owner}
+        owners = {owner for _prompt_id, owner, _started in rows if owner}
         known = {worker.worker_id: worker for worker in Worker.select().where(Worker.worker_id.in_(sorted(owners)))}
         # Their jobs are ours now: the rows of the silent workers go (one that comes back registers again).
         Worker.delete().where(Worker.worker_id.in_(sorted(owners)) & Worker.worker_id.not_in(sorted(alive))).execute()
-    return [(prompt_id, _why(owner, known.get(owner))) for prompt_id, owner in rows]
+    return [(prompt_id, _why(owner, known.get(owner)), _last_alive(known.get(owner), started))
+            for prompt_id, owner, started in rows]
+
+
+def _last_alive(worker: Worker | None, started: datetime.datetime | None) -> datetime.datetime | None:
+    if worker is None:
+        return None  # it retired as it stopped, just now, or it is unknown: the take-over's time stands
+    return max(worker.heartbeat_at, started) if started else worker.heartbeat_at
 
 
 # ---- jobs waiting for a worker -------------------------------------------------------------------
@@ -399,17 +407,19 @@ class WorkerLoop:
         self._adopt(take_over(self.worker_id, self.expiry, self._ownerless, self.alone))
         self._ownerless = None
 
-    def _adopt(self, taken: list[tuple[str, str]]) -> None:
+    def _adopt(self, taken: list[tuple[str, str, datetime.datetime | None]]) -> None:
         """Hand jobs taken over to the executor, grouped by why their owner lost them."""
         by_reason: dict[str, list[str]] = {}
-        for prompt_id, reason in taken:
+        last_alive = {prompt_id: at for prompt_id, _reason, at in taken if at is not None}
+        for prompt_id, reason, _at in taken:
             by_reason.setdefault(reason, []).append(prompt_id)
         for reason, prompt_ids in by_reason.items():
-            log.warning("took over %d job(s): %s", len(prompt_ids), reason)
+            log.warning("took over %d job(s) (%s): %s", len(prompt_ids), ", ".join(prompt_ids[:5])
+                        + (", ..." if len(prompt_ids) > 5 else ""), reason)
             for prompt_id in prompt_ids:
                 # Followed, but watched for stalls only once this process hears from them.
                 self.runner.follow(prompt_id)
-            self.executor.adopt(prompt_ids, reason)
+            self.executor.adopt(prompt_ids, reason, last_alive)
 
     def _beat(self) -> None:
         """Every interval: refresh the heartbeat and take over the jobs of silent workers (a thread of its own,

@@ -40,6 +40,7 @@ def test_a_starting_worker_takes_over_only_the_jobs_of_silent_workers(app_config
     worker_row("alive", seconds_ago=0)
     lost = make_job(status="running", files=0, owner="silent")
     gone = make_job(status="queued", files=0, owner="stopped-cleanly")  # its row went as it stopped
+    last_beat = Worker.get_by_id("silent").heartbeat_at
     busy = make_job(status="running", files=0, owner="alive")
     with another_app({**app_config, "STUDIO_HEARTBEAT_SECONDS": "1"}) as app:
         app.test_client().get("/api/workflows")  # starts it
@@ -48,6 +49,7 @@ def test_a_starting_worker_takes_over_only_the_jobs_of_silent_workers(app_config
         assert status_of(busy.prompt_id) == "running"  # a live worker's job is never touched
         assert Job.get_by_id(busy.prompt_id).owner == "alive"
         assert Job.get_by_id(lost.prompt_id).error.startswith("its worker gpu-box (pid 4242) stopped sending heartbeats")
+        assert Job.get_by_id(lost.prompt_id).finished_at == last_beat  # its duration does not count the silence
         assert Job.get_by_id(gone.prompt_id).error == "its worker stopped-cleanly stopped while this job ran"
         assert Worker.get_or_none(Worker.worker_id == "silent") is None  # its row goes with its jobs
         assert Worker.get_by_id(me).role == "all"

@@ -92,11 +92,12 @@ class Executor:
     def start(self, pending: list[str]) -> None:
         """Start workers; ``pending`` are prompt ids the store has as queued or running."""
 
-    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+    def adopt(self, prompt_ids: list[str], reason: str, last_alive: dict | None = None) -> None:
         """Take over jobs another process ran (it stopped, or its heartbeat expired: ``reason``) and settle
-        them: report what became of each, or fail it as stalled when nothing can tell."""
+        them: report what became of each, or fail it as stalled when nothing can tell, ending at ``last_alive``
+        (by prompt id: when its worker was last known alive) so its duration never counts the silence."""
         for prompt_id in prompt_ids:
-            self.reporter.failed(prompt_id, reason, utcnow(), status="stalled")
+            self.reporter.failed(prompt_id, reason, (last_alive or {}).get(prompt_id) or utcnow(), status="stalled")
 
     def unstarted(self) -> list[str]:
         """After stop(): the jobs submitted that never started and that another worker may run instead."""

@@ -218,7 +218,7 @@ class ComfyUIExecutor(Executor):
                 self._jobs.setdefault(prompt_id, _Job(prompt_id, started=None, owned=False))
         self._follow_in_background()
 
-    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+    def adopt(self, prompt_ids: list[str], reason: str, last_alive: dict | None = None) -> None:
         """Follow jobs another process posted (it stopped or went silent) and ask ComfyUI what became of them."""
         with self._lock:
             for prompt_id in prompt_ids:

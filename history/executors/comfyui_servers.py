@@ -71,13 +71,14 @@ class ComfyUIServers(Executor):
             self._mover = threading.Thread(target=self._watch_down_servers, name="comfyui-mover", daemon=True)
             self._mover.start()
 
-    def adopt(self, prompt_ids: list[str], reason: str) -> None:
+    def adopt(self, prompt_ids: list[str], reason: str, last_alive: dict | None = None) -> None:
         """Hand jobs taken over from another worker to the server each record names; it asks what became of them."""
         mine = self._by_record(prompt_ids)
         # Nothing can tell what became of a job on a server no longer configured: it ends stalled, saying why,
         # rather than staying queued or running under this worker for good.
         for url, gone in mine.pop(None, {}).items():
-            super().adopt(gone, f"{reason}; it was on ComfyUI at {url}, which is no longer in STUDIO_COMFYUI_URL")
+            super().adopt(gone, f"{reason}; it was on ComfyUI at {url}, which is no longer in STUDIO_COMFYUI_URL",
+                          last_alive)
         for server in self.servers:
             if mine[server.base_url]:
                 server.adopt(mine[server.base_url], reason)
