@@ -176,8 +176,13 @@ class Studio:
         if started and self.runs_jobs:
             self.executor.stop()
             try:
-                workers.give_back(self.worker_id, self.executor.unstarted())
+                unstarted = self.executor.unstarted()
+                workers.give_back(self.worker_id, unstarted)
                 workers.retire(self.worker_id)
+                if self.role == "worker" and not isinstance(self.executor, BuiltinExecutor):
+                    # Its ComfyUI jobs go on on their servers: another worker takes them over at once.
+                    log.warning("worker %s stopped: %d job(s) not posted went back to the waiting line; the "
+                                "ones on ComfyUI are left to another worker", self.worker_id, len(unstarted))
             except Exception:  # the store may be gone already; the heartbeat then expires by itself
                 log.exception("could not retire worker %s", self.worker_id)
         if self.runner_lock is not None:

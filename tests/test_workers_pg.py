@@ -128,7 +128,7 @@ def test_a_web_process_shows_each_comfyui_servers_state_as_the_workers_see_it(ap
             b.release()
 
 
-def test_a_stopping_worker_lets_the_jobs_it_runs_finish_and_gives_back_the_rest(app_config, db):
+def test_a_stopping_worker_lets_the_jobs_it_runs_finish_and_gives_back_the_rest(app_config, db, caplog):
     with another_app({**app_config, "START_RUNNER": False}) as web:  # runs nothing: the jobs wait for a worker
         client = same_origin_client(web)
         slow = {"params": {"width": 2048, "height": 2048}}  # half a second each or more: both threads busy
@@ -145,6 +145,9 @@ def test_a_stopping_worker_lets_the_jobs_it_runs_finish_and_gives_back_the_rest(
     assert left and {ended[prompt_id].status for prompt_id in left} == {"queued"}
     assert {row.prompt_id for row in WaitingJob.select()} == left  # back in line for the next worker
     assert all(ended[prompt_id].owner is None for prompt_id in left)
+    # Its log says what became of its jobs (a restart's only trace on the host).
+    assert any("not started went back to the waiting line; every job it ran ended" in message
+               for message in caplog.messages)
 
 
 def test_a_web_process_with_no_live_worker_says_its_jobs_wait_for_one(app_config, db):
