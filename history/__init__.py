@@ -1,6 +1,8 @@
 """Studio History: the job-history service of a ComfyUI studio."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from flask import Flask
@@ -40,11 +42,22 @@ class StudioFlask(Flask):
         return super().url_for(endpoint, _external=_external, **values)
 
 
+GUNICORN_WORKER_BOOT_ERROR = 3  # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app from STUDIO_* settings (and ``test_config`` overrides); raise ConfigError on a bad one."""
     test_config = dict(test_config or {})
     studio_overrides = {k: v for k, v in test_config.items() if k.startswith("STUDIO_")}
-    settings = load_settings(overrides=studio_overrides)
+    try:
+        settings = load_settings(overrides=studio_overrides)
+    except ConfigError as error:
+        if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+            # Under gunicorn: the one line saying what to fix, not a traceback, and its boot-failure exit
+            # code, on which the master stops instead of forking the worker again.
+            print(f"studio-history: {error}", file=sys.stderr, flush=True)
+            sys.exit(GUNICORN_WORKER_BOOT_ERROR)
+        raise
 
     app = StudioFlask(
         __name__,

@@ -276,3 +276,12 @@ def test_a_job_stalled_by_its_silent_worker_records_its_real_end_when_that_worke
     assert done["outputs"]
     assert done["error"].startswith("stalled at ")
     assert "stopped sending heartbeats" in done["error"] and ", then completed at " in done["error"]
+
+
+def test_a_bad_setting_stops_gunicorn_with_one_line_saying_what_to_fix(tmp_path):
+    env = {**os.environ, "STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_ROLE": "web"}  # web on SQLite
+    env.pop("STUDIO_DATABASE_URL", None)
+    started = subprocess.run(gunicorn(free_port()), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode != 0  # the master stopped: it did not fork the worker again and again
+    assert "studio-history: STUDIO_ROLE=web needs PostgreSQL" in started.stderr
+    assert "Traceback" not in started.stderr
