@@ -122,7 +122,7 @@ def test_a_web_process_shows_each_comfyui_servers_state_as_the_workers_see_it(ap
             wait_for(lambda: queue_servers(page)[idle.url][0] == "false", what="the stopped server shown down on the web process")
             assert "queue 1" in queue_servers(page)[server][1]
             health = page.get("/healthz").json["executor"]
-            assert health["reachable"] is True
+            assert health["reachable"] is True and health["running"] is False  # reachable by the workers; it runs none
             assert {state["url"]: state["reachable"] for state in health["servers"]} == {server: True, idle.url: False}
             a.release()
             b.release()

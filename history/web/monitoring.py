@@ -51,7 +51,7 @@ def executor_state(live: int | None) -> dict:
         "url": ",".join(settings.comfyui_urls),
         # Reachable while some server can take a job; "servers" says which.
         "reachable": any(state["up"] for state in states),
-        "running": the_studio.started,
+        "running": the_studio.started and the_studio.runs_jobs,  # a web process runs no executor
         "servers": [{"url": state["url"], "reachable": state["up"]} for state in states],
     }
 
