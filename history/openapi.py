@@ -411,6 +411,19 @@ SCHEMAS = {
     },
 }
 
+
+def _kept_graph(operation_id: str, summary: str, description: str) -> dict:
+    """The GET of one of a job's kept ComfyUI graphs, served as a JSON download (404 when the job kept none)."""
+    return {"get": {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [PROMPT_ID],
+        "responses": _answers(*GUARDED, 404, **{"200": {
+            "description": description, "content": {"application/json": {"schema": {"type": "object"}}},
+        }}),
+    }}
+
+
 PATHS = {
     "/api/openapi.json": {
         "get": {
@@ -513,26 +526,11 @@ PATHS = {
             }}),
         },
     },
-    "/api/admin/history/{prompt_id}/prompt.json": {
-        "get": {
-            "operationId": "getJobPrompt",
-            "summary": "A job's API-format graph (what ComfyUI's /prompt takes), as a download",
-            "parameters": [PROMPT_ID],
-            "responses": _answers(*GUARDED, 404, **{"200": {
-                "description": "the graph", "content": {"application/json": {"schema": {"type": "object"}}},
-            }}),
-        },
-    },
-    "/api/admin/history/{prompt_id}/workflow.json": {
-        "get": {
-            "operationId": "getJobWorkflow",
-            "summary": "The UI workflow ComfyUI's page embedded in a job (its page opens it by drag and drop)",
-            "parameters": [PROMPT_ID],
-            "responses": _answers(*GUARDED, 404, **{"200": {
-                "description": "the UI workflow", "content": {"application/json": {"schema": {"type": "object"}}},
-            }}),
-        },
-    },
+    "/api/admin/history/{prompt_id}/prompt.json": _kept_graph(
+        "getJobPrompt", "A job's API-format graph (what ComfyUI's /prompt takes), as a download", "the graph"),
+    "/api/admin/history/{prompt_id}/workflow.json": _kept_graph(
+        "getJobWorkflow", "The UI workflow ComfyUI's page embedded in a job (its page opens it by drag and drop)",
+        "the UI workflow"),
     "/api/admin/history/delete": {
         "post": {
             "operationId": "deleteJobs",
