@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import websocket
+
+from bench.load import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64  # the job's width and height (--size): 64 is mostly the store's and the events' cost, 512 Pillow's
@@ -58,12 +59,6 @@ def reset_store(url: str) -> None:
                        "ended_login, schema_version, schema_migration CASCADE")
     finally:
         release(db)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def percentile(values: list[float], share: float) -> float:

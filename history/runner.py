@@ -48,7 +48,7 @@ def new_output_dir(now: datetime.datetime | None = None) -> str:
 
 # How long a job's own write waits for a busy store (a full connection pool, another writer's lock) before
 # it gives up: a write lost there would leave the job queued or running for good.
-BUSY_RETRY_SECONDS = 120.0
+BUSY_WRITE_WAIT_SECONDS = 120.0
 
 
 def after_stall(job: Job, status: str, at: datetime.datetime, error: str | None) -> str:
@@ -254,13 +254,13 @@ class Runner:
 
     def _update(self, prompt_id: str, change, after_stall: bool = False) -> Job | None:
         """Write a job's change (jobs.update_active), waiting out a busy store rather than losing the write."""
-        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        deadline = time.monotonic() + BUSY_WRITE_WAIT_SECONDS
         delay = 0.05
         while True:
             try:
                 return jobs.update_active(prompt_id, change, after_stall=after_stall)
             except Exception as error:
-                # A busy store wrote nothing; give up only when stopping or after BUSY_RETRY_SECONDS.
+                # A busy store wrote nothing; give up only when stopping or after BUSY_WRITE_WAIT_SECONDS.
                 if not is_busy(error) or time.monotonic() + delay > deadline or self._stop.is_set():
                     raise
                 log.warning("store busy while recording job %s (%s); trying again", prompt_id, error)

@@ -92,7 +92,7 @@ class Studio:
 
     def live_worker_count(self) -> int | None:
         """How many workers could run what this process records; None when it runs jobs itself (not a web process)."""
-        if self.runs_jobs or self.role != "web":
+        if self.role != "web":  # only a web process runs no jobs
             return None
         return len(workers.live_workers(workers.EXPIRY_BEATS * self.settings.heartbeat_seconds))
 
@@ -298,21 +298,18 @@ class Studio:
         when it is refused, leave no record and re-raise."""
         record = job.to_dict()
         job.retry_notes = notes
-        if not self.runs_jobs:
-            self.bus.publish("job.queued", record)  # wakes the workers (NOTIFY) as well as this process's pages
-            if job.retry_of is not None:
-                self.bus.publish("job.retried", record)
-            return job
-        self.runner.follow(job.prompt_id)
-        self.bus.publish("job.queued", record)
-        try:
-            self.executor.submit(submission)
-        except Exception:
-            # The executor never took it: no record is left behind.
-            self.runner.unfollow(job.prompt_id)
-            jobs.discard_queued(job.prompt_id)
-            self.bus.publish("job.deleted", record)
-            raise
+        if self.runs_jobs:
+            self.runner.follow(job.prompt_id)
+        self.bus.publish("job.queued", record)  # in a web process this wakes the workers (NOTIFY) too
+        if self.runs_jobs:
+            try:
+                self.executor.submit(submission)
+            except Exception:
+                # The executor never took it: no record is left behind.
+                self.runner.unfollow(job.prompt_id)
+                jobs.discard_queued(job.prompt_id)
+                self.bus.publish("job.deleted", record)
+                raise
         if job.retry_of is not None:
             self.bus.publish("job.retried", record)
         return job
@@ -347,8 +344,7 @@ class Studio:
             # which comfyui_server records (the original's server may be another, or down).
             source=retried_source(original.source),
         )
-        extra_data = {"extra_pnginfo": {"workflow": kept.ui_workflow}} if kept.ui_workflow else None
-        return self._hand_over(job, Submission(prompt_id, COMFYUI_WORKFLOW_ID, kept.graph, None, None, extra_data), [])
+        return self._hand_over(job, workers.submission_of(job, kept), [])
 
 
 def retried_source(source: str | None) -> str | None:

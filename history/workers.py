@@ -222,9 +222,11 @@ def _last_alive(worker: Worker | None, started: datetime.datetime | None) -> dat
 
 # ---- jobs waiting for a worker -------------------------------------------------------------------
 
-def enqueue(prompt_id: str, queued_at: datetime.datetime) -> None:
-    """Leave a recorded queued job for the first free worker (inside the caller's transaction)."""
-    WaitingJob.insert(prompt_id=prompt_id, queued_at=queued_at).execute()
+def enqueue(prompt_id: str, queued_at: datetime.datetime, again: bool = False) -> None:
+    """Leave a recorded queued job for the first free worker (inside the caller's transaction); ``again``
+    when it may wait already (a job given back)."""
+    insert = WaitingJob.insert(prompt_id=prompt_id, queued_at=queued_at)
+    (insert.on_conflict_ignore() if again else insert).execute()
 
 
 def claim(worker_id: str, limit: int) -> list[tuple[Job, JobGraph | None]]:
@@ -272,7 +274,7 @@ def give_back(worker_id: str, prompt_ids: list[str]) -> None:
             return
         Job.update(owner=None).where(Job.prompt_id.in_([prompt_id for prompt_id, _ in mine])).execute()
         for prompt_id, queued_at in mine:
-            WaitingJob.insert(prompt_id=prompt_id, queued_at=queued_at).on_conflict_ignore().execute()
+            enqueue(prompt_id, queued_at, again=True)
 
 
 def submission_of(job: Job, kept: JobGraph | None) -> Submission:
