@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 
-from peewee import SqliteDatabase
+from history.migrations import is_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ $$
 
 def install(database) -> None:
     """Make every write to the job table signal CHANGES_CHANNEL (PostgreSQL; SQLite needs nothing)."""
-    if isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase):
+    if is_sqlite(database):
         return
     for statement in POSTGRES_TRIGGER:
         database.execute_sql(statement)

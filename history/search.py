@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from peewee import SqliteDatabase
+from history.migrations import is_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ POSTGRES_INDEX = (
 
 def install(database) -> None:
     """Create the search index of the bound database and fill it from the rows already stored."""
-    if isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase):
+    if is_sqlite(database):
         for statement in SQLITE_SCHEMA:
             database.execute_sql(statement)
         return

@@ -9,7 +9,7 @@ A tally row whose jobs fall to 0 stays (readers skip it); a row is a (day, statu
 """
 from __future__ import annotations
 
-from peewee import SqliteDatabase
+from history.migrations import is_sqlite
 
 TABLE = "job_tally"
 
@@ -98,23 +98,22 @@ POSTGRES_TRIGGERS = [
 ]
 
 
-def _is_sqlite(database) -> bool:
-    """Whether ``database`` (a peewee database or the proxy) is SQLite."""
-    return isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase)
+def _fill(database) -> str:
+    """The statement that counts every stored job into the tallies (each store names a timestamp's day its way)."""
+    return FILL.format(day="date(queued_at)" if is_sqlite(database) else "queued_at::date")
 
 
 def install(database) -> None:
     """Create the tallies and the triggers that keep them, and fill them from the rows already stored."""
-    if _is_sqlite(database):
-        statements = [f"DROP TABLE IF EXISTS {TABLE}", SQLITE_TABLE, *SQLITE_TRIGGERS, FILL.format(day="date(queued_at)")]
+    if is_sqlite(database):
+        statements = [f"DROP TABLE IF EXISTS {TABLE}", SQLITE_TABLE, *SQLITE_TRIGGERS]
     else:
-        statements = [f"DROP TABLE IF EXISTS {TABLE}", POSTGRES_TABLE, POSTGRES_FUNCTION, *POSTGRES_TRIGGERS,
-                      FILL.format(day="queued_at::date")]
-    for statement in statements:
+        statements = [f"DROP TABLE IF EXISTS {TABLE}", POSTGRES_TABLE, POSTGRES_FUNCTION, *POSTGRES_TRIGGERS]
+    for statement in [*statements, _fill(database)]:
         database.execute_sql(statement)
 
 
 def refill(database) -> None:
-    """Count every stored job afresh (after a bulk load that ran without the triggers)."""
+    """Count every stored job afresh (bench/fill.py's bulk load, which runs without the triggers)."""
     database.execute_sql(f"DELETE FROM {TABLE}")
-    database.execute_sql(FILL.format(day="date(queued_at)" if _is_sqlite(database) else "queued_at::date"))
+    database.execute_sql(_fill(database))

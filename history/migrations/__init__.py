@@ -8,4 +8,11 @@ step of its own and a fresh database still builds step by step. This folder is a
 """
 from pathlib import Path
 
+from peewee import SqliteDatabase
+
 DIRECTORY = Path(__file__).resolve().parent
+
+
+def is_sqlite(database) -> bool:
+    """Whether ``database``, the one a step was handed (a peewee database or the app's proxy), is SQLite."""
+    return isinstance(database.obj if hasattr(database, "obj") else database, SqliteDatabase)
