@@ -723,11 +723,7 @@ def _ids_by_root(prompt_ids: list[str], output_root) -> list[tuple[Path, list[st
     """The ids grouped by the output folder their jobs keep files in (one group when there is one folder)."""
     if not isinstance(output_root, files.OutputRoots) or len(output_root.every()) == 1:
         return [(files.root_of(output_root, None), prompt_ids)]
-    servers = dict(
-        Job.select(Job.prompt_id, Job.comfyui_server)
-        .where(Job.prompt_id.in_(job_ids(prompt_ids)))
-        .tuples()
-    )
+    servers = servers_of(prompt_ids)
     groups: dict[Path, list[str]] = {}
     for prompt_id in prompt_ids:
         groups.setdefault(output_root.of(servers.get(prompt_id)), []).append(prompt_id)
