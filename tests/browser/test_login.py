@@ -40,7 +40,9 @@ def test_login_then_htmx_posts_then_an_expired_session_goes_back_to_login(page: 
 
     # The session goes (expired, or logged out elsewhere): the next poll answers 401 with HX-Redirect.
     page.context.clear_cookies()
-    page.wait_for_url(re.compile(r"/login\?next=%2Fadmin%2Fhistory%3Fstatus%3Derror|/login\?next=/admin/history"), timeout=WAIT_MS)
+    # Every poll in flight comes back 401 with HX-Redirect: a second redirect may abort the first navigation,
+    # so the URL is awaited (as a person would see it), not the first navigation's load.
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fadmin%2Fhistory%3Fstatus%3Derror|/login\?next=/admin/history"), timeout=WAIT_MS)
     expect(page.locator('input[name="password"]')).to_be_visible()
 
 
